@@ -7,3 +7,10 @@ Flow, one concept per module:
 """
 
 __version__ = "0.1.0"
+
+
+def load(path_or_name):
+    """Open a model by GGUF path or name: ``refllm.load("smollm2").tokenize("Hi")``."""
+    from refllm.model.loaded import load as _load
+
+    return _load(path_or_name)

@@ -1,0 +1,1 @@
+"""Models: configuration from GGUF metadata and one forward-pass file per architecture family."""
