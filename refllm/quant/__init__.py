@@ -25,7 +25,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from refllm.errors import InvalidRequest, RefllmError, UnsupportedModel
-from refllm.quant import floats, kquants, legacy
+from refllm.quant import floats, iquants, kquants, legacy, mxfp4, ternary
 
 __all__ = [
     "DEQUANTIZERS",
@@ -63,6 +63,18 @@ DEQUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.Q4_K: kquants.dequantize_q4_k,
     T.Q5_K: kquants.dequantize_q5_k,
     T.Q6_K: kquants.dequantize_q6_k,
+    T.IQ4_NL: iquants.dequantize_iq4_nl,
+    T.IQ4_XS: iquants.dequantize_iq4_xs,
+    T.IQ1_S: iquants.dequantize_iq1_s,
+    T.IQ1_M: iquants.dequantize_iq1_m,
+    T.IQ2_XXS: iquants.dequantize_iq2_xxs,
+    T.IQ2_XS: iquants.dequantize_iq2_xs,
+    T.IQ2_S: iquants.dequantize_iq2_s,
+    T.IQ3_XXS: iquants.dequantize_iq3_xxs,
+    T.IQ3_S: iquants.dequantize_iq3_s,
+    T.TQ1_0: ternary.dequantize_tq1_0,
+    T.TQ2_0: ternary.dequantize_tq2_0,
+    T.MXFP4: mxfp4.dequantize_mxfp4,
 }
 
 QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
