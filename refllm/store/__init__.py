@@ -1,0 +1,110 @@
+"""The model store: ``pull``, ``create``, ``list``, ``show``, ``cp``, ``rm`` as a Python API.
+
+The CLI (``refllm/cli/store.py``) and the server (``/api/tags``, ``/api/show``, ...)
+both call these functions; each opens the store at the configured models
+directory (``REFLLM_MODELS``, default ``~/.refllm/models``):
+
+    from refllm import store
+    store.pull("smollm2")                          # catalog model -> smollm2:latest
+    store.create("pirate", "FROM smollm2\\nSYSTEM You are a pirate.")
+    store.list_models()                            # [{"name": "pirate:latest", "size": ..., "details": {...}}, ...]
+    model = store.resolve("pirate")                # ResolvedModel(gguf_path, params, system, template, messages, license)
+
+Progress callbacks receive Ollama's progress objects:
+``{"status": "downloading", "digest": ..., "total": ..., "completed": ...}``.
+Errors are ``RefllmError`` subclasses: ``ModelNotFound`` (404), ``InvalidRequest`` and
+``ModelfileError`` (400), ``StoreError`` (500), ``DownloadError`` (502).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from refllm.errors import ModelNotFound
+from refllm.store.blobs import DigestMismatch, Progress, StoreError, _no_progress
+from refllm.store.modelfile import Modelfile, ModelfileError, parse_modelfile
+from refllm.store.names import InvalidModelName, ModelName, is_valid_name, parse_name
+from refllm.store.store import DownloadError, QUANTIZE_CHOICES, ResolvedModel, Store
+
+__all__ = [
+    "DigestMismatch", "DownloadError", "InvalidModelName", "Modelfile", "ModelfileError", "ModelName",
+    "QUANTIZE_CHOICES", "ResolvedModel", "Store", "StoreError", "copy", "create", "delete", "has_blob",
+    "list_models", "open_store", "parse_modelfile", "parse_name", "pull", "resolve", "show", "verify",
+    "write_blob",
+]
+
+
+def open_store(models_dir: str | os.PathLike | None = None) -> Store:
+    """The store at ``models_dir``, else at the configured ``runtime.models_dir``."""
+    if models_dir is None:
+        from refllm.config import load_settings
+
+        models_dir = load_settings().runtime.models_dir
+    return Store(models_dir)
+
+
+def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
+    """What a model reference means, in this order: a store name (``name``, ``name:tag``),
+    a GGUF file path, a built-in catalog model (``smollm2``, ``gemma3``; no store entry needed).
+
+    Store models carry their Modelfile defaults; the other two come with none.
+    """
+    from refllm.packaged_models import ModelPackageMissing, find_catalog_entry, gguf_path
+
+    text = str(name_or_path)
+    if is_valid_name(text):
+        store = open_store()
+        if store.has(text):
+            return store.resolve(text)
+    path = Path(text).expanduser()
+    if path.is_file():
+        return ResolvedModel(name=path.stem, gguf_path=path, source="file")
+    if path.suffix == ".gguf" or os.sep in text and not is_valid_name(text):
+        raise ModelNotFound(f"model file not found: {path}")
+    entry = find_catalog_entry(text.lower())
+    if entry is None:
+        raise ModelNotFound(f"model '{text}' not found (not in the store, not a file, not a catalog model); "
+                            "see `refllm list`, or `refllm pull NAME`")
+    try:
+        return ResolvedModel(name=entry.name, gguf_path=gguf_path(entry), source="catalog")
+    except ModelPackageMissing:
+        raise ModelNotFound(f"model '{text}' is not installed; run `refllm pull {text}`") from None
+
+
+def list_models() -> list[dict]:
+    return open_store().list_models()
+
+
+def show(name: str) -> dict:
+    return open_store().show(name)
+
+
+def verify(name: str, progress: Progress = _no_progress) -> list[str]:
+    return open_store().verify(name, progress)
+
+
+def copy(source: str, destination: str) -> None:
+    open_store().copy(source, destination)
+
+
+def delete(name: str) -> list[str]:
+    return open_store().delete(name)
+
+
+def create(name: str, modelfile: str | Modelfile, quantize: str | None = None,
+           progress: Progress = _no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
+    return open_store().create(name, modelfile, quantize=quantize, progress=progress, base_dir=base_dir)
+
+
+def pull(source: str, name: str | None = None, progress: Progress = _no_progress,
+         expected_digest: str | None = None) -> ResolvedModel:
+    return open_store().pull(source, name=name, progress=progress, expected_digest=expected_digest)
+
+
+def has_blob(digest: str) -> bool:
+    return open_store().has_blob(digest)
+
+
+def write_blob(digest: str, stream, progress: Progress = _no_progress) -> str:
+    return open_store().write_blob(digest, stream, progress)
