@@ -20,21 +20,13 @@ from refllm.gguf import GGUFFile, read
 
 
 def resolve_model_path(path_or_name: str | os.PathLike) -> Path:
-    """A GGUF path as given, else a built-in catalog name shipped by a PyPI package."""
-    from refllm.packaged_models import ModelPackageMissing, find_catalog_entry, gguf_path
+    """A store name (``name``, ``name:tag``), else a GGUF path, else a built-in catalog name.
 
-    path = Path(path_or_name)
-    if path.suffix == ".gguf" or os.sep in str(path_or_name) or path.exists():
-        if not path.is_file():
-            raise ModelNotFound(f"model file not found: {path}")
-        return path
-    entry = find_catalog_entry(str(path_or_name))
-    if entry is None:
-        raise ModelNotFound(f"model '{path_or_name}' not found (give a .gguf path or a known model name)")
-    try:
-        return gguf_path(entry)
-    except ModelPackageMissing as e:
-        raise ModelNotFound(f"model '{path_or_name}' is not available: {e}") from None
+    ``refllm.store.resolve`` does the looking up; it also returns the store model's defaults.
+    """
+    from refllm.store import resolve
+
+    return resolve(path_or_name).gguf_path
 
 
 class Model:

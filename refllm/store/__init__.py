@@ -54,9 +54,12 @@ def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
 
     text = str(name_or_path)
     if is_valid_name(text):
-        store = open_store()
-        if store.has(text):
-            return store.resolve(text)
+        from refllm.config import load_settings
+
+        models_dir = load_settings().runtime.models_dir
+        name = parse_name(text)
+        if (models_dir / "manifests" / name.namespace / name.model / name.tag).is_file():  # no store, no mkdir
+            return Store(models_dir).resolve(text)
     path = Path(text).expanduser()
     if path.is_file():
         return ResolvedModel(name=path.stem, gguf_path=path, source="file")
