@@ -1,0 +1,461 @@
+"""The engine: one place that loads models on demand, queues requests and runs generations.
+
+The HTTP codecs (``refllm.server``) turn an Ollama or OpenAI request into one
+``GenerationRequest`` (or an embedding call) and turn the engine's events back into
+their wire format; everything between is here:
+
+    name ──resolve──► ModelRecipe ──load (once, kept for keep_alive)──► LoadedModel
+    request ──► LoadedModel.queue (bounded, FIFO, num_parallel slots) ──► model.generate(...)
+            ──► Piece, Piece, ..., Finished      (closing the stream stops generation)
+
+Loaded models stay in memory for their ``keep_alive`` after their last request; a
+background thread unloads expired ones, and loading a model beyond
+``max_loaded_models`` first unloads the idle model that expires soonest.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from refllm.engine.keep_alive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
+from refllm.engine.names import validate_model_name
+from refllm.engine.queue import RequestQueue, ServerBusy
+from refllm.errors import InvalidRequest, ModelNotFound
+
+
+@dataclass
+class EngineSettings:
+    keep_alive_s: float = DEFAULT_KEEP_ALIVE_S  # REFLLM_KEEP_ALIVE
+    num_parallel: int = 1  # REFLLM_NUM_PARALLEL: concurrent generations per model
+    max_queue: int = 512  # REFLLM_MAX_QUEUE: requests allowed to wait per model
+    max_loaded_models: int = 3  # REFLLM_MAX_LOADED_MODELS
+    queue_timeout_s: float | None = None  # how long a queued request may wait (None: no limit)
+
+
+@dataclass
+class ModelRecipe:
+    """What a model name stands for: the GGUF file plus the store's defaults for it."""
+
+    name: str
+    gguf_path: Path
+    params: dict = field(default_factory=dict)  # default options (Modelfile PARAMETER lines)
+    system: str | None = None
+    template: str | None = None
+    messages: list = field(default_factory=list)
+    license: str | None = None
+
+
+@dataclass
+class GenerationRequest:
+    """One generation, whichever API it came from."""
+
+    model: str
+    prompt: str | list[dict]  # a completion prompt, or chat messages [{"role", "content"}, ...]
+    raw: bool = False  # True: the prompt goes to the model as is, no chat template
+    system: str | None = None
+    images: list = field(default_factory=list)
+    options: dict = field(default_factory=dict)  # Ollama option names: temperature, num_predict, stop, ...
+    logprobs: bool = False
+    top_logprobs: int = 0
+    keep_alive: object = None  # as given by the client; parsed by parse_keep_alive
+
+
+@dataclass
+class TokenLogprob:
+    """One sampled token with its log-probability and the most likely alternatives (Ollama/OpenAI shape)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[dict] = field(default_factory=list)  # [{"token", "logprob", "bytes"}, ...]
+
+    def as_dict(self, with_top: bool = True) -> dict:
+        entry = {"token": self.token, "logprob": self.logprob, "bytes": self.bytes}
+        if with_top:
+            entry["top_logprobs"] = self.top_logprobs
+        return entry
+
+
+@dataclass
+class Piece:
+    """A streamed bit of output text and the tokens that made it."""
+
+    text: str
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class Finished:
+    """The last event of a generation: totals and timings (nanoseconds, as Ollama reports them)."""
+
+    text: str
+    done_reason: str  # "stop" (end of generation or stop string) or "length" (num_predict / context)
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    load_duration: int = 0
+    total_duration: int = 0
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+
+@dataclass
+class EmbedResult:
+    embeddings: list[list[float]]
+    prompt_eval_count: int
+    load_duration: int
+    total_duration: int
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    recipe: ModelRecipe
+    model: Any
+    size: int  # bytes of the GGUF file (memory-mapped)
+    queue: RequestQueue
+    keep_alive_s: float
+    expires_at: float = math.inf  # wall-clock seconds; inf while a request holds it or for "forever"
+    users: int = 0  # requests waiting for or holding a slot; a model with users is never unloaded
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def context_length(self) -> int:
+        return int(getattr(self.model, "n_ctx_train", 0) or 0)
+
+
+# -- resolving and loading (replaceable, so tests can hand in small fakes)
+
+
+def default_resolver(name: str) -> ModelRecipe:
+    """A name from the model store, else a built-in catalog model (``smollm2``, ``gemma3``)."""
+    try:
+        from refllm import store  # the store issue's module; absent or partial until it lands
+    except ImportError:
+        store = None
+    resolve = getattr(store, "resolve", None)
+    if resolve is not None:
+        try:
+            found = resolve(name)
+        except ModelNotFound:
+            found = None
+        if found is not None:
+            return ModelRecipe(
+                name=getattr(found, "name", name), gguf_path=Path(found.gguf_path),
+                params=dict(getattr(found, "params", None) or {}), system=getattr(found, "system", None),
+                template=getattr(found, "template", None), messages=list(getattr(found, "messages", None) or []),
+                license=getattr(found, "license", None),
+            )
+    from refllm.model.loaded import resolve_model_path
+    from refllm.packaged_models import find_catalog_entry
+
+    entry = find_catalog_entry(name)
+    if entry is None:
+        raise ModelNotFound(f"model '{name}' not found")
+    return ModelRecipe(name=entry.name, gguf_path=resolve_model_path(entry.name))
+
+
+def default_loader(recipe: ModelRecipe):
+    from refllm.model.loaded import load
+
+    model = load(recipe.gguf_path)
+    model.name = recipe.name
+    return model
+
+
+class GenerationStream:
+    """Iterator of ``Piece`` events ending with one ``Finished``; holds a queue slot until closed.
+
+    ``close()`` (called by the WSGI server when the client goes away, or by ``collect``)
+    closes the model's generator, which stops generating, and frees the slot.
+    """
+
+    def __init__(self, events: Iterator, release: Callable[[], None]):
+        self._events = events
+        self._release = release
+        self._closed = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._closed:
+            raise StopIteration
+        try:
+            return next(self._events)
+        except StopIteration:
+            self.close()
+            raise
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._release()
+
+    def collect(self) -> Finished:
+        """Run to the end (non-streaming requests) and return the ``Finished`` event."""
+        try:
+            finished = None
+            for event in self:
+                if isinstance(event, Finished):
+                    finished = event
+            return finished
+        finally:
+            self.close()
+
+
+class Engine:
+    def __init__(self, settings: EngineSettings | None = None, *, resolver: Callable[[str], ModelRecipe] = default_resolver,
+                 loader: Callable[[ModelRecipe], Any] = default_loader, reap_interval_s: float = 1.0):
+        self.settings = settings or EngineSettings()
+        self._resolve = resolver
+        self._load = loader
+        self._lock = threading.RLock()
+        self._loaded: dict[str, LoadedModel] = {}
+        self._stop = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_forever, args=(reap_interval_s,), name="refllm-engine-reaper", daemon=True)
+        self._reaper.start()
+
+    # -- models
+
+    def resolve(self, name: str) -> ModelRecipe:
+        return self._resolve(validate_model_name(name))
+
+    def running(self) -> list[LoadedModel]:
+        self.expire()
+        with self._lock:
+            return list(self._loaded.values())
+
+    def unload(self, name: str) -> bool:
+        """Unload now if no request uses the model; otherwise it unloads when its last request ends."""
+        with self._lock:
+            loaded = self._loaded.get(self.resolve(name).name)
+            if loaded is None:
+                return False
+            loaded.keep_alive_s = 0.0
+            if loaded.users == 0:
+                self._drop(loaded)
+            return True
+
+    def expire(self) -> None:
+        now = time.time()
+        with self._lock:
+            for loaded in list(self._loaded.values()):
+                if loaded.users == 0 and loaded.expires_at <= now:
+                    self._drop(loaded)
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            for loaded in list(self._loaded.values()):
+                self._drop(loaded)
+
+    def _reap_forever(self, interval_s: float) -> None:
+        while not self._stop.wait(interval_s):
+            self.expire()
+
+    def _drop(self, loaded: LoadedModel) -> None:
+        self._loaded.pop(loaded.name, None)
+        close = getattr(loaded.model, "close", None)
+        if callable(close):
+            close()
+
+    def _make_room(self) -> None:
+        """Unload idle models until one more fits under max_loaded_models."""
+        while len(self._loaded) >= self.settings.max_loaded_models:
+            idle = [m for m in self._loaded.values() if m.users == 0]
+            if not idle:
+                raise ServerBusy(f"server busy: all {len(self._loaded)} loaded models are in use (REFLLM_MAX_LOADED_MODELS={self.settings.max_loaded_models})")
+            self._drop(min(idle, key=lambda m: m.expires_at))
+
+    def load(self, name: str, keep_alive: object = None) -> tuple[LoadedModel, int]:
+        """Load ``name`` if needed (no slot taken); returns the model and the load time in ns."""
+        loaded, load_ns = self._checkout_model(name, keep_alive)
+        self._checkin_model(loaded)
+        return loaded, load_ns
+
+    def _checkout_model(self, name: str, keep_alive: object) -> tuple[LoadedModel, int]:
+        keep_alive_s = parse_keep_alive(keep_alive, default=self.settings.keep_alive_s)
+        recipe = self.resolve(name)
+        load_ns = 0
+        with self._lock:
+            loaded = self._loaded.get(recipe.name)
+            if loaded is None:
+                self._make_room()
+                started = time.perf_counter_ns()
+                model = self._load(recipe)
+                load_ns = time.perf_counter_ns() - started
+                size = recipe.gguf_path.stat().st_size if recipe.gguf_path.exists() else 0
+                loaded = LoadedModel(recipe.name, recipe, model, size, RequestQueue(self.settings.num_parallel, self.settings.max_queue), keep_alive_s)
+                self._loaded[recipe.name] = loaded
+            loaded.keep_alive_s = keep_alive_s  # the latest request decides, as in Ollama
+            loaded.users += 1
+            loaded.expires_at = math.inf
+        return loaded, load_ns
+
+    def _checkin_model(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.users -= 1
+            if loaded.users == 0:
+                loaded.expires_at = time.time() + loaded.keep_alive_s
+                if loaded.keep_alive_s == 0:
+                    self._drop(loaded)
+
+    def _take_slot(self, name: str, keep_alive: object) -> tuple[LoadedModel, int, int]:
+        loaded, load_ns = self._checkout_model(name, keep_alive)
+        try:
+            slot = loaded.queue.acquire(self.settings.queue_timeout_s)
+        except BaseException:
+            self._checkin_model(loaded)
+            raise
+        return loaded, slot, load_ns
+
+    def _release_slot(self, loaded: LoadedModel, slot: int) -> None:
+        loaded.queue.release(slot)
+        self._checkin_model(loaded)
+
+    # -- generation
+
+    def generate(self, request: GenerationRequest) -> GenerationStream:
+        """Start one generation. Errors in the request (bad options, too long, ...) raise here, before any output."""
+        started = time.perf_counter_ns()
+        loaded, slot, load_ns = self._take_slot(request.model, request.keep_alive)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._release_slot(loaded, slot)
+
+        try:
+            if request.images and not getattr(loaded.model, "supports_images", False):
+                raise InvalidRequest(f"model '{loaded.name}' is text-only: it does not accept images")
+            events = _generation_events(loaded, request, load_ns, started)
+            first = next(events)  # surfaces request errors as exceptions, before the response starts
+        except BaseException:
+            release()
+            raise
+        return GenerationStream(_prepend(first, events), release)
+
+    # -- embeddings
+
+    def embed(self, name: str, inputs: list[str], *, truncate: bool = True, dimensions: int | None = None,
+              options: dict | None = None, keep_alive: object = None) -> EmbedResult:
+        from refllm.engine.embeddings import embed_texts
+
+        started = time.perf_counter_ns()
+        loaded, slot, load_ns = self._take_slot(name, keep_alive)
+        try:
+            vectors, n_tokens = embed_texts(loaded.model, inputs, truncate=truncate, dimensions=dimensions, options=options or {})
+        finally:
+            self._release_slot(loaded, slot)
+        return EmbedResult(vectors, n_tokens, load_ns, time.perf_counter_ns() - started)
+
+
+def _prepend(first, rest: Iterator) -> Iterator:
+    class _Chain:
+        """``first`` then ``rest``; ``close()`` reaches the model's generator."""
+
+        def __init__(self):
+            self.pending = [first]
+
+        def __iter__(self):
+            return self
+
+        def __next__(self):
+            if self.pending:
+                return self.pending.pop()
+            return next(rest)
+
+        def close(self):
+            rest.close()
+
+    return _Chain()
+
+
+def _generation_events(loaded: LoadedModel, request: GenerationRequest, load_ns: int, started_ns: int) -> Iterator:
+    """Call ``model.generate(..., stream=True)`` and translate its output into Piece ... Finished."""
+    options = {**loaded.recipe.params, **request.options}  # request options override the model's defaults
+    system = request.system if request.system is not None else loaded.recipe.system
+    prompt = request.prompt
+    if isinstance(prompt, list) and system is not None and not any(m.get("role") == "system" for m in prompt):
+        prompt = [{"role": "system", "content": system}, *prompt]
+        system = None
+    if isinstance(prompt, list) and loaded.recipe.messages:
+        prompt = [*loaded.recipe.messages, *prompt]
+    output = loaded.model.generate(
+        prompt, raw=request.raw, stream=True, system=system, images=request.images or None,
+        logprobs=request.logprobs, top_logprobs=request.top_logprobs, **options,
+    )
+    text_parts: list[str] = []
+    all_logprobs: list[TokenLogprob] = []
+    try:
+        for item in output:
+            if _is_result(item):
+                yield _finished_from_result(item, "".join(text_parts), all_logprobs, load_ns, started_ns)
+                return
+            piece = _piece_from_chunk(item)
+            text_parts.append(piece.text)
+            all_logprobs.extend(piece.logprobs)
+            yield piece
+    finally:
+        close = getattr(output, "close", None)
+        if close is not None:
+            close()
+    # a generator that ended without a result object: totals from what we saw
+    yield Finished("".join(text_parts), "stop", eval_count=len(all_logprobs), load_duration=load_ns,
+                   total_duration=time.perf_counter_ns() - started_ns, logprobs=all_logprobs)
+
+
+def _is_result(item) -> bool:
+    return hasattr(item, "done_reason") and hasattr(item, "eval_count")
+
+
+def _token_logprob(entry) -> TokenLogprob:
+    """A logprob entry from the generator (dict or object) in the one shape the codecs use."""
+    get = entry.get if isinstance(entry, dict) else lambda key, default=None: getattr(entry, key, default)
+    token = get("token", "")
+    raw_bytes = get("bytes", None)
+    if raw_bytes is None:
+        raw_bytes = list(str(token).encode("utf-8"))
+    top = [_token_logprob(alt).as_dict(with_top=False) for alt in (get("top_logprobs", None) or [])]
+    return TokenLogprob(str(token), float(get("logprob", 0.0)), list(raw_bytes), top)
+
+
+def _piece_from_chunk(chunk) -> Piece:
+    if isinstance(chunk, str):
+        return Piece(chunk)
+    text = chunk.get("text", "") if isinstance(chunk, dict) else getattr(chunk, "text", "")
+    entries = chunk.get("logprobs") if isinstance(chunk, dict) else getattr(chunk, "logprobs", None)
+    return Piece(text or "", [_token_logprob(e) for e in (entries or [])])
+
+
+def _finished_from_result(result, streamed_text: str, streamed_logprobs: list, load_ns: int, started_ns: int) -> Finished:
+    total = time.perf_counter_ns() - started_ns
+    logprobs = streamed_logprobs or [_token_logprob(e) for e in (getattr(result, "logprobs", None) or [])]
+    return Finished(
+        text=streamed_text or getattr(result, "text", "") or "",
+        done_reason=getattr(result, "done_reason", None) or "stop",
+        prompt_eval_count=int(getattr(result, "prompt_eval_count", 0) or 0),
+        prompt_eval_duration=int(getattr(result, "prompt_eval_duration", 0) or 0),
+        eval_count=int(getattr(result, "eval_count", 0) or 0),
+        eval_duration=int(getattr(result, "eval_duration", 0) or 0),
+        load_duration=load_ns + int(getattr(result, "load_duration", 0) or 0),
+        total_duration=max(total, int(getattr(result, "total_duration", 0) or 0)),
+        logprobs=logprobs,
+    )

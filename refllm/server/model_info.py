@@ -1,0 +1,93 @@
+"""What the listing routes say about a model file: details, digest, metadata (read from the GGUF header only)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from refllm.gguf import read
+
+_digest_cache: dict[tuple[str, int, int], str] = {}
+_digest_lock = threading.Lock()
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of the file, computed once per (path, size, mtime)."""
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    with _digest_lock:
+        if key not in _digest_cache:
+            sha = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    sha.update(block)
+            _digest_cache[key] = "sha256:" + sha.hexdigest()
+        return _digest_cache[key]
+
+
+def modified_at(path: Path) -> str:
+    return rfc3339(path.stat().st_mtime)
+
+
+def rfc3339(seconds: float) -> str:
+    """Wall-clock seconds as ``2025-10-26T17:21:21.196249Z`` (the timestamps Ollama sends)."""
+    if seconds == float("inf") or seconds > 253402300799:
+        return "9999-12-31T23:59:59Z"
+    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parameter_size(n_params: int) -> str:
+    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if n_params >= scale:
+            return f"{n_params / scale:.2f}".rstrip("0").rstrip(".") + unit
+    return str(n_params)
+
+
+def _quantization_level(file_type) -> str:
+    import gguf
+
+    try:
+        name = gguf.LlamaFileType(int(file_type)).name
+    except (ValueError, TypeError):
+        return "unknown"
+    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
+
+
+def details(path: Path) -> dict:
+    """Ollama's ``details`` object: format, family, parameter size, quantization."""
+    gguf_file = read(path)
+    n_params = sum(int(np.prod(t.shape)) for t in gguf_file.tensors.values())
+    family = gguf_file.architecture
+    return {
+        "parent_model": "", "format": "gguf", "family": family, "families": [family],
+        "parameter_size": _parameter_size(n_params),
+        "quantization_level": _quantization_level(gguf_file.metadata.get("general.file_type")),
+    }
+
+
+def model_info(path: Path, verbose: bool = False) -> dict:
+    """GGUF metadata as JSON: scalars always; arrays (token lists, ...) only when ``verbose``, else null."""
+    gguf_file = read(path)
+    info: dict = {"general.parameter_count": sum(int(np.prod(t.shape)) for t in gguf_file.tensors.values())}
+    for key, value in gguf_file.metadata.items():
+        if key == "tokenizer.chat_template":
+            continue  # shown as "template"
+        if isinstance(value, (str, int, float, bool)):
+            info[key] = value
+        elif isinstance(value, np.generic):
+            info[key] = value.item()
+        else:
+            info[key] = [v.item() if isinstance(v, np.generic) else v for v in value] if verbose else None
+    return info
+
+
+def chat_template(path: Path) -> str:
+    return str(read(path).metadata.get("tokenizer.chat_template", "") or "")
+
+
+def license_text(path: Path) -> str:
+    return str(read(path).metadata.get("general.license", "") or "")

@@ -1,0 +1,288 @@
+"""Ollama's native API (``/api/*``): a thin codec between Ollama's JSON and the engine.
+
+Generation routes build one ``GenerationRequest`` and send the engine's events back as
+Ollama objects, streamed as NDJSON (the default) or as one JSON object with
+``"stream": false``. Model-management routes are thin calls into the model store.
+"""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, Response, current_app, jsonify
+
+from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
+from refllm.engine.keep_alive import parse_keep_alive
+from refllm.errors import InvalidRequest
+from refllm.server import catalog
+from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, required, string_list
+from refllm.server.model_info import rfc3339
+from refllm.server.streams import ndjson_response
+
+ollama_api = Blueprint("ollama_api", __name__)
+
+MAX_TOP_LOGPROBS = 20
+NOT_YET = "structured outputs, tools and thinking are not implemented yet"
+
+
+def engine() -> Engine:
+    return current_app.extensions["refllm.engine"]
+
+
+def now() -> str:
+    return rfc3339(time.time())
+
+
+# -- request fields shared by /api/generate and /api/chat
+
+
+def options_field(body: dict) -> dict:
+    return dict(optional(body, "options", dict, {}))
+
+
+def logprob_fields(body: dict) -> tuple[bool, int]:
+    logprobs = optional(body, "logprobs", bool, False)
+    top = integer_in(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
+    if top and not logprobs:
+        raise InvalidRequest("field 'top_logprobs' needs \"logprobs\": true")
+    return logprobs, top
+
+
+def reject_not_yet(body: dict) -> None:
+    reject_unsupported(body, "format", NOT_YET)
+    reject_unsupported(body, "tools", NOT_YET)
+    reject_unsupported(body, "think", NOT_YET)
+
+
+def images_field(value, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidRequest(f"field {where!r} must be an array of base64 strings")
+    return value
+
+
+def chat_messages(body: dict) -> tuple[list[dict], list[str]]:
+    """Validated ``messages`` as [{"role", "content"}] plus the images any of them carry."""
+    messages = optional(body, "messages", list, [])
+    clean, images = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object with 'role' and 'content'")
+        role = message.get("role")
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequest(f"messages[{i}].role must be one of system, user, assistant, tool")
+        content = message.get("content")
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise InvalidRequest(f"messages[{i}].content must be a string")
+        reject_unsupported(message, "tool_calls", NOT_YET)
+        images += images_field(message.get("images"), f"messages[{i}].images")
+        clean.append({"role": role, "content": content})
+    return clean, images
+
+
+# -- generation
+
+
+def ollama_logprobs(piece: Piece | Finished) -> list[dict]:
+    return [entry.as_dict() for entry in piece.logprobs]
+
+
+def final_fields(finished: Finished) -> dict:
+    return {
+        "done": True, "done_reason": finished.done_reason,
+        "total_duration": finished.total_duration, "load_duration": finished.load_duration,
+        "prompt_eval_count": finished.prompt_eval_count, "prompt_eval_duration": finished.prompt_eval_duration,
+        "eval_count": finished.eval_count, "eval_duration": finished.eval_duration,
+    }
+
+
+def load_or_unload(name: str, keep_alive, body_key: str, empty) -> Response:
+    """A request without a prompt only loads the model (or unloads it with keep_alive 0), as in Ollama."""
+    if parse_keep_alive(keep_alive) == 0:
+        engine().resolve(name)
+        engine().unload(name)
+        reason = "unload"
+    else:
+        engine().load(name, keep_alive)
+        reason = "load"
+    return jsonify({"model": name, "created_at": now(), body_key: empty, "done": True, "done_reason": reason})
+
+
+def run_generation(request: GenerationRequest, stream: bool, wrap) -> Response:
+    """Start the generation, then answer as NDJSON or as one object; ``wrap(text)`` shapes the text field."""
+    events = engine().generate(request)
+    name = request.model
+    if not stream:
+        finished = events.collect()
+        body = {"model": name, "created_at": now(), **wrap(finished.text), **final_fields(finished)}
+        if request.logprobs:
+            body["logprobs"] = ollama_logprobs(finished)
+        return jsonify(body)
+
+    def objects():
+        try:
+            for event in events:
+                if isinstance(event, Finished):
+                    yield {"model": name, "created_at": now(), **wrap(""), **final_fields(event)}
+                elif event.text or event.logprobs:
+                    chunk = {"model": name, "created_at": now(), **wrap(event.text), "done": False}
+                    if request.logprobs:
+                        chunk["logprobs"] = ollama_logprobs(event)
+                    yield chunk
+        finally:
+            events.close()
+
+    return ndjson_response(objects())
+
+
+@ollama_api.post("/api/generate")
+def generate():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    reject_not_yet(body)
+    reject_unsupported(body, "suffix", "fill-in-the-middle prompts are not supported by refllm's models")
+    reject_unsupported(body, "template", "per-request Go templates are not supported; the model's chat template is used (or raw: true)")
+    reject_unsupported(body, "context", "the deprecated 'context' token list is not supported; send the conversation to /api/chat")
+    prompt = optional(body, "prompt", str, "")
+    images = images_field(body.get("images"), "images")
+    logprobs, top_logprobs = logprob_fields(body)
+    stream = optional(body, "stream", bool, True)
+    request = GenerationRequest(
+        model=name, prompt=prompt, raw=optional(body, "raw", bool, False), system=optional(body, "system", str),
+        images=images, options=options_field(body), logprobs=logprobs, top_logprobs=top_logprobs,
+        keep_alive=body.get("keep_alive"),
+    )
+    parse_keep_alive(request.keep_alive)  # a bad keep_alive is a 400 even on the load-only path
+    if not prompt and not images:
+        return load_or_unload(name, request.keep_alive, "response", "")
+    return run_generation(request, stream, lambda text: {"response": text})
+
+
+@ollama_api.post("/api/chat")
+def chat():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    reject_not_yet(body)
+    messages, images = chat_messages(body)
+    logprobs, top_logprobs = logprob_fields(body)
+    stream = optional(body, "stream", bool, True)
+    request = GenerationRequest(
+        model=name, prompt=messages, images=images, options=options_field(body),
+        logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"),
+    )
+    parse_keep_alive(request.keep_alive)
+    if not messages:
+        return load_or_unload(name, request.keep_alive, "message", {"role": "assistant", "content": ""})
+    return run_generation(request, stream, lambda text: {"message": {"role": "assistant", "content": text}})
+
+
+# -- embeddings
+
+
+@ollama_api.post("/api/embed")
+def embed():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    inputs = string_list(body, "input")
+    if inputs is None:
+        raise InvalidRequest("field 'input' is required (a string or an array of strings)")
+    dimensions = optional(body, "dimensions", int)
+    result = engine().embed(name, inputs, truncate=optional(body, "truncate", bool, True), dimensions=dimensions,
+                            options=options_field(body), keep_alive=body.get("keep_alive"))
+    return jsonify({"model": name, "embeddings": result.embeddings, "total_duration": result.total_duration,
+                    "load_duration": result.load_duration, "prompt_eval_count": result.prompt_eval_count})
+
+
+@ollama_api.post("/api/embeddings")
+def embeddings_legacy():
+    """The older single-prompt route: ``{"prompt"}`` -> ``{"embedding"}``."""
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    prompt = required(body, "prompt", str)
+    result = engine().embed(name, [prompt], options=options_field(body), keep_alive=body.get("keep_alive"))
+    return jsonify({"embedding": result.embeddings[0]})
+
+
+# -- models
+
+
+@ollama_api.get("/api/tags")
+def tags():
+    return jsonify({"models": catalog.list_models()})
+
+
+@ollama_api.post("/api/show")
+def show():
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    return jsonify(catalog.show(engine().resolve(name), verbose=optional(body, "verbose", bool, False)))
+
+
+@ollama_api.get("/api/ps")
+def ps():
+    return jsonify({"models": [catalog.running_entry(loaded) for loaded in engine().running()]})
+
+
+@ollama_api.post("/api/copy")
+def copy():
+    body = json_body()
+    source = validate_model_name(body.get("source"), "source")
+    destination = validate_model_name(body.get("destination"), "destination")
+    catalog.copy(engine().resolve(source), destination)
+    return Response(status=200)
+
+
+@ollama_api.delete("/api/delete")
+def delete():
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    engine().unload(name)  # 404 for an unknown name; a model in use unloads when its requests end
+    catalog.delete(name)
+    return Response(status=200)
+
+
+@ollama_api.post("/api/create")
+def create():
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    stream = optional(body, "stream", bool, True)
+    statuses = catalog.create(name, body)
+    if stream:
+        return ndjson_response(iter_closeable(statuses))
+    last = {"status": "success"}
+    for last in statuses:
+        pass
+    return jsonify(last)
+
+
+@ollama_api.post("/api/pull")
+def pull():
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    stream = optional(body, "stream", bool, True)
+    statuses = catalog.pull(name)
+    if stream:
+        return ndjson_response(iter_closeable(statuses))
+    last = {"status": "success"}
+    for last in statuses:
+        pass
+    return jsonify(last)
+
+
+@ollama_api.route("/api/blobs/<digest>", methods=["HEAD", "POST"])
+def blobs(digest: str):
+    from flask import request
+
+    catalog.check_digest(digest)
+    if request.method == "HEAD":
+        return Response(status=200 if catalog.has_blob(digest) else 404)
+    catalog.save_blob(digest, request.stream)
+    return Response(status=201)
+
+
+def iter_closeable(items):
+    """Make any iterable a generator (ndjson_response closes what it streams)."""
+    yield from items

@@ -1,0 +1,414 @@
+"""The OpenAI-compatible API (``/v1/*``): the same engine call as Ollama's, in OpenAI's shapes.
+
+OpenAI sampling fields map onto Ollama option names (``max_tokens`` -> ``num_predict``,
+``stop``, ``seed``, ``temperature``, ``top_p``, ``frequency_penalty``,
+``presence_penalty``); streams are server-sent events ending in ``data: [DONE]``
+(``/v1/responses`` sends typed events instead). Errors use OpenAI's
+``{"error": {"message", "type", "param", "code"}}`` envelope (see ``app.error_response``).
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+
+import numpy as np
+from flask import Blueprint, current_app, jsonify
+
+from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
+from refllm.errors import InvalidRequest, ModelNotFound
+from refllm.server import catalog
+from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
+from refllm.server.streams import sse_response
+
+openai_api = Blueprint("openai_api", __name__)
+
+NOT_YET = "structured outputs, tools and reasoning are not implemented yet"
+MAX_TOP_LOGPROBS = 20
+
+
+def engine() -> Engine:
+    return current_app.extensions["refllm.engine"]
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def finish_reason(finished: Finished) -> str:
+    return "length" if finished.done_reason == "length" else "stop"
+
+
+def usage(finished: Finished) -> dict:
+    return {"prompt_tokens": finished.prompt_eval_count, "completion_tokens": finished.eval_count,
+            "total_tokens": finished.prompt_eval_count + finished.eval_count}
+
+
+# -- request fields
+
+
+def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
+    """OpenAI's sampling fields as Ollama options."""
+    options: dict = {}
+    for openai_name, kind in (("temperature", float), ("top_p", float), ("frequency_penalty", float),
+                              ("presence_penalty", float), ("seed", int)):
+        value = optional(body, openai_name, kind)
+        if value is not None:
+            options[openai_name] = value
+    for field_name in max_tokens_fields:
+        value = optional(body, field_name, int)
+        if value is not None:
+            if value < 1:
+                raise InvalidRequest(f"field {field_name!r} must be at least 1")
+            options["num_predict"] = value
+    stop = string_list(body, "stop")
+    if stop:
+        options["stop"] = stop
+    if optional(body, "n", int, 1) != 1:
+        raise InvalidRequest("field 'n' must be 1: one choice per request")
+    reject_unsupported(body, "logit_bias", "logit biases are not supported")
+    return options
+
+
+def reject_not_yet(body: dict) -> None:
+    reject_unsupported(body, "tools", NOT_YET)
+    reject_unsupported(body, "functions", NOT_YET)
+    tool_choice = body.get("tool_choice")
+    if tool_choice not in (None, "none", "auto"):
+        raise InvalidRequest(f"field 'tool_choice' is not supported: {NOT_YET}")
+    reject_unsupported(body, "reasoning_effort", NOT_YET)
+    reject_unsupported(body, "reasoning", NOT_YET)
+    response_format = body.get("response_format")
+    if response_format is not None and response_format != {"type": "text"}:
+        raise InvalidRequest(f"field 'response_format' is not supported: {NOT_YET}")
+
+
+def image_from_url(url: object, where: str) -> str:
+    if not isinstance(url, str) or not url.startswith("data:") or ";base64," not in url:
+        raise InvalidRequest(f"{where} must be a data:...;base64, URL (remote image URLs are not fetched)")
+    return url.split(";base64,", 1)[1]
+
+
+def openai_messages(body: dict) -> tuple[list[dict], list[str]]:
+    """``messages`` with string or content-part contents -> [{"role", "content"}] and images."""
+    messages = optional(body, "messages", list)
+    if not messages:
+        raise InvalidRequest("field 'messages' is required and must not be empty")
+    clean, images = [], []
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"messages[{i}] must be an object")
+        role = message.get("role")
+        if role == "developer":
+            role = "system"
+        if role not in ("system", "user", "assistant", "tool"):
+            raise InvalidRequest(f"messages[{i}].role must be one of system, developer, user, assistant, tool")
+        reject_unsupported(message, "tool_calls", NOT_YET)
+        text, message_images = content_text(message.get("content"), f"messages[{i}].content")
+        images += message_images
+        clean.append({"role": role, "content": text})
+    return clean, images
+
+
+def content_text(content: object, where: str) -> tuple[str, list[str]]:
+    """A message content: a string, or parts [{"type": "text"|"input_text"|"output_text", "text"}, images...]."""
+    if content is None:
+        return "", []
+    if isinstance(content, str):
+        return content, []
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where} must be a string or an array of content parts")
+    texts, images = [], []
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else None
+        if kind in ("text", "input_text", "output_text") and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        elif kind == "image_url":
+            url = part.get("image_url")
+            images.append(image_from_url(url.get("url") if isinstance(url, dict) else url, f"{where}[{j}].image_url"))
+        elif kind == "input_image":
+            images.append(image_from_url(part.get("image_url"), f"{where}[{j}].image_url"))
+        else:
+            raise InvalidRequest(f"{where}[{j}] must be a text part ({{\"type\": \"text\", \"text\": ...}}) or an image part")
+    return "".join(texts), images
+
+
+def stream_options(body: dict) -> bool:
+    """``stream_options.include_usage``."""
+    value = optional(body, "stream_options", dict, {})
+    include = value.get("include_usage", False)
+    if not isinstance(include, bool):
+        raise InvalidRequest("field 'stream_options.include_usage' must be a boolean")
+    return include
+
+
+# -- /v1/chat/completions
+
+
+def chat_logprobs(entries) -> dict:
+    return {"content": [entry.as_dict() for entry in entries], "refusal": None}
+
+
+@openai_api.post("/v1/chat/completions")
+def chat_completions():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    reject_not_yet(body)
+    messages, images = openai_messages(body)
+    logprobs = optional(body, "logprobs", bool, False)
+    top_logprobs = integer_in(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
+    if top_logprobs and not logprobs:
+        raise InvalidRequest("field 'top_logprobs' needs \"logprobs\": true")
+    stream = optional(body, "stream", bool, False)
+    include_usage = stream_options(body)
+    request = GenerationRequest(model=name, prompt=messages, images=images,
+                                options=sampling_options(body, ("max_tokens", "max_completion_tokens")),
+                                logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"))
+    events = engine().generate(request)
+    response_id, created = new_id("chatcmpl"), int(time.time())
+    head = {"id": response_id, "object": "chat.completion", "created": created, "model": name, "system_fingerprint": "fp_refllm"}
+    if not stream:
+        finished = events.collect()
+        choice = {"index": 0, "message": {"role": "assistant", "content": finished.text, "refusal": None},
+                  "finish_reason": finish_reason(finished), "logprobs": chat_logprobs(finished.logprobs) if logprobs else None}
+        return jsonify({**head, "choices": [choice], "usage": usage(finished)})
+
+    def chunk(delta: dict, reason: str | None = None, piece: Piece | None = None) -> tuple[None, dict]:
+        choice = {"index": 0, "delta": delta, "finish_reason": reason,
+                  "logprobs": chat_logprobs(piece.logprobs) if (logprobs and piece is not None) else None}
+        data = {**head, "object": "chat.completion.chunk", "choices": [choice]}
+        if include_usage:
+            data["usage"] = None
+        return None, data
+
+    def sse_events():
+        try:
+            yield chunk({"role": "assistant", "content": ""})
+            for event in events:
+                if isinstance(event, Finished):
+                    yield chunk({}, finish_reason(event))
+                    if include_usage:
+                        yield None, {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(event)}
+                elif event.text or event.logprobs:
+                    yield chunk({"content": event.text}, piece=event)
+        finally:
+            events.close()
+
+    return sse_response(sse_events())
+
+
+# -- /v1/completions
+
+
+def completion_logprobs(entries, start_offset: int = 0) -> dict:
+    """The legacy completions shape: parallel lists plus one {token: logprob} dict per position."""
+    tokens, token_logprobs, top, offsets = [], [], [], []
+    offset = start_offset
+    for entry in entries:
+        tokens.append(entry.token)
+        token_logprobs.append(entry.logprob)
+        top.append({alt["token"]: alt["logprob"] for alt in entry.top_logprobs})
+        offsets.append(offset)
+        offset += len(entry.token)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top, "text_offset": offsets}
+
+
+@openai_api.post("/v1/completions")
+def completions():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    reject_not_yet(body)
+    prompt = body.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
+        prompt = prompt[0]
+    if not isinstance(prompt, str):
+        raise InvalidRequest("field 'prompt' must be a string (token arrays and batches are not supported)")
+    reject_unsupported(body, "suffix", "fill-in-the-middle prompts are not supported by refllm's models")
+    reject_unsupported(body, "echo", "echoing the prompt is not supported")
+    if optional(body, "best_of", int, 1) != 1:
+        raise InvalidRequest("field 'best_of' must be 1")
+    n_logprobs = integer_in(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+    stream = optional(body, "stream", bool, False)
+    include_usage = stream_options(body)
+    request = GenerationRequest(model=name, prompt=prompt, options=sampling_options(body, ("max_tokens",)),
+                                logprobs=n_logprobs is not None, top_logprobs=n_logprobs or 0, keep_alive=body.get("keep_alive"))
+    events = engine().generate(request)
+    head = {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": name, "system_fingerprint": "fp_refllm"}
+    if not stream:
+        finished = events.collect()
+        choice = {"index": 0, "text": finished.text, "finish_reason": finish_reason(finished),
+                  "logprobs": completion_logprobs(finished.logprobs) if request.logprobs else None}
+        return jsonify({**head, "choices": [choice], "usage": usage(finished)})
+
+    def sse_events():
+        offset = 0
+        try:
+            for event in events:
+                if isinstance(event, Finished):
+                    data = {**head, "choices": [{"index": 0, "text": "", "finish_reason": finish_reason(event), "logprobs": None}]}
+                    if include_usage:
+                        yield None, {**data, "usage": None}
+                        yield None, {**head, "choices": [], "usage": usage(event)}
+                    else:
+                        yield None, data
+                elif event.text or event.logprobs:
+                    choice = {"index": 0, "text": event.text, "finish_reason": None,
+                              "logprobs": completion_logprobs(event.logprobs, offset) if request.logprobs else None}
+                    offset += len(event.text)
+                    yield None, {**head, "choices": [choice], **({"usage": None} if include_usage else {})}
+        finally:
+            events.close()
+
+    return sse_response(sse_events())
+
+
+# -- /v1/embeddings
+
+
+@openai_api.post("/v1/embeddings")
+def embeddings():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    inputs = string_list(body, "input")
+    if inputs is None:
+        raise InvalidRequest("field 'input' must be a string or an array of strings (token arrays are not supported)")
+    encoding = optional(body, "encoding_format", str, "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidRequest("field 'encoding_format' must be 'float' or 'base64'")
+    result = engine().embed(name, inputs, dimensions=optional(body, "dimensions", int), keep_alive=body.get("keep_alive"))
+
+    def encode(vector: list[float]):
+        if encoding == "base64":
+            return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
+        return vector
+
+    data = [{"object": "embedding", "embedding": encode(v), "index": i} for i, v in enumerate(result.embeddings)]
+    return jsonify({"object": "list", "data": data, "model": name,
+                    "usage": {"prompt_tokens": result.prompt_eval_count, "total_tokens": result.prompt_eval_count}})
+
+
+# -- /v1/models
+
+
+def model_object(entry: dict) -> dict:
+    from datetime import datetime
+
+    created = int(datetime.fromisoformat(entry["modified_at"].replace("Z", "+00:00")).timestamp())
+    return {"id": entry["name"], "object": "model", "created": created, "owned_by": "library"}
+
+
+@openai_api.get("/v1/models")
+def list_models():
+    return jsonify({"object": "list", "data": [model_object(e) for e in catalog.list_models()]})
+
+
+@openai_api.get("/v1/models/<path:model>")
+def get_model(model: str):
+    validate_model_name(model)
+    for entry in catalog.list_models():
+        if entry["name"] == model:
+            return jsonify(model_object(entry))
+    raise ModelNotFound(f"model '{model}' not found")
+
+
+# -- /v1/responses
+
+
+def responses_input(body: dict) -> tuple[list[dict], list[str]]:
+    """``input``: a string, or a list of messages / message items."""
+    value = body.get("input")
+    if isinstance(value, str):
+        if not value:
+            raise InvalidRequest("field 'input' must not be empty")
+        return [{"role": "user", "content": value}], []
+    if not isinstance(value, list) or not value:
+        raise InvalidRequest("field 'input' must be a string or a non-empty array of messages")
+    messages, images = [], []
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or item.get("type", "message") != "message":
+            raise InvalidRequest(f"input[{i}] must be a message ({{\"role\", \"content\"}}); other item types are not supported")
+        role = "system" if item.get("role") == "developer" else item.get("role")
+        if role not in ("system", "user", "assistant"):
+            raise InvalidRequest(f"input[{i}].role must be one of system, developer, user, assistant")
+        text, item_images = content_text(item.get("content"), f"input[{i}].content")
+        images += item_images
+        messages.append({"role": role, "content": text})
+    return messages, images
+
+
+@openai_api.post("/v1/responses")
+def responses():
+    body = json_body()
+    name = validate_model_name(body.get("model"))
+    reject_not_yet(body)
+    reject_unsupported(body, "previous_response_id", "responses are not stored; send the whole conversation as input")
+    text_config = optional(body, "text", dict, {})
+    if text_config.get("format") not in (None, {"type": "text"}):
+        raise InvalidRequest(f"field 'text.format' is not supported: {NOT_YET}")
+    messages, images = responses_input(body)
+    instructions = optional(body, "instructions", str)
+    if instructions:
+        messages = [{"role": "system", "content": instructions}, *messages]
+    stream = optional(body, "stream", bool, False)
+    request = GenerationRequest(model=name, prompt=messages, images=images,
+                                options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"))
+    events = engine().generate(request)
+    response_id, message_id, created = new_id("resp"), new_id("msg"), int(time.time())
+
+    def response_object(status: str, text: str | None, finished: Finished | None) -> dict:
+        output = []
+        if text is not None:
+            output = [{"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
+        incomplete = finished is not None and finished.done_reason == "length"
+        return {
+            "id": response_id, "object": "response", "created_at": created, "model": name,
+            "status": "incomplete" if incomplete else status,
+            "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
+            "error": None, "instructions": instructions, "metadata": {}, "output": output,
+            "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+            "temperature": request.options.get("temperature"), "top_p": request.options.get("top_p"),
+            "max_output_tokens": request.options.get("num_predict"), "previous_response_id": None,
+            "text": {"format": {"type": "text"}}, "truncation": "disabled",
+            "usage": None if finished is None else {
+                "input_tokens": finished.prompt_eval_count, "output_tokens": finished.eval_count,
+                "total_tokens": finished.prompt_eval_count + finished.eval_count,
+                "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+        }
+
+    if not stream:
+        finished = events.collect()
+        return jsonify(response_object("completed", finished.text, finished))
+
+    sequence = iter(range(1 << 62))
+
+    def event(kind: str, **fields) -> tuple[str, dict]:
+        return kind, {"type": kind, "sequence_number": next(sequence), **fields}
+
+    def sse_events():
+        where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+        try:
+            yield event("response.created", response=response_object("in_progress", None, None))
+            yield event("response.in_progress", response=response_object("in_progress", None, None))
+            yield event("response.output_item.added", output_index=0,
+                        item={"type": "message", "id": message_id, "status": "in_progress", "role": "assistant", "content": []})
+            yield event("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
+            for item in events:
+                if isinstance(item, Finished):
+                    part = {"type": "output_text", "text": item.text, "annotations": []}
+                    yield event("response.output_text.done", **where, text=item.text, logprobs=[])
+                    yield event("response.content_part.done", **where, part=part)
+                    yield event("response.output_item.done", output_index=0,
+                                item={"type": "message", "id": message_id, "status": "completed", "role": "assistant", "content": [part]})
+                    done = response_object("completed", item.text, item)
+                    yield event("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
+                elif item.text:
+                    yield event("response.output_text.delta", **where, delta=item.text, logprobs=[])
+        finally:
+            events.close()
+
+    def error_event(message: str) -> tuple[str, dict]:
+        return event("error", code="server_error", message=message, param=None)
+
+    return sse_response(sse_events(), done_marker=False, error_event=error_event)
