@@ -1,0 +1,104 @@
+"""The CUDA kernels against the NumPy references, on a GPU or in Numba's CUDA simulator.
+
+tests/conftest.py switches the simulator on where no GPU exists; the simulator runs
+each GPU thread as Python, so shapes stay tiny.  References: ``refllm.quant``
+(checked bit-exactly against gguf-py elsewhere) and ``refllm.kernels.reference``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES
+from gguf import GGMLQuantizationType as T
+from numba import cuda
+
+from refllm.kernels import reference as ref
+from refllm.kernels.cuda import cuda_status, ops
+from refllm.kernels.cuda.backend import BACKEND as CUDA_BACKEND
+from refllm.quant import dequantize
+
+CUDA_TYPES = [T.F32, T.F16, T.BF16, T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q5_K, T.Q6_K]
+
+# byte offsets of the f16 scale fields in each block: d (and m / dmin)
+F16_FIELDS = {
+    T.Q4_0: (0,), T.Q5_0: (0,), T.Q8_0: (0,),
+    T.Q4_1: (0, 2), T.Q5_1: (0, 2), T.Q4_K: (0, 2), T.Q5_K: (0, 2),
+    T.Q6_K: (208,),
+}
+
+
+def random_weight(ggml_type: T, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
+    """Raw bytes of a (rows, cols) tensor: random quants with finite random f16 scales."""
+    values = rng.standard_normal(rows * cols).astype(np.float32)
+    if ggml_type == T.F32:
+        return values.view(np.uint8)
+    if ggml_type == T.F16:
+        return values.astype(np.float16).view(np.uint8)
+    if ggml_type == T.BF16:
+        return (values.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8)
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    n_blocks = rows * cols // block_size
+    blocks = rng.integers(0, 256, (n_blocks, type_size), dtype=np.uint8)
+    for offset in F16_FIELDS[ggml_type]:
+        scales = (rng.standard_normal(n_blocks) * 0.05).astype(np.float16)
+        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(n_blocks, 2)
+    return blocks.reshape(-1)
+
+
+def test_cuda_status_explains_itself():
+    available, reason = cuda_status()
+    assert available  # a GPU, or the simulator that conftest switched on
+    assert reason
+
+
+@pytest.mark.parametrize("ggml_type", CUDA_TYPES, ids=lambda t: t.name)
+def test_matmul_and_embedding_match_dequantize(ggml_type):
+    rng = np.random.default_rng(int(ggml_type))
+    rows, cols = 3, 256
+    raw = random_weight(ggml_type, rows, cols, rng)
+    weight = dequantize(raw, ggml_type, (rows, cols))  # [rows, cols] reference
+    x = rng.standard_normal((2, cols)).astype(np.float32)
+
+    w = ops.upload_weight("w", raw, int(ggml_type), (rows, cols))
+    y = ops.matmul(w, cuda.to_device(x)).copy_to_host()  # [2, rows]
+    np.testing.assert_allclose(y, x @ weight.T, rtol=1e-4, atol=1e-4 * np.abs(weight).max() * cols**0.5)
+
+    rows_out = ops.embedding(w, np.array([2, 0, 2])).copy_to_host()
+    np.testing.assert_array_equal(rows_out, weight[[2, 0, 2]])
+
+
+def test_rms_norm_and_activations():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, 64)).astype(np.float32)
+    weight = rng.standard_normal(64).astype(np.float32)
+    np.testing.assert_allclose(CUDA_BACKEND.rms_norm(x, weight, 1e-6), ref.rms_norm(x, weight, 1e-6), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(CUDA_BACKEND.silu(x), ref.silu(x), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(CUDA_BACKEND.gelu_tanh(x), ref.gelu_tanh(x), rtol=1e-5, atol=1e-6)
+    gate, up = x, rng.standard_normal((3, 64)).astype(np.float32)
+    for gelu, act in ((False, ref.silu), (True, ref.gelu_tanh)):
+        out = ops.gated_activation(cuda.to_device(gate), cuda.to_device(up), gelu).copy_to_host()
+        np.testing.assert_allclose(out, act(gate) * up, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("n_rot", [16, 8])  # full and partial rotation of a 16-dim head
+def test_rope(neox, n_rot):
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3, 2, 16)).astype(np.float32)
+    positions = np.array([0, 5, 17])
+    inv_freq = (10000.0 ** (-np.arange(0, n_rot, 2) / n_rot)).astype(np.float32)
+    got = CUDA_BACKEND.rope(x, positions, inv_freq, neox, 1.0)
+    np.testing.assert_allclose(got, ref.rope(x, positions, inv_freq, neox), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("window", [None, 2])
+def test_attention_gqa_causal_and_sliding(window):
+    rng = np.random.default_rng(3)
+    n_ctx, heads, kv_heads, hd = 5, 4, 2, 8
+    q = rng.standard_normal((3, heads, hd)).astype(np.float32)  # the last 3 positions
+    k = rng.standard_normal((n_ctx, kv_heads, hd)).astype(np.float32)
+    v = rng.standard_normal((n_ctx, kv_heads, hd)).astype(np.float32)
+    positions = np.array([2, 3, 4])
+    got = CUDA_BACKEND.attention(q, k, v, positions, 0.3, window)
+    np.testing.assert_allclose(got, ref.attention(q, k, v, positions, 0.3, window), rtol=1e-5, atol=1e-5)
