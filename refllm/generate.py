@@ -155,7 +155,7 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
     end_ids = set(tokenizer.eog_ids)
     sampler = Sampler(opts, model.n_vocab)
     stops = StopMatcher(opts.stop)
-    decoder = _incremental_decoder(tokenizer)
+    decoder = tokenizer.decoder()  # streaming detokenizer: holds bytes of incomplete characters
     max_new = opts.num_predict if opts.num_predict >= 0 else num_ctx  # -1/-2: until the context is full
 
     # 1. prefill: reuse the session's cached prefix, evaluate the rest in one batched pass
@@ -334,37 +334,3 @@ def _non_empty(ids: list[int]) -> list[int]:
     if not ids:
         raise InvalidRequest("the prompt is empty")
     return ids
-
-
-# --------------------------------------------------------------------------- streaming text
-
-
-def _incremental_decoder(tokenizer):
-    """The tokenizer's own incremental decoder when it has one, else ``DecodeByDifference``."""
-    make = getattr(tokenizer, "incremental_decoder", None)
-    return make() if callable(make) else DecodeByDifference(tokenizer)
-
-
-class DecodeByDifference:
-    """Streams text by decoding all ids so far and emitting what is new.
-
-    Text ending in U+FFFD (an incomplete multi-byte character) is held back until the next token.
-    """
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.emitted = 0  # characters already returned
-
-    def push(self, token_id: int) -> str:
-        self.ids.append(token_id)
-        text = self.tokenizer.decode(self.ids)
-        if text.endswith("\ufffd"):
-            return ""
-        new, self.emitted = text[self.emitted :], len(text)
-        return new
-
-    def flush(self) -> str:
-        text = self.tokenizer.decode(self.ids)
-        new, self.emitted = text[self.emitted :], len(text)
-        return new

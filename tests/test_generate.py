@@ -36,6 +36,25 @@ class FakeTokenizer:
         data = b"".join(VOCAB[i] if isinstance(VOCAB[i], bytes) else VOCAB[i].encode() for i in ids if i not in (BOS, EOS))
         return data.decode("utf-8", errors="replace")
 
+    def decoder(self):
+        return FakeDecoder(self)
+
+
+class FakeDecoder:
+    def __init__(self, tokenizer: FakeTokenizer):
+        self.tokenizer, self.ids, self.emitted = tokenizer, [], 0
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        text = self.tokenizer.decode(self.ids)
+        if text.endswith("\ufffd"):
+            return ""
+        new, self.emitted = text[self.emitted :], len(text)
+        return new
+
+    def flush(self) -> str:
+        return self.tokenizer.decode(self.ids)[self.emitted :]
+
 
 class FakeTemplate:
     def render(self, messages, add_generation_prompt=True) -> str:

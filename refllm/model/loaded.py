@@ -68,6 +68,20 @@ class Model:
     def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
         return self.chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
 
+    # -- generation (refllm.generate)
+
+    def generate(self, prompt, *, raw: bool = False, stream: bool = False, system: str | None = None, images=None,
+                 logprobs: bool = False, top_logprobs: int = 0, session=None, options=None, **more_options):  # fmt: skip
+        """Generate text; options use Ollama's names. See ``refllm.generate.generate``.
+
+        Returns a ``GenerationResult`` (``.text``, ``.tokens``, ``.done_reason``, Ollama's stats);
+        with ``stream=True`` an iterator of text ``Chunk``s (str) that ends with the result.
+        """
+        from refllm.generate import generate
+
+        return generate(self, prompt, raw=raw, stream=stream, system=system, images=images, logprobs=logprobs,
+                        top_logprobs=top_logprobs, session=session, options=options, **more_options)  # fmt: skip
+
 
 def load(path_or_name: str | os.PathLike) -> Model:
     """Open a model by GGUF path or by name; nothing heavy happens until it is used."""
