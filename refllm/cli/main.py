@@ -20,6 +20,7 @@ from refllm.gguf import GGUFError
 COMMAND_MODULES = [
     "refllm.cli.inspect",
     "refllm.cli.serve",
+    "refllm.cli.store",
 ]
 
 

@@ -1,0 +1,323 @@
+"""Model management commands: pull, create, list, show, cp, rm, ps, stop.
+
+They print what Ollama's CLI prints.  ``ps`` and ``stop`` ask a running server
+(``REFLLM_HOST``, default 127.0.0.1:11435); everything else works on the store
+directly, with or without a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime
+from pathlib import Path
+
+from refllm import store
+from refllm.errors import InvalidRequest, RefllmError
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("pull", help="get a model: catalog name (smollm2, gemma3), .gguf path or http(s) URL")
+    p.add_argument("source", help="smollm2 | smollm2:135m | gemma3 | ./model.gguf | https://host/model.gguf[#sha256=HEX]")
+    p.add_argument("--name", help="store name to give a file or URL (default: the file name)")
+    p.add_argument("--digest", help="expected sha256:<hex> of the GGUF (checked before it enters the store)")
+    p.set_defaults(func=pull_command)
+
+    p = subparsers.add_parser("create", help="create a model from a Modelfile")
+    p.add_argument("name")
+    p.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)")
+    p.add_argument("-q", "--quantize", choices=store.QUANTIZE_CHOICES, type=str.lower,
+                   help="requantize the GGUF's weights to this type")
+    p.set_defaults(func=create_command)
+
+    p = subparsers.add_parser("list", aliases=["ls"], help="list the models in the store")
+    p.set_defaults(func=list_command)
+
+    p = subparsers.add_parser("show", help="show a store model (or a GGUF file's header)")
+    p.add_argument("name", help="a store name, or a path to a .gguf file")
+    what = p.add_mutually_exclusive_group()
+    for flag in ("modelfile", "parameters", "template", "system", "license"):
+        what.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
+    what.add_argument("--verify", action="store_true", help="re-hash every blob of the model and report damage")
+    p.set_defaults(func=show_command)
+
+    p = subparsers.add_parser("cp", help="copy a model under a new name (the blobs are shared)")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.set_defaults(func=cp_command)
+
+    p = subparsers.add_parser("rm", help="remove models (and the blobs no other model uses)")
+    p.add_argument("names", nargs="+", metavar="name")
+    p.set_defaults(func=rm_command)
+
+    p = subparsers.add_parser("ps", help="list the models a running server has loaded")
+    p.set_defaults(func=ps_command)
+
+    p = subparsers.add_parser("stop", help="unload a model from a running server")
+    p.add_argument("name")
+    p.set_defaults(func=stop_command)
+
+
+# --------------------------------------------------------------------------- store commands
+
+
+def pull_command(args: argparse.Namespace) -> int:
+    bar = ProgressBar()
+    model = store.pull(args.source, name=args.name, progress=bar, expected_digest=args.digest)
+    bar.close()
+    print(f"pulled {model.name}")
+    return 0
+
+
+def create_command(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidRequest(f"Modelfile not found: {path} (give one with -f)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidRequest(f"cannot read Modelfile {path}: {e}") from None
+    bar = ProgressBar()
+    model = store.create(args.name, text, quantize=args.quantize, progress=bar, base_dir=path.resolve().parent)
+    bar.close()
+    print(f"created {model.name}")
+    return 0
+
+
+def list_command(args: argparse.Namespace) -> int:
+    rows = [
+        (m["name"], m["digest"][:12], human_bytes(m["size"]), human_ago(datetime.fromisoformat(m["modified_at"])))
+        for m in store.list_models()
+    ]
+    print_table(("NAME", "ID", "SIZE", "MODIFIED"), rows)
+    return 0
+
+
+def show_command(args: argparse.Namespace) -> int:
+    if _is_gguf_path(args.name):
+        return _show_gguf_file(args)
+    if args.verify:
+        problems = store.verify(args.name)
+        for problem in problems:
+            print(f"{args.name}: {problem}")
+        if problems:
+            return 1
+        print(f"{args.name}: all blobs verified")
+        return 0
+    info = store.show(args.name)
+    for flag in ("modelfile", "parameters", "template", "system", "license"):
+        if getattr(args, flag):
+            print(info[flag].rstrip("\n"))
+            return 0
+    details, model_info = info["details"], info["model_info"]
+    arch = details["family"]
+    print("  Model")
+    for label, value in (
+        ("architecture", arch),
+        ("parameters", details["parameter_size"]),
+        ("context length", model_info.get(f"{arch}.context_length")),
+        ("embedding length", model_info.get(f"{arch}.embedding_length")),
+        ("quantization", details["quantization_level"]),
+    ):
+        if value not in (None, ""):
+            print(f"    {label:<20}{value}")
+    if info["parameters"]:
+        print("\n  Parameters")
+        for line in info["parameters"].splitlines():
+            print(f"    {line}")
+    for section in ("system", "license"):
+        if info[section]:
+            print(f"\n  {section.capitalize()}")
+            for line in info[section].splitlines()[:4]:
+                print(f"    {line}")
+    return 0
+
+
+def _is_gguf_path(text: str) -> bool:
+    path = Path(text)
+    return path.suffix == ".gguf" or path.is_file()
+
+
+def _show_gguf_file(args: argparse.Namespace) -> int:
+    """A GGUF path: the file-inspection command (refllm/cli/inspect.py) prints its header."""
+    try:
+        from refllm.cli import inspect as gguf_inspect
+    except ImportError:
+        gguf_inspect = None
+    show_file = getattr(gguf_inspect, "show_gguf_command", None)
+    if show_file is None:
+        raise InvalidRequest(f"{args.name}: showing GGUF files needs `refllm inspect`, not available here")
+    return show_file(args)
+
+
+def cp_command(args: argparse.Namespace) -> int:
+    store.copy(args.source, args.destination)
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def rm_command(args: argparse.Namespace) -> int:
+    for name in args.names:
+        store.delete(name)
+        print(f"deleted '{name}'")
+    return 0
+
+
+# --------------------------------------------------------------------------- server commands
+
+
+def ps_command(args: argparse.Namespace) -> int:
+    header = ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")
+    try:
+        reply = server_request("GET", "/api/ps")
+    except ServerUnavailable as e:
+        print_table(header, [])
+        print(str(e), file=sys.stderr)
+        return 0
+    rows = []
+    for m in reply.get("models", []):
+        rows.append((
+            m.get("name", ""), str(m.get("digest", ""))[:12], human_bytes(int(m.get("size", 0))),
+            "100% GPU" if m.get("size_vram") else "100% CPU", str(m.get("context_length", "")),
+            _until(m.get("expires_at")),
+        ))
+    print_table(header, rows)
+    return 0
+
+
+def stop_command(args: argparse.Namespace) -> int:
+    """As Ollama's CLI does: a generate request with no prompt and keep_alive 0 unloads the model."""
+    try:
+        server_request("POST", "/api/generate", {"model": args.name, "keep_alive": 0})
+    except ServerUnavailable as e:
+        print(f"{e}; no model is loaded", file=sys.stderr)
+        return 0
+    return 0
+
+
+class ServerUnavailable(RefllmError):
+    pass
+
+
+def server_request(method: str, path: str, body: dict | None = None) -> dict:
+    """One JSON request to the configured server; ServerUnavailable when nothing listens."""
+    from refllm.config import load_settings
+
+    settings = load_settings()
+    url = settings.server_url + path
+    headers = {"Content-Type": "application/json"}
+    if settings.server.api_key:
+        headers["Authorization"] = f"Bearer {settings.server.api_key}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, headers=headers, method=method)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            text = response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read()).get("error", e.reason)
+        except ValueError:
+            message = e.reason
+        raise RefllmError(f"server at {settings.server_url}: {message}") from None
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
+        raise ServerUnavailable(f"no server running at {settings.server_url} ({getattr(e, 'reason', e)})") from None
+    last_line = text.strip().splitlines()[-1] if text.strip() else "{}"  # a streamed reply: the final object
+    return json.loads(last_line)
+
+
+# --------------------------------------------------------------------------- printing
+
+
+def print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    """Columns as Ollama prints them: left-aligned, padded to the widest cell plus 4 spaces."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
+    for row in (header, *rows):
+        print("".join(f"{str(cell):<{width + 4}}" for cell, width in zip(row, widths)).rstrip())
+
+
+def human_bytes(n: int) -> str:
+    """Decimal units as Ollama shows sizes: 98362432 -> '98 MB', 4683087332 -> '4.7 GB'."""
+    value, unit = float(n), "B"
+    for next_unit in ("KB", "MB", "GB", "TB"):
+        if value < 1000:
+            break
+        value, unit = value / 1000, next_unit
+    if value >= 10 or value == int(value):
+        return f"{int(value)} {unit}"
+    return f"{value:.1f} {unit}"
+
+
+def human_ago(moment: datetime) -> str:
+    seconds = max(0.0, time.time() - moment.timestamp())
+    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400 * 7, "week"), (86400, "day"),
+                       (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            count = int(seconds // size)
+            if count == 1:
+                return f"About a{'n' if unit == 'hour' else ''} {unit} ago"
+            return f"{count} {unit}s ago"
+    return "Less than a second ago"
+
+
+def _until(expires_at: str | None) -> str:
+    if not expires_at:
+        return ""
+    try:
+        remaining = datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp() - time.time()
+    except ValueError:
+        return expires_at
+    if remaining > 10 * 365 * 86400:
+        return "Forever"
+    if remaining < 60:
+        return "Less than a minute from now"
+    minutes = int(remaining // 60)
+    return f"{minutes} minute{'s' if minutes != 1 else ''} from now"
+
+
+class ProgressBar:
+    """Renders the store's progress objects on stderr: one line per status, a bar when sizes are known."""
+
+    WIDTH = 30
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.status = None
+        self.tty = self.stream.isatty()
+        self.last_draw = 0.0
+
+    def __call__(self, event: dict) -> None:
+        status = event.get("status", "")
+        total, completed = event.get("total"), event.get("completed")
+        if status != self.status:
+            self._end_line()
+            self.status = status
+            if not total or not self.tty:
+                self.stream.write(status + "\n")
+                self._open = False
+                return
+        if total and self.tty:
+            now = time.monotonic()
+            if completed != total and now - self.last_draw < 0.1:
+                return  # redraw at most 10 times a second
+            self.last_draw = now
+            fraction = min(1.0, (completed or 0) / total)
+            filled = int(fraction * self.WIDTH)
+            bar = "█" * filled + " " * (self.WIDTH - filled)
+            self.stream.write(f"\r{status} {fraction:4.0%} ▕{bar}▏ {human_bytes(completed or 0)}/{human_bytes(total)}  ")
+            self.stream.flush()
+            self._open = True
+
+    _open = False
+
+    def _end_line(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self._open = False
+
+    def close(self) -> None:
+        self._end_line()
+        self.stream.flush()
