@@ -26,6 +26,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from refllm.errors import InvalidRequest, RefllmError, UnsupportedModel
 from refllm.quant import floats, iquants, kquants, legacy, mxfp4, ternary
+from refllm.quant import quantizers
 
 __all__ = [
     "DEQUANTIZERS",
@@ -81,6 +82,13 @@ QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.F32: floats.quantize_f32,
     T.F16: floats.quantize_f16,
     T.BF16: floats.quantize_bf16,
+    T.Q4_0: quantizers.quantize_q4_0,
+    T.Q4_1: quantizers.quantize_q4_1,
+    T.Q5_0: quantizers.quantize_q5_0,
+    T.Q5_1: quantizers.quantize_q5_1,
+    T.Q8_0: quantizers.quantize_q8_0,
+    T.Q4_K: quantizers.quantize_q4_k,
+    T.Q6_K: quantizers.quantize_q6_k,
 }
 
 SUPPORTED_DEQUANT_TYPES: tuple[T, ...] = tuple(DEQUANTIZERS)
@@ -129,8 +137,10 @@ def _dequantize_blocks(blocks: np.ndarray, function, block_size: int) -> np.ndar
     n_blocks = blocks.shape[0]
     out = np.empty((n_blocks, block_size), dtype=np.float32)
     step = max(1, _WEIGHTS_PER_CHUNK // block_size)
-    for start in range(0, n_blocks, step):
-        out[start : start + step] = function(blocks[start : start + step])
+    # A stored inf/NaN scale gives inf/NaN weights, exactly as in llama.cpp; no warnings.
+    with np.errstate(invalid="ignore", over="ignore"):
+        for start in range(0, n_blocks, step):
+            out[start : start + step] = function(blocks[start : start + step])
     return out.reshape(-1)
 
 

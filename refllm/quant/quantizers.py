@@ -1,0 +1,304 @@
+"""Reference quantizers: float32 blocks -> GGML block bytes.
+
+Each follows llama.cpp's reference C quantizer for the type
+(``quantize_row_<type>_ref`` in ggml-quants.c): the same formulas, the same
+rounding rules and the same tie-breaking, written over whole arrays of
+blocks instead of one block at a time.
+
+    quantize_<type>(values: [n_blocks, block_size] float32) -> [n_blocks, type_size] uint8
+
+Legacy types (Q4_0 .. Q8_0) are simple: one scale from the block's extreme
+value, then round each weight.  Q4_K and Q6_K *search* for good scales
+(``fit_scale_and_min`` and ``fit_symmetric_scale`` below), then quantize the
+sub-block scales themselves to 6 or 8 bits.
+
+Rounding, as in C:
+    nearest_int(x)   round half to even            -> np.rint
+    (int)(x)         truncate toward zero          -> np.trunc
+    roundf(x)        round half away from zero     -> round_half_away()
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from refllm.quant.kquants import QK_K
+
+# Below this a group counts as all zeros (ggml's GROUP_MAX_EPS).
+GROUP_MAX_EPS = np.float32(1e-15)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def f16_bytes(values: np.ndarray) -> np.ndarray:
+    """[n] or [n, 1] float32 -> [n, 2] uint8: IEEE half, round to nearest even."""
+    return np.ascontiguousarray(np.asarray(values, dtype=np.float32).reshape(-1).astype("<f2")).view(
+        np.uint8
+    ).reshape(-1, 2)
+
+
+def f16_round_trip(values: np.ndarray) -> np.ndarray:
+    """What a float32 becomes after being stored as f16 and read back."""
+    return values.astype(np.float16).astype(np.float32)
+
+
+def round_half_away(x: np.ndarray) -> np.ndarray:
+    """C's ``roundf``: 2.5 -> 3, -2.5 -> -3 (exact; no x + 0.5 rounding error)."""
+    magnitude = np.abs(x)
+    whole = np.floor(magnitude)
+    return np.sign(x) * (whole + (magnitude - whole >= 0.5))
+
+
+def sum_in_order(values: np.ndarray) -> np.ndarray:
+    """Row sums added left to right in float32, as C's ``for`` loop does.
+
+    (``ndarray.sum`` adds in a different order; the scale searches compare
+    sums, so the order decides ties.)  [m, k] -> [m]
+    """
+    return np.cumsum(values, axis=1, dtype=np.float32)[:, -1]
+
+
+def signed_extreme(values: np.ndarray) -> np.ndarray:
+    """The value of largest magnitude in each row, sign kept (first one on ties).
+
+    [n, k] float32 -> [n, 1] float32
+    """
+    where = np.abs(values).argmax(axis=1)[:, None]
+    return np.take_along_axis(values, where, axis=1)
+
+
+def inverse_or_zero(d: np.ndarray) -> np.ndarray:
+    """1 / d, and 0 where d == 0 (an all-zero block)."""
+    with np.errstate(divide="ignore"):
+        return np.where(d == 0, np.float32(0), np.float32(1) / d).astype(np.float32)
+
+
+def pack_nibbles(q: np.ndarray) -> np.ndarray:
+    """Legacy 4-bit packing: [n, 32] in 0..15 -> [n, 16], weight j low, j + 16 high."""
+    half = q.shape[1] // 2
+    return (q[:, :half] | (q[:, half:] << 4)).astype(np.uint8)
+
+
+def pack_fifth_bits(q: np.ndarray) -> np.ndarray:
+    """Bit 4 of each of 32 weights -> one little-endian uint32 as [n, 4] uint8."""
+    fifth = ((q >> 4) & 1).astype(np.uint32)  # [n, 32]
+    word = (fifth << np.arange(32, dtype=np.uint32)).sum(axis=1, dtype=np.uint32)  # [n]
+    return word.astype("<u4").view(np.uint8).reshape(-1, 4)
+
+
+# --------------------------------------------------------------------------- legacy
+
+
+def quantize_q4_0(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 18] uint8.  d = (extreme value) / -8."""
+    d = signed_extreme(x) / np.float32(-8)  # [n, 1]
+    q = np.minimum(15, np.trunc(x * inverse_or_zero(d) + np.float32(8.5)))  # [n, 32] in 0..15
+    return np.concatenate([f16_bytes(d), pack_nibbles(q.astype(np.uint8))], axis=1)
+
+
+def quantize_q4_1(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 20] uint8.  d = (max - min) / 15, m = min."""
+    low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)  # [n, 1]
+    d = (high - low) / np.float32(15)
+    q = np.minimum(15, np.trunc((x - low) * inverse_or_zero(d) + np.float32(0.5)))
+    return np.concatenate([f16_bytes(d), f16_bytes(low), pack_nibbles(q.astype(np.uint8))], axis=1)
+
+
+def quantize_q5_0(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 22] uint8.  d = (extreme value) / -16."""
+    d = signed_extreme(x) / np.float32(-16)  # [n, 1]
+    q = np.minimum(31, np.trunc(x * inverse_or_zero(d) + np.float32(16.5))).astype(np.uint8)
+    return np.concatenate([f16_bytes(d), pack_fifth_bits(q), pack_nibbles(q & 0x0F)], axis=1)
+
+
+def quantize_q5_1(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 24] uint8.  d = (max - min) / 31, m = min."""
+    low, high = x.min(axis=1, keepdims=True), x.max(axis=1, keepdims=True)  # [n, 1]
+    d = (high - low) / np.float32(31)
+    q = np.minimum(31, np.trunc((x - low) * inverse_or_zero(d) + np.float32(0.5))).astype(np.uint8)
+    return np.concatenate(
+        [f16_bytes(d), f16_bytes(low), pack_fifth_bits(q), pack_nibbles(q & 0x0F)], axis=1
+    )
+
+
+def quantize_q8_0(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 34] uint8.  d = max|x| / 127, q = roundf(x / d)."""
+    d = np.abs(x).max(axis=1, keepdims=True) / np.float32(127)  # [n, 1]
+    q = round_half_away(x * inverse_or_zero(d)).astype(np.int8)  # [n, 32]
+    return np.concatenate([f16_bytes(d), q.view(np.uint8)], axis=1)
+
+
+# --------------------------------------------------------------------------- scale search
+
+
+def fit_scale_and_min(
+    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Fit x ~ scale * L - offset with L in 0..nmax, per row (ggml's make_qkx2_quants).
+
+    Start from the plain min/max grid; then try ``nstep + 1`` slightly different
+    grid spacings, and for each take the weighted least-squares (scale, min) of
+    the levels it produced; keep whichever gives the smallest weighted squared
+    error.  (As in ggml, a better fit also moves the ``min`` used by later tries.)
+
+    x, weights: [m, k] float32
+    -> scale [m], offset [m] (= -min >= 0), levels [m, k] uint8
+    """
+    f32 = np.float32
+    low = np.minimum(x.min(axis=1), f32(0))  # [m], never above 0
+    high = x.max(axis=1)  # [m]
+    flat = high == low  # all weights equal (to 0 or to a negative value)
+    sum_w = sum_in_order(weights)
+    sum_x = sum_in_order(weights * x)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = f32(nmax) / (high - low)
+        scale = f32(1) / iscale
+        levels = np.clip(np.rint(iscale[:, None] * (x - low[:, None])), 0, nmax)  # [m, k]
+        best_error = sum_in_order(weights * (scale[:, None] * levels + low[:, None] - x) ** 2)
+
+        for step in range(nstep + 1):
+            iscale = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (high - low)
+            trial = np.clip(np.rint(iscale[:, None] * (x - low[:, None])), 0, nmax)  # [m, k]
+            sum_l = sum_in_order(weights * trial)
+            sum_l2 = sum_in_order(weights * trial * trial)
+            sum_xl = sum_in_order(weights * trial * x)
+            det = sum_w * sum_l2 - sum_l * sum_l
+            trial_scale = (sum_w * sum_xl - sum_x * sum_l) / det
+            trial_min = (sum_l2 * sum_x - sum_l * sum_xl) / det
+            positive = trial_min > 0  # a min above 0 is not allowed: refit the scale alone
+            trial_scale = np.where(positive, sum_xl / sum_l2, trial_scale)
+            trial_min = np.where(positive, f32(0), trial_min)
+            error = sum_in_order(weights * (trial_scale[:, None] * trial + trial_min[:, None] - x) ** 2)
+            better = (det > 0) & (error < best_error)
+            levels = np.where(better[:, None], trial, levels)
+            best_error = np.where(better, error, best_error)
+            scale = np.where(better, trial_scale, scale)
+            low = np.where(better, trial_min, low)
+
+    scale = np.where(flat, f32(0), scale).astype(np.float32)
+    levels = np.where(flat[:, None], 0, levels).astype(np.uint8)
+    return scale, (-low).astype(np.float32), levels
+
+
+def fit_symmetric_scale(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit x ~ scale * (L - nmax), L in 0..2*nmax-1, per row (ggml's make_qx_quants,
+    rmse_type 1: squared error weighted by x^2).
+
+    Try 19 grid spacings around nmax / (extreme value); keep the one whose
+    least-squares scale explains the most of x (largest sumlx^2 / suml2).
+
+    x: [m, k] float32 -> scale [m], levels [m, k] uint8 (offset by nmax)
+    """
+    f32 = np.float32
+    extreme = signed_extreme(x)[:, 0]  # [m]
+    zero = np.abs(extreme) < GROUP_MAX_EPS
+    weights = x * x  # [m, k]
+
+    def levels_and_sums(iscale):
+        level = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)  # [m, k]
+        return level, sum_in_order(weights * x * level), sum_in_order(weights * level * level)
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level, sumlx, suml2 = levels_and_sums(f32(-nmax) / extreme)
+        scale = np.where(suml2 != 0, sumlx / suml2, f32(0))
+        best = scale * sumlx
+        for step in range(-9, 10):
+            if step == 0:
+                continue
+            trial, sumlx, suml2 = levels_and_sums(-(f32(nmax) + f32(0.1) * f32(step)) / extreme)
+            better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
+            level = np.where(better[:, None], trial, level)
+            scale = np.where(better, sumlx / suml2, scale)
+            best = np.where(better, scale * sumlx, best)
+
+    scale = np.where(zero, f32(0), scale).astype(np.float32)
+    levels = np.where(zero[:, None], 0, level + nmax).astype(np.uint8)
+    return scale, levels
+
+
+# --------------------------------------------------------------------------- k-quants
+
+
+def pack_q4_k_scales(scale: np.ndarray, minimum: np.ndarray) -> np.ndarray:
+    """8 six-bit scales and mins -> the 12-byte layout (inverse of
+    ``kquants.unpack_q4_k_scales``).  [n, 8], [n, 8] uint8 -> [n, 12] uint8
+    """
+    first = (scale[:, 0:4] & 63) | ((scale[:, 4:8] >> 4) << 6)
+    second = (minimum[:, 0:4] & 63) | ((minimum[:, 4:8] >> 4) << 6)
+    third = (scale[:, 4:8] & 0x0F) | ((minimum[:, 4:8] & 0x0F) << 4)
+    return np.concatenate([first, second, third], axis=1).astype(np.uint8)
+
+
+def _six_bit(values: np.ndarray) -> np.ndarray:
+    """nearest_int stored in a uint8 (wrapping, as C does), capped at 63."""
+    return np.minimum(63, np.rint(values).astype(np.int64) & 0xFF).astype(np.uint8)
+
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 144] uint8 (llama.cpp's quantize_row_q4_K_ref)."""
+    n = x.shape[0]
+    f32 = np.float32
+    sub = x.reshape(n * 8, 32)  # [n * 8 sub-blocks, 32]
+
+    # 1. best (scale, min) per sub-block, weighting each weight by rms + |x|
+    rms = np.sqrt(sum_in_order(sub * sub)[:, None] / f32(32))  # [n*8, 1]
+    scale, minimum, levels = fit_scale_and_min(sub, rms + np.abs(sub), nmax=15)
+    scale, minimum, levels = scale.reshape(n, 8), minimum.reshape(n, 8), levels.reshape(n, 8, 32)
+
+    # 2. the 8 scales and 8 mins become 6-bit multiples of two f16 super-scales
+    max_scale = np.maximum(scale.max(axis=1), f32(0))  # [n]
+    max_min = np.maximum(minimum.max(axis=1), f32(0))  # [n]
+    with np.errstate(divide="ignore"):
+        inv_scale = np.where(max_scale > 0, f32(63) / max_scale, f32(0))
+        inv_min = np.where(max_min > 0, f32(63) / max_min, f32(0))
+    scale6 = _six_bit(inv_scale[:, None] * scale)  # [n, 8]
+    min6 = _six_bit(inv_min[:, None] * minimum)  # [n, 8]
+    d, dmin = max_scale / f32(63), max_min / f32(63)  # [n]
+
+    # 3. re-round every weight against the scales as they will be decoded
+    sub_scale = f16_round_trip(d)[:, None] * scale6  # [n, 8]
+    sub_min = f16_round_trip(dmin)[:, None] * min6  # [n, 8]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.rint((x.reshape(n, 8, 32) + sub_min[:, :, None]) / sub_scale[:, :, None])
+    requant = np.clip(requant, 0, 15)
+    levels = np.where((sub_scale != 0)[:, :, None], requant, levels).astype(np.uint8)  # [n, 8, 32]
+
+    # 4. pack: 4 chunks of 32 bytes, sub-block 2c in low nibbles, 2c + 1 in high
+    qs = (levels[:, 0::2, :] | (levels[:, 1::2, :] << 4)).reshape(n, 128)
+    return np.concatenate([f16_bytes(d), f16_bytes(dmin), pack_q4_k_scales(scale6, min6), qs], axis=1)
+
+
+def quantize_q6_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 210] uint8 (llama.cpp's quantize_row_q6_K_ref)."""
+    n = x.shape[0]
+    f32 = np.float32
+
+    # 1. best symmetric scale per 16-weight sub-block
+    scale, levels = fit_symmetric_scale(x.reshape(n * 16, 16), nmax=32)
+    scale, levels = scale.reshape(n, 16), levels.reshape(n, 16, 16)
+
+    # 2. scales -> int8 multiples of one f16 super-scale (the largest maps to -128)
+    max_scale = signed_extreme(scale)[:, 0]  # [n]
+    zero_block = np.abs(max_scale) < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(zero_block, f32(0), f32(-128) / max_scale)
+        d = np.where(zero_block, f32(0), f32(1) / iscale)  # [n]
+    scale8 = np.minimum(127, np.rint(iscale[:, None] * scale)).astype(np.int8)  # [n, 16]
+
+    # 3. re-round every weight against the decoded sub-block scales
+    sub_scale = f16_round_trip(d)[:, None] * scale8  # [n, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(np.rint(x.reshape(n, 16, 16) / sub_scale[:, :, None]), -32, 31) + 32
+    levels = np.where((sub_scale != 0)[:, :, None], requant, levels).astype(np.uint8).reshape(n, 2, 4, 32)
+
+    # 4. pack (halves of 128; quarter k = weights 32k..32k+31 of the half)
+    low, high = levels & 0x0F, levels >> 4  # [n, half, quarter, 32]
+    ql = np.concatenate([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], axis=2)
+    qh = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)
+    out = np.concatenate(
+        [ql.reshape(n, 128), qh.reshape(n, 64), scale8.view(np.uint8), f16_bytes(d)], axis=1
+    ).astype(np.uint8)
+    out[zero_block] = 0  # ggml writes an all-zero block
+    return out
