@@ -320,14 +320,20 @@ def read(path: str | os.PathLike) -> GGUFFile:
 
     # 2. metadata: key -> value
     metadata: dict[str, Any] = {}
+    key_offsets: dict[str, int] = {}  # where each key starts, for error messages
     for i in range(n_kv):
+        key_at = cur.pos
         key = cur.string(f"metadata[{i}] key")
+        if key in metadata:
+            raise InvalidMetadata(path, f"metadata {key!r}", key_at, "duplicate key")
         value_type = cur.u32(f"metadata {key!r} type")
         metadata[key] = cur.value(value_type, f"metadata {key!r}")
+        key_offsets[key] = key_at
 
     alignment = metadata.get("general.alignment", DEFAULT_ALIGNMENT)
-    if not isinstance(alignment, int) or alignment <= 0 or alignment & (alignment - 1):
-        raise InvalidMetadata(path, "general.alignment", 0, f"alignment must be a power of two, got {alignment!r}")
+    if type(alignment) is not int or alignment <= 0 or alignment & (alignment - 1):
+        at = key_offsets.get("general.alignment", 0)
+        raise InvalidMetadata(path, "general.alignment", at, f"alignment must be a power of two, got {alignment!r}")
 
     # 3. tensor table (offsets are relative to the data section, known only afterwards)
     entries = []
