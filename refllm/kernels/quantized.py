@@ -1,0 +1,840 @@
+"""Numba kernels over quantized weights: fused dequantize x matvec, and row dequantization.
+
+For every GGML type there are two top-level kernels, each paired with the
+NumPy reference of the same job in ``refllm.quant`` (``DEQUANTIZERS[type]``):
+
+    matvec_<type>(rows, x, y, f16, block_size)       y[m] = W[m, k] @ x[k]
+    dequantize_<type>(rows, out, f16, block_size)    out[n, k] = W[n, k] as float32
+
+``rows`` is the weight's raw bytes as uint8 [n_rows, row_bytes], a view straight
+into the GGUF memory map: a row is ``k / block_size`` blocks laid end to end, and
+nothing is ever copied to float.  ``matvec`` decodes each block in registers and
+multiplies it by the matching 32 (or 256) entries of ``x`` (decode), rows in
+parallel (``prange``).  ``dequantize`` serves prefill (a tile of rows, then one
+BLAS matmul for all prompt tokens) and embedding lookups.
+
+Two details matter for speed, both measured on this machine:
+
+* ``block_size`` arrives as a run-time argument, never as a constant.  A loop of
+  a constant 16 or 32 iterations gets fully unrolled by LLVM, which then
+  vectorises the *outer* loop over blocks with slow gathers; with a run-time
+  bound the inner loop stays the vectorised one (Q8_0 matvec: 6 -> 34 GFLOP/s).
+* ``f16`` is a 65536-entry table, float32 value of every half-float bit pattern
+  (llama.cpp keeps the same table): a block scale costs one lookup.
+
+Every kernel is its own top-level ``@njit(cache=True)`` function: variants made by
+one factory function share one on-disk cache entry and can silently load each
+other's machine code.  The per-block helpers (``_dot_*``, ``_decode_*``) are
+inlined into them.
+
+Accumulation is float32 with the activation kept in float32 (no 8-bit
+activation quantization as llama.cpp does), so results match the NumPy
+reference to float32 rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise the sums,
+# while a NaN or inf in the data still comes out as NaN or inf.
+FAST = {"reassoc", "contract", "nsz", "arcp"}
+
+# Half-float bit pattern -> float32 value, all 65536 of them (256 KiB).
+F16_TO_F32 = np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
+F16_TO_F32.flags.writeable = False
+
+# IQ4_NL / IQ4_XS: the 16 non-linear levels a 4-bit index selects.
+IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
+IQ4_LEVELS.flags.writeable = False
+
+
+@njit(inline="always")
+def _f16(row, o, f16):
+    """The little-endian half float at byte ``o`` of ``row``, as float32."""
+    return f16[np.int32(row[o]) | (np.int32(row[o + 1]) << 8)]
+
+
+@njit(inline="always")
+def _u32(row, o):
+    """The little-endian uint32 at byte ``o`` (as int64, so shifts stay exact)."""
+    return (
+        np.int64(row[o])
+        | (np.int64(row[o + 1]) << 8)
+        | (np.int64(row[o + 2]) << 16)
+        | (np.int64(row[o + 3]) << 24)
+    )
+
+
+# =========================================================================== F32
+# A "block" is one float: 4 bytes, little-endian IEEE single.
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_f32(rows, x, y, f16, block_size):
+    """rows: uint8[m, 4k] -> y[m] = W @ x.  Reference: refllm.quant.floats.dequantize_f32."""
+    weights = rows.view(np.float32)  # [m, k], same bytes
+    k = x.shape[0]
+    for r in prange(weights.shape[0]):
+        acc = np.float32(0.0)
+        for i in range(k):
+            acc += weights[r, i] * x[i]
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_f32(rows, out, f16, block_size):
+    weights = rows.view(np.float32)
+    for r in prange(weights.shape[0]):
+        out[r, :] = weights[r, :]
+
+
+# =========================================================================== F16
+# One half float per element: s eeeee mmmmmmmmmm, converted through the table.
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_f16(rows, x, y, f16, block_size):
+    """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_f16."""
+    bits = rows.view(np.uint16)  # [m, k]
+    k = x.shape[0]
+    for r in prange(bits.shape[0]):
+        acc = np.float32(0.0)
+        for i in range(k):
+            acc += f16[bits[r, i]] * x[i]
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_f16(rows, out, f16, block_size):
+    bits = rows.view(np.uint16)
+    for r in prange(bits.shape[0]):
+        for i in range(bits.shape[1]):
+            out[r, i] = f16[bits[r, i]]
+
+
+# =========================================================================== BF16
+# bfloat16 is the top half of a float32: s eeeeeeee mmmmmmm.  Shift left by 16
+# and reinterpret.  Numba has no scalar bit-cast, so a row is widened into a
+# uint32 scratch row that is then *viewed* as float32.
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_bf16(rows, x, y, f16, block_size):
+    """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_bf16."""
+    bits = rows.view(np.uint16)  # [m, k]
+    m, k = bits.shape
+    n_chunks = (m + 63) // 64
+    for c in prange(n_chunks):
+        wide = np.empty(k, dtype=np.uint32)  # one scratch row per chunk of 64 rows
+        values = wide.view(np.float32)
+        for r in range(c * 64, min(m, c * 64 + 64)):
+            for i in range(k):
+                wide[i] = np.uint32(bits[r, i]) << 16
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += values[i] * x[i]
+            y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_bf16(rows, out, f16, block_size):
+    bits = rows.view(np.uint16)
+    wide = out.view(np.uint32)  # write the float32 bit patterns in place
+    for r in prange(bits.shape[0]):
+        for i in range(bits.shape[1]):
+            wide[r, i] = np.uint32(bits[r, i]) << 16
+
+
+# =========================================================================== Q4_0  (18 bytes, 32 weights)
+#   | d f16 | qs[16]: byte j = (weight j+16) << 4 | weight j |
+#   weight = d * (nibble - 8)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q4_0(row, o, x, xo, f16, half):
+    d = _f16(row, o, f16)
+    s = np.float32(0.0)
+    for j in range(half):
+        byte = np.int32(row[o + 2 + j])
+        s += np.float32((byte & 15) - 8) * x[xo + j] + np.float32((byte >> 4) - 8) * x[xo + half + j]
+    return d * s
+
+
+@njit(inline="always")
+def _decode_q4_0(row, o, out, e, f16, half):
+    d = _f16(row, o, f16)
+    for j in range(half):
+        byte = np.int32(row[o + 2 + j])
+        out[e + j] = d * np.float32((byte & 15) - 8)
+        out[e + half + j] = d * np.float32((byte >> 4) - 8)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_0(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.legacy.dequantize_q4_0."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q4_0(rows[r], b * 18, x, b * block_size, f16, block_size // 2)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q4_0(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q4_0(rows[r], b * 18, out[r], b * block_size, f16, block_size // 2)
+
+
+# =========================================================================== Q4_1  (20 bytes, 32 weights)
+#   | d f16 | m f16 | qs[16] (nibbles as Q4_0) |
+#   weight = d * nibble + m      so  dot = d * sum(nibble * x) + m * sum(x)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q4_1(row, o, x, xo, f16, half):
+    d = _f16(row, o, f16)
+    m = _f16(row, o + 2, f16)
+    s = np.float32(0.0)
+    sx = np.float32(0.0)
+    for j in range(half):
+        byte = np.int32(row[o + 4 + j])
+        s += np.float32(byte & 15) * x[xo + j] + np.float32(byte >> 4) * x[xo + half + j]
+        sx += x[xo + j] + x[xo + half + j]
+    return d * s + m * sx
+
+
+@njit(inline="always")
+def _decode_q4_1(row, o, out, e, f16, half):
+    d = _f16(row, o, f16)
+    m = _f16(row, o + 2, f16)
+    for j in range(half):
+        byte = np.int32(row[o + 4 + j])
+        out[e + j] = d * np.float32(byte & 15) + m
+        out[e + half + j] = d * np.float32(byte >> 4) + m
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_1(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.legacy.dequantize_q4_1."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q4_1(rows[r], b * 20, x, b * block_size, f16, block_size // 2)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q4_1(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q4_1(rows[r], b * 20, out[r], b * block_size, f16, block_size // 2)
+
+
+# =========================================================================== Q5_0  (22 bytes, 32 weights)
+#   | d f16 | qh u32: bit i = 5th bit of weight i | qs[16] (low nibbles as Q4_0) |
+#   weight = d * ((nibble | high_bit << 4) - 16)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q5_0(row, o, x, xo, f16, half):
+    d = _f16(row, o, f16)
+    qh = _u32(row, o + 2)
+    s = np.float32(0.0)
+    for j in range(half):
+        byte = np.int64(row[o + 6 + j])
+        lo = (byte & 15) | (((qh >> j) & 1) << 4)
+        hi = (byte >> 4) | (((qh >> (j + half)) & 1) << 4)
+        s += np.float32(lo - 16) * x[xo + j] + np.float32(hi - 16) * x[xo + half + j]
+    return d * s
+
+
+@njit(inline="always")
+def _decode_q5_0(row, o, out, e, f16, half):
+    d = _f16(row, o, f16)
+    qh = _u32(row, o + 2)
+    for j in range(half):
+        byte = np.int64(row[o + 6 + j])
+        out[e + j] = d * np.float32(((byte & 15) | (((qh >> j) & 1) << 4)) - 16)
+        out[e + half + j] = d * np.float32(((byte >> 4) | (((qh >> (j + half)) & 1) << 4)) - 16)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_0(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.legacy.dequantize_q5_0."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q5_0(rows[r], b * 22, x, b * block_size, f16, block_size // 2)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q5_0(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q5_0(rows[r], b * 22, out[r], b * block_size, f16, block_size // 2)
+
+
+# =========================================================================== Q5_1  (24 bytes, 32 weights)
+#   | d f16 | m f16 | qh u32 | qs[16] |
+#   weight = d * (nibble | high_bit << 4) + m
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q5_1(row, o, x, xo, f16, half):
+    d = _f16(row, o, f16)
+    m = _f16(row, o + 2, f16)
+    qh = _u32(row, o + 4)
+    s = np.float32(0.0)
+    sx = np.float32(0.0)
+    for j in range(half):
+        byte = np.int64(row[o + 8 + j])
+        lo = (byte & 15) | (((qh >> j) & 1) << 4)
+        hi = (byte >> 4) | (((qh >> (j + half)) & 1) << 4)
+        s += np.float32(lo) * x[xo + j] + np.float32(hi) * x[xo + half + j]
+        sx += x[xo + j] + x[xo + half + j]
+    return d * s + m * sx
+
+
+@njit(inline="always")
+def _decode_q5_1(row, o, out, e, f16, half):
+    d = _f16(row, o, f16)
+    m = _f16(row, o + 2, f16)
+    qh = _u32(row, o + 4)
+    for j in range(half):
+        byte = np.int64(row[o + 8 + j])
+        out[e + j] = d * np.float32((byte & 15) | (((qh >> j) & 1) << 4)) + m
+        out[e + half + j] = d * np.float32((byte >> 4) | (((qh >> (j + half)) & 1) << 4)) + m
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_1(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.legacy.dequantize_q5_1."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q5_1(rows[r], b * 24, x, b * block_size, f16, block_size // 2)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q5_1(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q5_1(rows[r], b * 24, out[r], b * block_size, f16, block_size // 2)
+
+
+# =========================================================================== Q8_0  (34 bytes, 32 weights)
+#   | d f16 | qs int8[32] |      weight = d * q
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q8_0(row, o, x, xo, f16, n):
+    d = _f16(row, o, f16)
+    s = np.float32(0.0)
+    for j in range(n):
+        s += np.float32(np.int8(row[o + 2 + j])) * x[xo + j]
+    return d * s
+
+
+@njit(inline="always")
+def _decode_q8_0(row, o, out, e, f16, n):
+    d = _f16(row, o, f16)
+    for j in range(n):
+        out[e + j] = d * np.float32(np.int8(row[o + 2 + j]))
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q8_0(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.legacy.dequantize_q8_0."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q8_0(rows[r], b * 34, x, b * block_size, f16, block_size)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q8_0(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q8_0(rows[r], b * 34, out[r], b * block_size, f16, block_size)
+
+
+# =========================================================================== Q2_K  (84 bytes, 256 weights)
+#   | scales[16]: (min4 << 4) | scale4 per 16 weights | qs[64] | d f16 | dmin f16 |
+#   weight e = 128n + 32j + l  (n < 2, j < 4, l < 32) is bits 2j..2j+1 of qs[32n + l];
+#   its group g = e // 16 has weight = d * scale4[g] * q - dmin * min4[g]
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q2_k(row, o, x, xo, f16, sixteen):
+    d = _f16(row, o + 80, f16)
+    dmin = _f16(row, o + 82, f16)
+    acc = np.float32(0.0)
+    for n in range(2):
+        for j in range(4):
+            for h in range(2):  # two groups of 16 share these 32 bytes' bit pair
+                g = 8 * n + 2 * j + h
+                sc = np.int32(row[o + g])
+                base = xo + 128 * n + 32 * j + 16 * h
+                s = np.float32(0.0)
+                sx = np.float32(0.0)
+                for l in range(sixteen):
+                    q = (np.int32(row[o + 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    s += np.float32(q) * x[base + l]
+                    sx += x[base + l]
+                acc += d * np.float32(sc & 15) * s - dmin * np.float32(sc >> 4) * sx
+    return acc
+
+
+@njit(inline="always")
+def _decode_q2_k(row, o, out, e, f16, sixteen):
+    d = _f16(row, o + 80, f16)
+    dmin = _f16(row, o + 82, f16)
+    for n in range(2):
+        for j in range(4):
+            for h in range(2):
+                g = 8 * n + 2 * j + h
+                sc = np.int32(row[o + g])
+                dl = d * np.float32(sc & 15)
+                ml = dmin * np.float32(sc >> 4)
+                base = e + 128 * n + 32 * j + 16 * h
+                for l in range(sixteen):
+                    q = (np.int32(row[o + 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    out[base + l] = dl * np.float32(q) - ml
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q2_k(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.kquants.dequantize_q2_k."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q2_k(rows[r], b * 84, x, b * block_size, f16, block_size // 16)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q2_k(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q2_k(rows[r], b * 84, out[r], b * block_size, f16, block_size // 16)
+
+
+# =========================================================================== Q3_K  (110 bytes, 256 weights)
+#   | hmask[32] | qs[64] | scales[12]: 16 x 6-bit | d f16 |
+#   weight e = 128n + 32j + l: low 2 bits = bits 2j.. of qs[32n + l],
+#   high bit = bit (4n + j) of hmask[l]; q = low - (0 if high bit set else 4)
+#   scale of group g = e // 16 (6 bits, minus 32):
+#       low 4 bits = scales[g % 8] >> (4 * (g // 8)),  high 2 bits = scales[8 + g % 4] >> (2 * (g // 4))
+
+
+@njit(inline="always")
+def _q3_k_scale(row, o, g):
+    low = (np.int32(row[o + 96 + g % 8]) >> (4 * (g // 8))) & 15
+    high = (np.int32(row[o + 104 + g % 4]) >> (2 * (g // 4))) & 3
+    return np.float32((low | (high << 4)) - 32)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q3_k(row, o, x, xo, f16, sixteen):
+    d = _f16(row, o + 108, f16)
+    acc = np.float32(0.0)
+    for n in range(2):
+        for j in range(4):
+            bit = 4 * n + j
+            for h in range(2):
+                g = 8 * n + 2 * j + h
+                base = xo + 128 * n + 32 * j + 16 * h
+                s = np.float32(0.0)
+                for l in range(sixteen):
+                    low = (np.int32(row[o + 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    high = (np.int32(row[o + 16 * h + l]) >> bit) & 1
+                    s += np.float32(low - 4 + 4 * high) * x[base + l]
+                acc += d * _q3_k_scale(row, o, g) * s
+    return acc
+
+
+@njit(inline="always")
+def _decode_q3_k(row, o, out, e, f16, sixteen):
+    d = _f16(row, o + 108, f16)
+    for n in range(2):
+        for j in range(4):
+            bit = 4 * n + j
+            for h in range(2):
+                g = 8 * n + 2 * j + h
+                dl = d * _q3_k_scale(row, o, g)
+                base = e + 128 * n + 32 * j + 16 * h
+                for l in range(sixteen):
+                    low = (np.int32(row[o + 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    high = (np.int32(row[o + 16 * h + l]) >> bit) & 1
+                    out[base + l] = dl * np.float32(low - 4 + 4 * high)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q3_k(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.kquants.dequantize_q3_k."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q3_k(rows[r], b * 110, x, b * block_size, f16, block_size // 16)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q3_k(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q3_k(rows[r], b * 110, out[r], b * block_size, f16, block_size // 16)
+
+
+# =========================================================================== Q4_K  (144 bytes, 256 weights)
+#   | d f16 | dmin f16 | scales[12]: 8 x (6-bit scale, 6-bit min) | qs[128] |
+#   weight e = 64c + 32h + l (c < 4, h < 2, l < 32) is nibble h of qs[32c + l],
+#   sub-block j = 2c + h:  weight = d * scale[j] * q - dmin * min[j]
+#   scale/min packing (s = scales bytes):
+#       j < 4:  scale = s[j] & 63,                          min = s[j + 4] & 63
+#       j >= 4: scale = (s[j + 4] & 15) | (s[j - 4] >> 6) << 4, min = (s[j + 4] >> 4) | (s[j] >> 6) << 4
+
+
+@njit(inline="always")
+def _k_scale_min(row, o, j):
+    """6-bit (scale, min) of sub-block j of a Q4_K / Q5_K block (scales at byte o + 4)."""
+    s = o + 4
+    if j < 4:
+        return np.float32(np.int32(row[s + j]) & 63), np.float32(np.int32(row[s + j + 4]) & 63)
+    scale = (np.int32(row[s + j + 4]) & 15) | ((np.int32(row[s + j - 4]) >> 6) << 4)
+    minimum = (np.int32(row[s + j + 4]) >> 4) | ((np.int32(row[s + j]) >> 6) << 4)
+    return np.float32(scale), np.float32(minimum)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q4_k(row, o, x, xo, f16, sub):
+    d = _f16(row, o, f16)
+    dmin = _f16(row, o + 2, f16)
+    acc = np.float32(0.0)
+    for c in range(4):
+        sc0, m0 = _k_scale_min(row, o, 2 * c)
+        sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
+        base = xo + 64 * c
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        sx0 = np.float32(0.0)
+        sx1 = np.float32(0.0)
+        for l in range(sub):
+            byte = np.int32(row[o + 16 + 32 * c + l])
+            s0 += np.float32(byte & 15) * x[base + l]
+            s1 += np.float32(byte >> 4) * x[base + sub + l]
+            sx0 += x[base + l]
+            sx1 += x[base + sub + l]
+        acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
+    return acc
+
+
+@njit(inline="always")
+def _decode_q4_k(row, o, out, e, f16, sub):
+    d = _f16(row, o, f16)
+    dmin = _f16(row, o + 2, f16)
+    for c in range(4):
+        sc0, m0 = _k_scale_min(row, o, 2 * c)
+        sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
+        base = e + 64 * c
+        for l in range(sub):
+            byte = np.int32(row[o + 16 + 32 * c + l])
+            out[base + l] = d * sc0 * np.float32(byte & 15) - dmin * m0
+            out[base + sub + l] = d * sc1 * np.float32(byte >> 4) - dmin * m1
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q4_k(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.kquants.dequantize_q4_k."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q4_k(rows[r], b * 144, x, b * block_size, f16, block_size // 8)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q4_k(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q4_k(rows[r], b * 144, out[r], b * block_size, f16, block_size // 8)
+
+
+# =========================================================================== Q5_K  (176 bytes, 256 weights)
+#   | d f16 | dmin f16 | scales[12] (as Q4_K) | qh[32] | qs[128] |
+#   weight e = 64c + 32h + l: low 4 bits = nibble h of qs[32c + l],
+#   5th bit = bit (2c + h) of qh[l];  weight = d * scale[j] * q - dmin * min[j], j = 2c + h
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q5_k(row, o, x, xo, f16, sub):
+    d = _f16(row, o, f16)
+    dmin = _f16(row, o + 2, f16)
+    acc = np.float32(0.0)
+    for c in range(4):
+        sc0, m0 = _k_scale_min(row, o, 2 * c)
+        sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
+        base = xo + 64 * c
+        s0 = np.float32(0.0)
+        s1 = np.float32(0.0)
+        sx0 = np.float32(0.0)
+        sx1 = np.float32(0.0)
+        for l in range(sub):
+            byte = np.int32(row[o + 48 + 32 * c + l])
+            high = np.int32(row[o + 16 + l])
+            q0 = (byte & 15) | (((high >> (2 * c)) & 1) << 4)
+            q1 = (byte >> 4) | (((high >> (2 * c + 1)) & 1) << 4)
+            s0 += np.float32(q0) * x[base + l]
+            s1 += np.float32(q1) * x[base + sub + l]
+            sx0 += x[base + l]
+            sx1 += x[base + sub + l]
+        acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
+    return acc
+
+
+@njit(inline="always")
+def _decode_q5_k(row, o, out, e, f16, sub):
+    d = _f16(row, o, f16)
+    dmin = _f16(row, o + 2, f16)
+    for c in range(4):
+        sc0, m0 = _k_scale_min(row, o, 2 * c)
+        sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
+        base = e + 64 * c
+        for l in range(sub):
+            byte = np.int32(row[o + 48 + 32 * c + l])
+            high = np.int32(row[o + 16 + l])
+            q0 = (byte & 15) | (((high >> (2 * c)) & 1) << 4)
+            q1 = (byte >> 4) | (((high >> (2 * c + 1)) & 1) << 4)
+            out[base + l] = d * sc0 * np.float32(q0) - dmin * m0
+            out[base + sub + l] = d * sc1 * np.float32(q1) - dmin * m1
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q5_k(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.kquants.dequantize_q5_k."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q5_k(rows[r], b * 176, x, b * block_size, f16, block_size // 8)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q5_k(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q5_k(rows[r], b * 176, out[r], b * block_size, f16, block_size // 8)
+
+
+# =========================================================================== Q6_K  (210 bytes, 256 weights)
+#   | ql[128] | qh[64] | scales int8[16] | d f16 |
+#   weight e = 128n + 32j + l (n < 2, j < 4, l < 32):
+#       low 4 bits  = nibble (j // 2) of ql[64n + 32(j % 2) + l]
+#       high 2 bits = bits 2j..2j+1 of qh[32n + l]
+#   weight = d * scales[e // 16] * (q - 32)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_q6_k(row, o, x, xo, f16, sixteen):
+    d = _f16(row, o + 208, f16)
+    acc = np.float32(0.0)
+    for n in range(2):
+        for j in range(4):
+            for h in range(2):
+                g = 8 * n + 2 * j + h
+                scale = np.float32(np.int8(row[o + 192 + g]))
+                base = xo + 128 * n + 32 * j + 16 * h
+                s = np.float32(0.0)
+                for l in range(sixteen):
+                    low = (np.int32(row[o + 64 * n + 32 * (j % 2) + 16 * h + l]) >> (4 * (j // 2))) & 15
+                    high = (np.int32(row[o + 128 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    s += np.float32((low | (high << 4)) - 32) * x[base + l]
+                acc += d * scale * s
+    return acc
+
+
+@njit(inline="always")
+def _decode_q6_k(row, o, out, e, f16, sixteen):
+    d = _f16(row, o + 208, f16)
+    for n in range(2):
+        for j in range(4):
+            for h in range(2):
+                g = 8 * n + 2 * j + h
+                dl = d * np.float32(np.int8(row[o + 192 + g]))
+                base = e + 128 * n + 32 * j + 16 * h
+                for l in range(sixteen):
+                    low = (np.int32(row[o + 64 * n + 32 * (j % 2) + 16 * h + l]) >> (4 * (j // 2))) & 15
+                    high = (np.int32(row[o + 128 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
+                    out[base + l] = dl * np.float32((low | (high << 4)) - 32)
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_q6_k(rows, x, y, f16, block_size):
+    """Reference: refllm.quant.kquants.dequantize_q6_k."""
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q6_k(rows[r], b * 210, x, b * block_size, f16, block_size // 16)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_q6_k(rows, out, f16, block_size):
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_q6_k(rows[r], b * 210, out[r], b * block_size, f16, block_size // 16)
+
+
+# =========================================================================== IQ4_NL  (18 bytes, 32 weights)
+#   | d f16 | qs[16] (nibbles as Q4_0) |     weight = d * IQ4_LEVELS[nibble]
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_iq4_nl(row, o, x, xo, f16, levels, half):
+    d = _f16(row, o, f16)
+    s = np.float32(0.0)
+    for j in range(half):
+        byte = np.int32(row[o + 2 + j])
+        s += levels[byte & 15] * x[xo + j] + levels[byte >> 4] * x[xo + half + j]
+    return d * s
+
+
+@njit(inline="always")
+def _decode_iq4_nl(row, o, out, e, f16, levels, half):
+    d = _f16(row, o, f16)
+    for j in range(half):
+        byte = np.int32(row[o + 2 + j])
+        out[e + j] = d * levels[byte & 15]
+        out[e + half + j] = d * levels[byte >> 4]
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_iq4_nl(rows, x, y, f16, block_size):
+    """Reference: gguf.quants.IQ4_NL (refllm.quant when it lands)."""
+    levels = IQ4_LEVELS
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_iq4_nl(rows[r], b * 18, x, b * block_size, f16, levels, block_size // 2)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_iq4_nl(rows, out, f16, block_size):
+    levels = IQ4_LEVELS
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_iq4_nl(rows[r], b * 18, out[r], b * block_size, f16, levels, block_size // 2)
+
+
+# =========================================================================== IQ4_XS  (136 bytes, 256 weights)
+#   | d f16 | scales_h u16 | scales_l[4] | qs[128] |
+#   sub-block j < 8 of 32 weights: 6-bit scale
+#       ls = ((scales_l[j // 2] >> 4(j % 2)) & 15) | ((scales_h >> 2j) & 3) << 4
+#   its 16 bytes qs[16j ..]: low nibbles -> weights 32j + l, high -> 32j + 16 + l
+#   weight = d * (ls - 32) * IQ4_LEVELS[nibble]
+
+
+@njit(inline="always")
+def _iq4_xs_scale(row, o, j):
+    scales_h = np.int32(row[o + 2]) | (np.int32(row[o + 3]) << 8)
+    low = (np.int32(row[o + 4 + j // 2]) >> (4 * (j % 2))) & 15
+    high = (scales_h >> (2 * j)) & 3
+    return np.float32((low | (high << 4)) - 32)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot_iq4_xs(row, o, x, xo, f16, levels, sixteen):
+    d = _f16(row, o, f16)
+    acc = np.float32(0.0)
+    for j in range(8):
+        base = xo + 32 * j
+        s = np.float32(0.0)
+        for l in range(sixteen):
+            byte = np.int32(row[o + 8 + 16 * j + l])
+            s += levels[byte & 15] * x[base + l] + levels[byte >> 4] * x[base + sixteen + l]
+        acc += d * _iq4_xs_scale(row, o, j) * s
+    return acc
+
+
+@njit(inline="always")
+def _decode_iq4_xs(row, o, out, e, f16, levels, sixteen):
+    d = _f16(row, o, f16)
+    for j in range(8):
+        dl = d * _iq4_xs_scale(row, o, j)
+        base = e + 32 * j
+        for l in range(sixteen):
+            byte = np.int32(row[o + 8 + 16 * j + l])
+            out[base + l] = dl * levels[byte & 15]
+            out[base + sixteen + l] = dl * levels[byte >> 4]
+
+
+@njit(parallel=True, cache=True, fastmath=FAST)
+def matvec_iq4_xs(rows, x, y, f16, block_size):
+    """Reference: gguf.quants.IQ4_XS (refllm.quant when it lands)."""
+    levels = IQ4_LEVELS
+    n_blocks = x.shape[0] // block_size
+    for r in prange(rows.shape[0]):
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_iq4_xs(rows[r], b * 136, x, b * block_size, f16, levels, block_size // 16)
+        y[r] = acc
+
+
+@njit(parallel=True, cache=True)
+def dequantize_iq4_xs(rows, out, f16, block_size):
+    levels = IQ4_LEVELS
+    n_blocks = out.shape[1] // block_size
+    for r in prange(rows.shape[0]):
+        for b in range(n_blocks):
+            _decode_iq4_xs(rows[r], b * 136, out[r], b * block_size, f16, levels, block_size // 16)
+
+
+# =========================================================================== the table
+
+# GGML type name -> (matvec kernel, dequantize kernel, weights per block, bytes per block)
+KERNELS = {
+    "F32": (matvec_f32, dequantize_f32, 1, 4),
+    "F16": (matvec_f16, dequantize_f16, 1, 2),
+    "BF16": (matvec_bf16, dequantize_bf16, 1, 2),
+    "Q4_0": (matvec_q4_0, dequantize_q4_0, 32, 18),
+    "Q4_1": (matvec_q4_1, dequantize_q4_1, 32, 20),
+    "Q5_0": (matvec_q5_0, dequantize_q5_0, 32, 22),
+    "Q5_1": (matvec_q5_1, dequantize_q5_1, 32, 24),
+    "Q8_0": (matvec_q8_0, dequantize_q8_0, 32, 34),
+    "Q2_K": (matvec_q2_k, dequantize_q2_k, 256, 84),
+    "Q3_K": (matvec_q3_k, dequantize_q3_k, 256, 110),
+    "Q4_K": (matvec_q4_k, dequantize_q4_k, 256, 144),
+    "Q5_K": (matvec_q5_k, dequantize_q5_k, 256, 176),
+    "Q6_K": (matvec_q6_k, dequantize_q6_k, 256, 210),
+    "IQ4_NL": (matvec_iq4_nl, dequantize_iq4_nl, 32, 18),
+    "IQ4_XS": (matvec_iq4_xs, dequantize_iq4_xs, 256, 136),
+}
