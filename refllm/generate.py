@@ -181,7 +181,7 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
             done_reason = "stop"
             break
         if want_logprobs:
-            lp = token_logprob(logits, token, top_n)  # from the raw logits, before any sampler
+            lp = token_logprob(logits, token, top_n, tokenizer.token_bytes)  # raw logits, before any sampler
             all_logprobs.append(lp)
             pending_logprobs.append(lp)
         generated.append(token)

@@ -36,6 +36,9 @@ class FakeTokenizer:
         data = b"".join(VOCAB[i] if isinstance(VOCAB[i], bytes) else VOCAB[i].encode() for i in ids if i not in (BOS, EOS))
         return data.decode("utf-8", errors="replace")
 
+    def token_bytes(self, token_id: int) -> bytes:
+        return VOCAB[token_id] if isinstance(VOCAB[token_id], bytes) else VOCAB[token_id].encode()
+
     def decoder(self):
         return FakeDecoder(self)
 
@@ -228,7 +231,8 @@ def test_logprobs_come_from_the_raw_logits():
     for step, (token, lp) in enumerate(zip(r.tokens, r.logprobs)):
         expected = log_softmax(model.logits_at(3 + step))  # unaffected by penalties/temperature
         assert lp.token_id == token and lp.logprob == pytest.approx(expected[token], abs=1e-6)
-        assert [t for t, _ in lp.top] == list(np.argsort(-expected)[:3])
+        assert [t.token_id for t in lp.top_logprobs] == list(np.argsort(-expected)[:3])
+        assert bytes(lp.bytes) == model.tokenizer.token_bytes(token)
     assert generate(model, PROMPT, num_predict=2).logprobs is None
 
 

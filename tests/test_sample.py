@@ -247,9 +247,16 @@ def test_mirostat_in_the_chain_is_seeded():
 def test_token_logprob_of_raw_distribution():
     lp = token_logprob(LOGITS.astype(np.float32) + 3.0, 2, top_n=2)
     assert lp.token_id == 2 and lp.logprob == pytest.approx(math.log(0.15), abs=1e-6)
-    assert [t for t, _ in lp.top] == [0, 1]
-    assert [v for _, v in lp.top] == pytest.approx([math.log(0.5), math.log(0.3)], abs=1e-6)
-    assert token_logprob(LOGITS, 0).top == ()
+    assert [t.token_id for t in lp.top_logprobs] == [0, 1]
+    assert [t.logprob for t in lp.top_logprobs] == pytest.approx([math.log(0.5), math.log(0.3)], abs=1e-6)
+    assert token_logprob(LOGITS, 0).top_logprobs == ()
+
+
+def test_token_logprob_text_and_bytes():
+    pieces = {0: b"a", 1: b"\xc3", 2: b"\xa9", 3: b"d"}
+    lp = token_logprob(LOGITS, 1, top_n=1, token_bytes=pieces.__getitem__)
+    assert lp.bytes == (0xC3,) and lp.token == "\ufffd"  # half a character: bytes tell the truth
+    assert lp.top_logprobs[0].token == "a" and lp.top_logprobs[0].bytes == (97,)
 
 
 # ---------------------------------------------------------------- stop sequences

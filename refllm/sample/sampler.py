@@ -16,6 +16,7 @@ The same ``seed`` and options give the same tokens: each request owns one
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -25,24 +26,36 @@ from refllm.sample.options import Options
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """A token's log-probability under the model's raw distribution (before any sampler)."""
+    """A token's log-probability under the model's raw distribution (before any sampler).
+
+    The shape OpenAI and llama.cpp report: the token's text and UTF-8 bytes (a token can hold
+    part of a character), and the most likely alternatives at that position, best first.
+    """
 
     token_id: int
     logprob: float
-    top: tuple[tuple[int, float], ...] = ()  # the most likely alternatives: (token id, logprob), best first
+    token: str = ""
+    bytes: tuple[int, ...] = ()
+    top_logprobs: tuple["TokenLogprob", ...] = ()
 
 
-def token_logprob(logits: np.ndarray, token_id: int, top_n: int = 0) -> TokenLogprob:
+def token_logprob(logits: np.ndarray, token_id: int, top_n: int = 0, token_bytes: Callable[[int], bytes] | None = None) -> TokenLogprob:
     """log_softmax of the raw logits at ``token_id``, plus the ``top_n`` most likely tokens.
 
     This is what llama.cpp, Ollama and OpenAI report as ``logprobs``/``top_logprobs``.
+    ``token_bytes(id)`` (the tokenizer's) fills in each token's text and bytes.
     """
     log_probs = s.log_softmax(logits)  # [n_vocab]
-    top: tuple[tuple[int, float], ...] = ()
+
+    def entry(i: int, top=()) -> TokenLogprob:
+        data = token_bytes(i) if token_bytes else b""
+        return TokenLogprob(i, float(log_probs[i]), data.decode("utf-8", errors="replace"), tuple(data), top)
+
+    top: tuple[TokenLogprob, ...] = ()
     if top_n > 0:
-        best = s.top_k(s.Candidates.from_logits(log_probs), top_n)
-        top = tuple((int(i), float(lp)) for i, lp in zip(best.ids, best.logits))
-    return TokenLogprob(int(token_id), float(log_probs[token_id]), top)
+        best = s.top_k(s.Candidates.from_logits(log_probs), top_n)  # [top_n] most likely first
+        top = tuple(entry(int(i)) for i in best.ids)
+    return entry(int(token_id), top)
 
 
 class Sampler:
