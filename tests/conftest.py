@@ -43,3 +43,23 @@ def load_tool(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """``tiny_model(arch, qtype="Q8_0", seed=0) -> Path``: a tiny synthetic GGUF, written once per session.
+
+    Architectures: llama, qwen2, qwen3, gemma3; types: see ``make_tiny_models.WEIGHT_TYPES``
+    (tools/make_tiny_models.py documents the shapes and the tokenizers).
+    """
+    make = load_tool("make_tiny_models")
+    outdir = tmp_path_factory.mktemp("tiny_models")
+    written: dict[tuple[str, str, int], Path] = {}
+
+    def get(arch: str, qtype: str = "Q8_0", seed: int = 0) -> Path:
+        key = (arch, str(getattr(qtype, "name", qtype)).upper(), seed)
+        if key not in written:
+            written[key] = make.write_tiny_model(outdir / make.tiny_model_filename(*key), *key)
+        return written[key]
+
+    return get

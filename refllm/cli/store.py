@@ -43,6 +43,9 @@ def register(subparsers) -> None:
     for flag in ("modelfile", "parameters", "template", "system", "license"):
         what.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
     what.add_argument("--verify", action="store_true", help="re-hash every blob of the model and report damage")
+    from refllm.cli.inspect import add_display_flags  # --json / --tensors / --verbose for .gguf paths
+
+    add_display_flags(p)
     p.set_defaults(func=show_command)
 
     p = subparsers.add_parser("cp", help="copy a model under a new name (the blobs are shared)")
