@@ -10,7 +10,7 @@ from refllm.engine.engine import (
     LoadedModel,
     ModelRecipe,
     Piece,
-    TokenLogprob,
+    LogprobEntry,
 )
 from refllm.engine.keep_alive import parse_keep_alive
 from refllm.engine.names import validate_model_name
@@ -18,5 +18,5 @@ from refllm.engine.queue import RequestQueue, ServerBusy
 
 __all__ = [
     "EmbedResult", "Engine", "EngineSettings", "Finished", "GenerationRequest", "GenerationStream", "LoadedModel",
-    "ModelRecipe", "Piece", "TokenLogprob", "parse_keep_alive", "validate_model_name", "RequestQueue", "ServerBusy",
+    "ModelRecipe", "Piece", "LogprobEntry", "parse_keep_alive", "validate_model_name", "RequestQueue", "ServerBusy",
 ]

@@ -48,6 +48,7 @@ class ModelRecipe:
     template: str | None = None
     messages: list = field(default_factory=list)
     license: str | None = None
+    source: str = "store"  # "store", "file" or "catalog" (see refllm.store.resolve)
 
 
 @dataclass
@@ -66,8 +67,8 @@ class GenerationRequest:
 
 
 @dataclass
-class TokenLogprob:
-    """One sampled token with its log-probability and the most likely alternatives (Ollama/OpenAI shape)."""
+class LogprobEntry:
+    """One sampled token as text, with its log-probability and the most likely alternatives (Ollama/OpenAI shape)."""
 
     token: str
     logprob: float
@@ -86,7 +87,7 @@ class Piece:
     """A streamed bit of output text and the tokens that made it."""
 
     text: str
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs: list[LogprobEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -95,13 +96,14 @@ class Finished:
 
     text: str
     done_reason: str  # "stop" (end of generation or stop string) or "length" (num_predict / context)
-    prompt_eval_count: int = 0
+    prompt_tokens: int = 0  # the whole prompt (OpenAI's usage.prompt_tokens)
+    prompt_eval_count: int = 0  # prompt tokens evaluated now (not reused from the slot's KV cache), as Ollama counts
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
     load_duration: int = 0
     total_duration: int = 0
-    logprobs: list[TokenLogprob] = field(default_factory=list)
+    logprobs: list[LogprobEntry] = field(default_factory=list)
 
 
 @dataclass
@@ -123,6 +125,15 @@ class LoadedModel:
     expires_at: float = math.inf  # wall-clock seconds; inf while a request holds it or for "forever"
     users: int = 0  # requests waiting for or holding a slot; a model with users is never unloaded
     loaded_at: float = field(default_factory=time.time)
+    sessions: dict[int, Any] = field(default_factory=dict)  # slot -> refllm.generate.Session (its own KV cache)
+
+    def session(self, slot: int):
+        """The slot's KV cache and the tokens in it; the next request in this slot reuses their common prefix."""
+        if slot not in self.sessions:
+            from refllm.generate import Session
+
+            self.sessions[slot] = Session()
+        return self.sessions[slot]
 
     @property
     def context_length(self) -> int:
@@ -133,39 +144,20 @@ class LoadedModel:
 
 
 def default_resolver(name: str) -> ModelRecipe:
-    """A name from the model store, else a built-in catalog model (``smollm2``, ``gemma3``)."""
-    try:
-        from refllm import store  # the store issue's module; absent or partial until it lands
-    except ImportError:
-        store = None
-    resolve = getattr(store, "resolve", None)
-    if resolve is not None:
-        try:
-            found = resolve(name)
-        except ModelNotFound:
-            found = None
-        if found is not None:
-            return ModelRecipe(
-                name=getattr(found, "name", name), gguf_path=Path(found.gguf_path),
-                params=dict(getattr(found, "params", None) or {}), system=getattr(found, "system", None),
-                template=getattr(found, "template", None), messages=list(getattr(found, "messages", None) or []),
-                license=getattr(found, "license", None),
-            )
-    from refllm.model.loaded import resolve_model_path
-    from refllm.packaged_models import find_catalog_entry
+    """A model-store name, else a built-in catalog model (``smollm2``, ``gemma3``): ``refllm.store.resolve``."""
+    from refllm import store
 
-    entry = find_catalog_entry(name)
-    if entry is None:
-        raise ModelNotFound(f"model '{name}' not found")
-    return ModelRecipe(name=entry.name, gguf_path=resolve_model_path(entry.name))
+    found = store.resolve(name)
+    return ModelRecipe(name=found.name, gguf_path=Path(found.gguf_path), params=dict(found.params or {}),
+                       system=found.system, template=found.template, messages=list(found.messages or []),
+                       license=found.license, source=found.source)
 
 
 def default_loader(recipe: ModelRecipe):
-    from refllm.model.loaded import load
+    from refllm.model.loaded import Model
+    from refllm.gguf import read
 
-    model = load(recipe.gguf_path)
-    model.name = recipe.name
-    return model
+    return Model(read(recipe.gguf_path), name=recipe.name)
 
 
 class GenerationStream:
@@ -343,9 +335,9 @@ class Engine:
                 self._release_slot(loaded, slot)
 
         try:
-            if request.images and not getattr(loaded.model, "supports_images", False):
+            if request.images:
                 raise InvalidRequest(f"model '{loaded.name}' is text-only: it does not accept images")
-            events = _generation_events(loaded, request, load_ns, started)
+            events = _generation_events(loaded, slot, request, load_ns, started)
             first = next(events)  # surfaces request errors as exceptions, before the response starts
         except BaseException:
             release()
@@ -388,74 +380,40 @@ def _prepend(first, rest: Iterator) -> Iterator:
     return _Chain()
 
 
-def _generation_events(loaded: LoadedModel, request: GenerationRequest, load_ns: int, started_ns: int) -> Iterator:
-    """Call ``model.generate(..., stream=True)`` and translate its output into Piece ... Finished."""
+def _generation_events(loaded: LoadedModel, slot: int, request: GenerationRequest, load_ns: int, started_ns: int) -> Iterator:
+    """Run ``model.generate(..., stream=True)`` in the slot's session; yield Piece ... Finished."""
     options = {**loaded.recipe.params, **request.options}  # request options override the model's defaults
     system = request.system if request.system is not None else loaded.recipe.system
     prompt = request.prompt
-    if isinstance(prompt, list) and system is not None and not any(m.get("role") == "system" for m in prompt):
-        prompt = [{"role": "system", "content": system}, *prompt]
-        system = None
-    if isinstance(prompt, list) and loaded.recipe.messages:
+    if isinstance(prompt, list):  # chat: the model's stored messages, then the conversation
         prompt = [*loaded.recipe.messages, *prompt]
-    output = loaded.model.generate(
-        prompt, raw=request.raw, stream=True, system=system, images=request.images or None,
-        logprobs=request.logprobs, top_logprobs=request.top_logprobs, **options,
-    )
-    text_parts: list[str] = []
-    all_logprobs: list[TokenLogprob] = []
+    model = loaded.model
+    output = model.generate(prompt, raw=request.raw, stream=True, system=system, images=request.images or None,
+                            logprobs=request.logprobs, top_logprobs=request.top_logprobs,
+                            session=loaded.session(slot), options=options)
     try:
         for item in output:
-            if _is_result(item):
-                yield _finished_from_result(item, "".join(text_parts), all_logprobs, load_ns, started_ns)
+            if isinstance(item, str):  # a refllm.generate.Chunk: text plus .logprobs
+                yield Piece(str(item), [_logprob_entry(lp) for lp in item.logprobs])
+            else:  # the GenerationResult, last
+                yield _finished(item, load_ns, started_ns)
                 return
-            piece = _piece_from_chunk(item)
-            text_parts.append(piece.text)
-            all_logprobs.extend(piece.logprobs)
-            yield piece
     finally:
-        close = getattr(output, "close", None)
-        if close is not None:
-            close()
-    # a generator that ended without a result object: totals from what we saw
-    yield Finished("".join(text_parts), "stop", eval_count=len(all_logprobs), load_duration=load_ns,
-                   total_duration=time.perf_counter_ns() - started_ns, logprobs=all_logprobs)
+        output.close()
 
 
-def _is_result(item) -> bool:
-    return hasattr(item, "done_reason") and hasattr(item, "eval_count")
+def _logprob_entry(logprob) -> LogprobEntry:
+    """A sampler ``TokenLogprob`` (with text and bytes) in the wire shape both APIs use."""
+    top = [{"token": alt.token, "logprob": alt.logprob, "bytes": list(alt.bytes)} for alt in logprob.top_logprobs]
+    return LogprobEntry(logprob.token, logprob.logprob, list(logprob.bytes), top)
 
 
-def _token_logprob(entry) -> TokenLogprob:
-    """A logprob entry from the generator (dict or object) in the one shape the codecs use."""
-    get = entry.get if isinstance(entry, dict) else lambda key, default=None: getattr(entry, key, default)
-    token = get("token", "")
-    raw_bytes = get("bytes", None)
-    if raw_bytes is None:
-        raw_bytes = list(str(token).encode("utf-8"))
-    top = [_token_logprob(alt).as_dict(with_top=False) for alt in (get("top_logprobs", None) or [])]
-    return TokenLogprob(str(token), float(get("logprob", 0.0)), list(raw_bytes), top)
-
-
-def _piece_from_chunk(chunk) -> Piece:
-    if isinstance(chunk, str):
-        return Piece(chunk)
-    text = chunk.get("text", "") if isinstance(chunk, dict) else getattr(chunk, "text", "")
-    entries = chunk.get("logprobs") if isinstance(chunk, dict) else getattr(chunk, "logprobs", None)
-    return Piece(text or "", [_token_logprob(e) for e in (entries or [])])
-
-
-def _finished_from_result(result, streamed_text: str, streamed_logprobs: list, load_ns: int, started_ns: int) -> Finished:
-    total = time.perf_counter_ns() - started_ns
-    logprobs = streamed_logprobs or [_token_logprob(e) for e in (getattr(result, "logprobs", None) or [])]
+def _finished(result, load_ns: int, started_ns: int) -> Finished:
     return Finished(
-        text=streamed_text or getattr(result, "text", "") or "",
-        done_reason=getattr(result, "done_reason", None) or "stop",
-        prompt_eval_count=int(getattr(result, "prompt_eval_count", 0) or 0),
-        prompt_eval_duration=int(getattr(result, "prompt_eval_duration", 0) or 0),
-        eval_count=int(getattr(result, "eval_count", 0) or 0),
-        eval_duration=int(getattr(result, "eval_duration", 0) or 0),
-        load_duration=load_ns + int(getattr(result, "load_duration", 0) or 0),
-        total_duration=max(total, int(getattr(result, "total_duration", 0) or 0)),
-        logprobs=logprobs,
+        text=result.text, done_reason=result.done_reason, prompt_tokens=len(result.prompt_tokens),
+        prompt_eval_count=result.prompt_eval_count, prompt_eval_duration=result.prompt_eval_duration,
+        eval_count=result.eval_count, eval_duration=result.eval_duration,
+        load_duration=load_ns + result.load_duration,
+        total_duration=time.perf_counter_ns() - started_ns,  # includes waiting in the queue and loading
+        logprobs=[_logprob_entry(lp) for lp in (result.logprobs or [])],
     )

@@ -1,24 +1,25 @@
 """Model names as the API accepts them: ``name``, ``name:tag``, ``namespace/name:tag``.
 
-A name never reaches the file system unchecked: no path separators other than the
-namespace ``/``, no ``..``, no absolute paths, nothing but letters, digits and ``._-``.
+The rules are the store's (``refllm.store.parse_name``): letters, digits and ``._-``,
+no ``..``, at most one namespace. A name never reaches the file system unchecked, and
+the API never takes a file path (``x.gguf``) where a model name belongs.
 """
 
 from __future__ import annotations
 
-import re
-
 from refllm.errors import InvalidRequest
-
-MAX_NAME_LENGTH = 256
-_PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]*"
-_NAME = re.compile(rf"^(?:{_PART}/){{0,2}}{_PART}(?::{_PART})?$")
 
 
 def validate_model_name(name: object, field: str = "model") -> str:
     """Return ``name`` if it is a well-formed model name, else raise ``InvalidRequest`` naming ``field``."""
+    from refllm.store import InvalidModelName, parse_name
+
     if not isinstance(name, str) or not name:
-        raise InvalidRequest(f"{field} is required (a model name such as \"smollm2:135m\")")
-    if len(name) > MAX_NAME_LENGTH or not _NAME.match(name) or ".." in name:
-        raise InvalidRequest(f"invalid model name {name[:80]!r} in {field!r}: use letters, digits, '._-', an optional namespace/ and :tag")
+        raise InvalidRequest(f"field {field!r} is required (a model name such as \"smollm2:135m\")")
+    if name.lower().endswith(".gguf"):
+        raise InvalidRequest(f"field {field!r}: give a model name, not a file ({name[:80]!r}); `refllm pull` or `refllm create` adds files to the store")
+    try:
+        parse_name(name)
+    except InvalidModelName as e:
+        raise InvalidRequest(f"field {field!r}: {e}") from None
     return name

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, current_app, jsonify, request
 
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
 from refllm.engine.keep_alive import parse_keep_alive
@@ -111,14 +111,14 @@ def load_or_unload(name: str, keep_alive, body_key: str, empty) -> Response:
     return jsonify({"model": name, "created_at": now(), body_key: empty, "done": True, "done_reason": reason})
 
 
-def run_generation(request: GenerationRequest, stream: bool, wrap) -> Response:
+def run_generation(job: GenerationRequest, stream: bool, wrap) -> Response:
     """Start the generation, then answer as NDJSON or as one object; ``wrap(text)`` shapes the text field."""
-    events = engine().generate(request)
-    name = request.model
+    events = engine().generate(job)
+    name = job.model
     if not stream:
         finished = events.collect()
         body = {"model": name, "created_at": now(), **wrap(finished.text), **final_fields(finished)}
-        if request.logprobs:
+        if job.logprobs:
             body["logprobs"] = ollama_logprobs(finished)
         return jsonify(body)
 
@@ -129,7 +129,7 @@ def run_generation(request: GenerationRequest, stream: bool, wrap) -> Response:
                     yield {"model": name, "created_at": now(), **wrap(""), **final_fields(event)}
                 elif event.text or event.logprobs:
                     chunk = {"model": name, "created_at": now(), **wrap(event.text), "done": False}
-                    if request.logprobs:
+                    if job.logprobs:
                         chunk["logprobs"] = ollama_logprobs(event)
                     yield chunk
         finally:
@@ -150,15 +150,15 @@ def generate():
     images = images_field(body.get("images"), "images")
     logprobs, top_logprobs = logprob_fields(body)
     stream = optional(body, "stream", bool, True)
-    request = GenerationRequest(
+    job = GenerationRequest(
         model=name, prompt=prompt, raw=optional(body, "raw", bool, False), system=optional(body, "system", str),
         images=images, options=options_field(body), logprobs=logprobs, top_logprobs=top_logprobs,
         keep_alive=body.get("keep_alive"),
     )
-    parse_keep_alive(request.keep_alive)  # a bad keep_alive is a 400 even on the load-only path
+    parse_keep_alive(job.keep_alive)  # a bad keep_alive is a 400 even on the load-only path
     if not prompt and not images:
-        return load_or_unload(name, request.keep_alive, "response", "")
-    return run_generation(request, stream, lambda text: {"response": text})
+        return load_or_unload(name, job.keep_alive, "response", "")
+    return run_generation(job, stream, lambda text: {"response": text})
 
 
 @ollama_api.post("/api/chat")
@@ -169,14 +169,14 @@ def chat():
     messages, images = chat_messages(body)
     logprobs, top_logprobs = logprob_fields(body)
     stream = optional(body, "stream", bool, True)
-    request = GenerationRequest(
+    job = GenerationRequest(
         model=name, prompt=messages, images=images, options=options_field(body),
         logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"),
     )
-    parse_keep_alive(request.keep_alive)
+    parse_keep_alive(job.keep_alive)
     if not messages:
-        return load_or_unload(name, request.keep_alive, "message", {"role": "assistant", "content": ""})
-    return run_generation(request, stream, lambda text: {"message": {"role": "assistant", "content": text}})
+        return load_or_unload(name, job.keep_alive, "message", {"role": "assistant", "content": ""})
+    return run_generation(job, stream, lambda text: {"message": {"role": "assistant", "content": text}})
 
 
 # -- embeddings
@@ -218,7 +218,7 @@ def tags():
 def show():
     body = json_body()
     name = validate_model_name(body.get("model") or body.get("name"))
-    return jsonify(catalog.show(engine().resolve(name), verbose=optional(body, "verbose", bool, False)))
+    return jsonify(catalog.show(engine().resolve(name), name, verbose=optional(body, "verbose", bool, False)))
 
 
 @ollama_api.get("/api/ps")
@@ -231,7 +231,7 @@ def copy():
     body = json_body()
     source = validate_model_name(body.get("source"), "source")
     destination = validate_model_name(body.get("destination"), "destination")
-    catalog.copy(engine().resolve(source), destination)
+    catalog.copy(engine().resolve(source), source, destination)
     return Response(status=200)
 
 
@@ -244,45 +244,34 @@ def delete():
     return Response(status=200)
 
 
-@ollama_api.post("/api/create")
-def create():
-    body = json_body()
-    name = validate_model_name(body.get("model") or body.get("name"))
-    stream = optional(body, "stream", bool, True)
-    statuses = catalog.create(name, body)
+def progress_response(statuses, stream: bool) -> Response:
+    """Store progress as NDJSON, or (``stream: false``) only the final status."""
     if stream:
-        return ndjson_response(iter_closeable(statuses))
+        return ndjson_response(statuses)
     last = {"status": "success"}
     for last in statuses:
         pass
     return jsonify(last)
+
+
+@ollama_api.post("/api/create")
+def create():
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    return progress_response(catalog.create(name, body), optional(body, "stream", bool, True))
 
 
 @ollama_api.post("/api/pull")
 def pull():
     body = json_body()
     name = validate_model_name(body.get("model") or body.get("name"))
-    stream = optional(body, "stream", bool, True)
-    statuses = catalog.pull(name)
-    if stream:
-        return ndjson_response(iter_closeable(statuses))
-    last = {"status": "success"}
-    for last in statuses:
-        pass
-    return jsonify(last)
+    optional(body, "insecure", bool)
+    return progress_response(catalog.pull(name), optional(body, "stream", bool, True))
 
 
 @ollama_api.route("/api/blobs/<digest>", methods=["HEAD", "POST"])
 def blobs(digest: str):
-    from flask import request
-
-    catalog.check_digest(digest)
     if request.method == "HEAD":
         return Response(status=200 if catalog.has_blob(digest) else 404)
     catalog.save_blob(digest, request.stream)
     return Response(status=201)
-
-
-def iter_closeable(items):
-    """Make any iterable a generator (ndjson_response closes what it streams)."""
-    yield from items

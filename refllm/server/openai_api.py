@@ -41,8 +41,8 @@ def finish_reason(finished: Finished) -> str:
 
 
 def usage(finished: Finished) -> dict:
-    return {"prompt_tokens": finished.prompt_eval_count, "completion_tokens": finished.eval_count,
-            "total_tokens": finished.prompt_eval_count + finished.eval_count}
+    return {"prompt_tokens": finished.prompt_tokens, "completion_tokens": finished.eval_count,
+            "total_tokens": finished.prompt_tokens + finished.eval_count}
 
 
 # -- request fields
@@ -162,10 +162,10 @@ def chat_completions():
         raise InvalidRequest("field 'top_logprobs' needs \"logprobs\": true")
     stream = optional(body, "stream", bool, False)
     include_usage = stream_options(body)
-    request = GenerationRequest(model=name, prompt=messages, images=images,
+    job = GenerationRequest(model=name, prompt=messages, images=images,
                                 options=sampling_options(body, ("max_tokens", "max_completion_tokens")),
                                 logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"))
-    events = engine().generate(request)
+    events = engine().generate(job)
     response_id, created = new_id("chatcmpl"), int(time.time())
     head = {"id": response_id, "object": "chat.completion", "created": created, "model": name, "system_fingerprint": "fp_refllm"}
     if not stream:
@@ -231,14 +231,14 @@ def completions():
     n_logprobs = integer_in(body, "logprobs", 0, MAX_TOP_LOGPROBS)
     stream = optional(body, "stream", bool, False)
     include_usage = stream_options(body)
-    request = GenerationRequest(model=name, prompt=prompt, options=sampling_options(body, ("max_tokens",)),
+    job = GenerationRequest(model=name, prompt=prompt, options=sampling_options(body, ("max_tokens",)),
                                 logprobs=n_logprobs is not None, top_logprobs=n_logprobs or 0, keep_alive=body.get("keep_alive"))
-    events = engine().generate(request)
+    events = engine().generate(job)
     head = {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": name, "system_fingerprint": "fp_refllm"}
     if not stream:
         finished = events.collect()
         choice = {"index": 0, "text": finished.text, "finish_reason": finish_reason(finished),
-                  "logprobs": completion_logprobs(finished.logprobs) if request.logprobs else None}
+                  "logprobs": completion_logprobs(finished.logprobs) if job.logprobs else None}
         return jsonify({**head, "choices": [choice], "usage": usage(finished)})
 
     def sse_events():
@@ -254,7 +254,7 @@ def completions():
                         yield None, data
                 elif event.text or event.logprobs:
                     choice = {"index": 0, "text": event.text, "finish_reason": None,
-                              "logprobs": completion_logprobs(event.logprobs, offset) if request.logprobs else None}
+                              "logprobs": completion_logprobs(event.logprobs, offset) if job.logprobs else None}
                     offset += len(event.text)
                     yield None, {**head, "choices": [choice], **({"usage": None} if include_usage else {})}
         finally:
@@ -351,9 +351,9 @@ def responses():
     if instructions:
         messages = [{"role": "system", "content": instructions}, *messages]
     stream = optional(body, "stream", bool, False)
-    request = GenerationRequest(model=name, prompt=messages, images=images,
+    job = GenerationRequest(model=name, prompt=messages, images=images,
                                 options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"))
-    events = engine().generate(request)
+    events = engine().generate(job)
     response_id, message_id, created = new_id("resp"), new_id("msg"), int(time.time())
 
     def response_object(status: str, text: str | None, finished: Finished | None) -> dict:
@@ -368,13 +368,13 @@ def responses():
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "error": None, "instructions": instructions, "metadata": {}, "output": output,
             "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
-            "temperature": request.options.get("temperature"), "top_p": request.options.get("top_p"),
-            "max_output_tokens": request.options.get("num_predict"), "previous_response_id": None,
+            "temperature": job.options.get("temperature"), "top_p": job.options.get("top_p"),
+            "max_output_tokens": job.options.get("num_predict"), "previous_response_id": None,
             "text": {"format": {"type": "text"}}, "truncation": "disabled",
             "usage": None if finished is None else {
-                "input_tokens": finished.prompt_eval_count, "output_tokens": finished.eval_count,
-                "total_tokens": finished.prompt_eval_count + finished.eval_count,
-                "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
+                "input_tokens": finished.prompt_tokens, "output_tokens": finished.eval_count,
+                "total_tokens": finished.prompt_tokens + finished.eval_count,
+                "input_tokens_details": {"cached_tokens": finished.prompt_tokens - finished.prompt_eval_count}, "output_tokens_details": {"reasoning_tokens": 0}},
         }
 
     if not stream:
