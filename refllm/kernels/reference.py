@@ -32,16 +32,28 @@ from refllm.gguf import TensorInfo
 # --------------------------------------------------------------------------- weights
 
 
+WEIGHTS_PER_CHUNK = 1 << 22  # linear() dequantizes at most 4M weights (16 MB of float32) at a time
+
+
 def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     """``x @ W.T``: a matrix product against a (quantized) weight.
 
     x: f32[n, k];  w: a tensor of NumPy shape (m, k) (one row per output)
     returns f32[n, m]
-    """
-    from refllm.quant import dequantize
 
-    weight = dequantize(w.raw, w.ggml_type, w.shape)  # [m, k], float32, freed after the call
-    return x @ weight.T  # [n, k] @ [k, m] -> [n, m]
+    W is dequantized a block of rows at a time, so even a 262144-row output
+    head never exists in float32 all at once.
+    """
+    from refllm.quant import dequantize_rows
+
+    m, k = w.shape
+    rows_per_chunk = max(1, WEIGHTS_PER_CHUNK // k)
+    out = np.empty((x.shape[0], m), dtype=np.float32)  # [n, m]
+    for start in range(0, m, rows_per_chunk):
+        stop = min(m, start + rows_per_chunk)
+        weight = dequantize_rows(w, slice(start, stop))  # [rows, k] float32
+        out[:, start:stop] = x @ weight.T  # [n, k] @ [k, rows] -> [n, rows]
+    return out
 
 
 def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
@@ -210,17 +222,27 @@ NUMPY_BACKEND = Backend(
     softmax=softmax,
 )
 
-BACKEND_NAMES = ("numpy", "numba")
+BACKEND_NAMES = ("numpy", "numba", "cuda")
 
 
 def get_backend(name: str = "numpy") -> Backend:
-    """The backend called ``name``: "numpy" (this module) or "numba" (``refllm.kernels.numba_backend.BACKEND``)."""
+    """The backend called ``name``: "numpy" (this module), "numba" (``refllm.kernels.numba_backend``)
+    or "cuda" (``refllm.kernels.cuda.backend``, where a GPU or the CUDA simulator is there)."""
     from refllm.errors import InvalidRequest
 
     if name == "numpy":
         return NUMPY_BACKEND
     if name == "numba":
         from refllm.kernels.numba_backend import BACKEND
+
+        return BACKEND
+    if name == "cuda":
+        from refllm.kernels.cuda import cuda_status
+
+        available, reason = cuda_status()
+        if not available:
+            raise InvalidRequest(f"backend 'cuda' is not available here: {reason}")
+        from refllm.kernels.cuda.backend import BACKEND
 
         return BACKEND
     raise InvalidRequest(f"unknown backend '{name}' (choose one of: {', '.join(BACKEND_NAMES)})")

@@ -36,6 +36,7 @@ class Model:
         self.gguf = gguf_file
         self.name = name or gguf_file.path.stem
         self.metadata: dict[str, Any] = gguf_file.metadata
+        self.backend: str = "numpy"  # which kernels run the forward pass: "numpy" (reference) or "numba"
 
     @property
     def path(self) -> Path:
@@ -67,6 +68,56 @@ class Model:
 
     def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
         return self.chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+
+    # -- forward pass (refllm.model.transformer; one file per architecture family)
+
+    @cached_property
+    def transformer(self):
+        """Config + quantized weights + the family's forward (built on first use; UnsupportedModel if not runnable)."""
+        from refllm.model.transformer import Transformer
+
+        return Transformer(self.gguf)
+
+    @property
+    def config(self):
+        """``refllm.model.config.ModelConfig``: hyper-parameters from the GGUF metadata."""
+        return self.transformer.config
+
+    @property
+    def n_vocab(self) -> int:
+        return self.transformer.config.n_vocab
+
+    @property
+    def n_ctx_train(self) -> int:
+        return self.transformer.config.n_ctx_train
+
+    def new_cache(self, n_ctx: int | None = None):
+        """An empty ``KVCache`` of ``n_ctx`` positions (default: the training context).
+
+        ``cache.n_past`` (positions filled), ``cache.n_ctx``, ``cache.truncate(n)`` (rewind to n tokens).
+        """
+        return self.transformer.new_cache(self.n_ctx_train if n_ctx is None else n_ctx)
+
+    def forward(self, token_ids, cache, all_logits: bool = False):
+        """Evaluate ``token_ids`` (int[n]) after what ``cache`` holds, and advance the cache by n.
+
+        Returns float32[n_vocab], the logits of the last position, or float32[n, n_vocab] with
+        ``all_logits=True``.  Prefill: the whole prompt in one call; decode: one id per call.
+        Raises InvalidRequest if the ids don't fit in ``cache.n_ctx - cache.n_past`` or are out of range.
+        """
+        from refllm.kernels.reference import get_backend
+
+        return self.transformer.forward(token_ids, cache, get_backend(self.backend), all_logits=all_logits)
+
+    def logits(self, token_ids):
+        """float32[len(ids), n_vocab]: the logits at every position, in a fresh context."""
+        return self.forward(token_ids, self.new_cache(len(token_ids) or 1), all_logits=True)
+
+    def hidden_states(self, token_ids):
+        """float32[len(ids), n_embd]: the hidden states after the final norm, in a fresh context (embeddings)."""
+        from refllm.kernels.reference import get_backend
+
+        return self.transformer.hidden_states(token_ids, self.new_cache(len(token_ids) or 1), get_backend(self.backend))
 
     # -- generation (refllm.generate)
 
