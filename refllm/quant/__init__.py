@@ -216,7 +216,12 @@ def quantize(array: np.ndarray, ggml_type: T) -> np.ndarray:
             + ", ".join(t.name for t in SUPPORTED_QUANT_TYPES)
         )
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    values = np.asarray(array, dtype=np.float32)
+    try:
+        values = np.asarray(array, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise QuantDataError(f"cannot quantize {type(array).__name__} to {ggml_type.name}: {error}") from None
+    if block_size > 1 and not np.isfinite(values).all():
+        raise QuantDataError(f"cannot quantize NaN or infinite values to {ggml_type.name}")
     row_length = values.shape[-1] if values.ndim else 1
     if row_length % block_size != 0:
         raise QuantDataError(
