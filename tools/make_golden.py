@@ -1,0 +1,307 @@
+#!/usr/bin/env python
+"""Regenerate the golden files under golden/ from independent reference engines.
+
+    python tools/make_golden.py tokens     # llama.cpp (xllamacpp) token ids -> golden/tokens/<model>.json
+    python tools/make_golden.py chat       # transformers' chat-template renderer -> golden/tokens/chat_smollm2.json
+    python tools/make_golden.py logits     # forward-pass logits (tools/golden_logits.py, when present)
+
+Needs the ``reference`` extra (``pip install -e .[reference]``); the tests only read the
+files this writes, never these engines.
+
+Adding a sub-command: write a tools/<module>.py with ``main(argv) -> int`` and name it in
+``SUBCOMMANDS`` below; ``make_golden.py NAME ARGS...`` calls ``<module>.main(ARGS)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+TOOLS = REPO / "tools"
+GOLDEN_TOKENS = REPO / "golden" / "tokens"
+sys.path.insert(0, str(REPO))
+
+# name -> (module in tools/ defining add_arguments/run, or None for this file; one-line help)
+SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
+    "tokens": (None, "llama.cpp token ids for the tokenizer corpus (both real models)"),
+    "chat": (None, "transformers' renderings of SmolLM2's chat template"),
+    "logits": ("golden_logits", "forward-pass logits from llama.cpp / transformers"),
+}
+
+
+# =========================================================================== corpus
+
+def tokenizer_corpus() -> list[str]:
+    """The strings both models are checked on (>= 300): every kind of text that trips tokenizers."""
+    words = ["Hello", "hello", "HELLO", "world", "tokenization", "don't", "it's", "I'm", "we're", "you've",
+             "they'll", "he'd", "O'Neil", "rock'n'roll", "e-mail", "state-of-the-art", "co-operate"]
+    cases: list[str] = ["", " ", "  ", "   ", "\t", "\n", "\n\n", "\r\n", " \n ", "\t\t\n"]
+    cases += words
+    cases += [" " + w for w in words] + ["  " + w for w in words[:6]] + [w + " " for w in words[:6]]
+    cases += [
+        # sentences and punctuation
+        "Hello, world!", "Hello world.", "What's up?", "The quick brown fox jumps over the lazy dog.",
+        "Wait... what?!", "(parenthesised) [bracketed] {braced}", "\"quoted\" and 'single'", "a,b;c:d",
+        "semi;colon", "100% sure", "#hashtag @mention", "email@example.com", "https://example.com/path?q=1&r=2",
+        "C:\\Users\\name\\file.txt", "/usr/local/bin/python3", "~/.config", "snake_case_name", "camelCaseName",
+        "PascalCaseName", "SCREAMING_SNAKE", "kebab-case-name", "a.b.c.d", "....", "---", "***bold***", "__init__",
+        # whitespace runs
+        "a  b", "a   b", "a    b", "a\tb", "a\t\tb", "a\nb", "a\n\nb", "a\n\n\nb", "a \n b", "trailing   ",
+        "   leading", "  both  ", " \t mixed \t ", "line1\nline2\nline3", "para1\n\npara2", "crlf\r\nline",
+        "many" + " " * 17 + "spaces", "tabs" + "\t" * 9 + "end", "\n" * 7, " " * 40, "\t" * 12, "x" + "\n \n" * 5,
+        # digits and numbers
+        "0", "1", "12", "123", "1234", "12345", "123456789", "3.14159", "-42", "+7", "1,000,000", "1_000_000",
+        "0x1F", "0b1010", "1e-10", "6.022e23", "2024-01-15", "12:30:45", "$19.99", "€100", "50%", "1/2", "v1.2.3",
+        "route 66", "the year 1999", " 2000", "  31337", "1 2 3 4 5", "١٢٣", "一二三", "Ⅻ", "½ ¾", "²³",
+        "1234567890" * 5, "9" * 50,
+        # code
+        "def f(x):\n    return x * 2\n", "for (int i = 0; i < n; ++i) {\n\tsum += a[i];\n}",
+        "if x == 1:\n\tprint('one')", "const f = (a, b) => a + b;", "<html><body>Hi</body></html>",
+        "SELECT * FROM users WHERE id = 1;", "import numpy as np\nnp.zeros((3, 4))", "x+=1", "a != b && c <= d",
+        "#include <stdio.h>", "    indented four", "        indented eight", "\tindented tab", "//comment", "/* block */",
+        "{\"key\": [1, 2, 3], \"nested\": {\"a\": null}}", "```python\nprint(1)\n```", "$ ls -la | grep py",
+        "lambda x: x**2", "std::vector<int> v;", "fn main() { println!(\"hi\"); }", "<?php echo 1; ?>",
+        "  </div>\n</body>", "<div class=\"a\">text</div>", "<br/>", "<s>strike</s>", "</s>", "<table><tr><td>1</td></tr></table>",
+        # accented Latin and other scripts
+        "café", "naïve", "résumé", "Ångström", "Müller", "straße", "façade", "jalapeño", "Ελληνικά", "Русский текст",
+        "Привет, мир!", "Čeština", "Łódź", "Ñandú", "Œuvre", "ÀÉÎÕÜ", "ǅ ǈ ǋ", "İstanbul", "ı and i",
+        "日本語のテキスト", "中文测试", "你好，世界！", "한국어 텍스트", "こんにちは", "カタカナ", "ひらがな", "漢字",
+        "東京タワー 333m", "ไทย", "हिन्दी", "বাংলা", "தமிழ்", "ქართული", "Հայերեն", "አማርኛ",
+        "עברית", "العربية", "مرحبا بالعالم", "שלום עולם", "فارسی", "Mixed עברית and English", "RTL\u200fmark",
+        "zero\u200bwidth", "non\u00a0breaking", "soft\u00adhyphen", "e\u0301 (combining)", "ﬁ ligature", "Ｆｕｌｌｗｉｄｔｈ",
+        # emoji and symbols
+        "😀", "👍🏽", "👨‍👩‍👧‍👦", "🇫🇷", "❤️", "🔥🔥🔥", "I ❤ NY", "✓ ✗", "→ ← ↑ ↓", "∑∫∂√∞", "≤≥≠≈", "°C", "™ © ®",
+        "★☆", "♠♣♥♦", "…", "—", "–", "«guillemets»", "„German“", "“curly”", "‘single’", "emoji at end 🎉",
+        "🎉 emoji at start", "text😀text", "🤖🦾🧠", "\U0001F9D1\u200d\U0001F4BB", "𝔘𝔫𝔦𝔠𝔬𝔡𝔢", "𝟙𝟚𝟛", "\U00010348",
+        # special-token look-alikes (plain text, parse_special=False)
+        "<|im_start|>", "<|im_end|>", "<|im_start|>user\nHi<|im_end|>", "<|endoftext|>", "<start_of_turn>",
+        "<end_of_turn>", "<start_of_turn>user\nHello<end_of_turn>", "<bos>", "<eos>", "<pad>", "<unk>", "<mask>",
+        "<s>", "[INST] hi [/INST]", "<<SYS>>", "<|begin_of_text|>", "<|eot_id|>", "<|start_header_id|>",
+        "<start_of_image>", "[multimodal]", "<unused0>", "<0x0A>", "<0x41>", "<|im_start", "im_start|>", "< |im_start| >",
+        "text<|im_end|>more", "x<end_of_turn>y", "<|im_start|><|im_start|>", "<<|im_start|>>", "<repo_name>", "<filename>",
+        # very long words and repetitions
+        "a" * 100, "ab" * 60, "abc" * 40, "supercalifragilisticexpialidocious", "pneumonoultramicroscopicsilicovolcanoconiosis",
+        "Donaudampfschifffahrtsgesellschaftskapitän", "x" * 300, "aaaa bbbb cccc dddd", "the the the the the",
+        "hahahahahahahahahahahahahahaha", "zzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzzz", "!!!!!!!!!!!!", "??!!??!!", "=" * 40,
+        "-" * 80, "#" * 20, "." * 33, "_" * 25, "😀" * 10, "日本" * 20,
+        # mixed
+        "Hello 世界 🌍 123", "Price: $5 (≈ €4.6)", "naïve café résumé", "Tab\tseparated\tvalues", "a,b,c\n1,2,3\n",
+        "Q: 2+2=?\nA: 4", "She said: «Bonjour!»", "ÀB 12 ñ 😀 \t x", "mañana 明日 tomorrow", "x²+y²=z²",
+        "user@host:~$ sudo rm -rf /tmp/x", "α β γ δ", "αβγδεζηθ", "ἀρχή", "I have 3 apples and 12 oranges.",
+        "Call me at +1-555-0100.", "The ratio is 3:2.", "Temperature -40°C = -40°F", "version 2.0.0-beta+build.5",
+        "Ünïcödé Tëxt", "Zürich, Genève, Bern", "São Paulo", "Kraków", "Reykjavík", "Dvořák", "Şişli", "Ærø",
+    ]
+    # leading spaces on a few non-Latin and numeric strings
+    cases += [" " + s for s in ("日本語", "😀", "123", "café", "<|im_start|>", "\n", "العربية", "Привет")]
+    cases += ["\n" + s for s in ("Hello", "def f():", "  indented", "123")]
+    cases += [s + "\n" for s in ("Hello", "world", "123")]
+    seen: set[str] = set()
+    unique = []
+    for case in cases:
+        if case not in seen:
+            seen.add(case)
+            unique.append(case)
+    return unique
+
+
+def special_corpus() -> list[str]:
+    """Strings tokenized with parse_special=True (chat-formatted text)."""
+    return [
+        "<|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi!<|im_end|>\n<|im_start|>assistant\n",
+        "<|im_start|>user\n日本語?<|im_end|>", "<|endoftext|>", "a<|im_end|>b", "<|im_start|><|im_end|>",
+        "<start_of_turn>user\nHello there<end_of_turn>\n<start_of_turn>model\n", "<bos><start_of_turn>user\nHi<end_of_turn>",
+        "<eos>", "<pad><unk><mask>", "x<end_of_turn>y", "<start_of_image>", "[multimodal]", "</s>",
+        "Plain text, no specials.", "", " <|im_start|> ", "<|im_start|>\n\n<|im_end|>", "<repo_name>r<file_sep>f",
+        "<unused0><unused1>", "<|im_start|>user\n<start_of_turn><end_of_turn><|im_end|>", "  <div>x</div>  ",
+    ]
+
+
+# =========================================================================== tokens (llama.cpp)
+
+REAL_MODELS = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
+
+
+class LlamaCppServer:
+    """xllamacpp's in-process llama.cpp server, bound to 127.0.0.1, asked over HTTP."""
+
+    def __init__(self, model_path: Path):
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(model_path)
+        params.n_ctx = 256
+        params.n_parallel = 1
+        params.cpuparams.n_threads = 1
+        params.n_gpu_layers = 0
+        params.warmup = False
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        self.server = xllamacpp.Server(params)
+        self.url = self.server.listening_address.rstrip("/")
+
+    def post(self, path: str, body: dict) -> dict:
+        import urllib.request
+
+        request = urllib.request.Request(self.url + path, data=json.dumps(body).encode("utf-8"),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.loads(response.read())
+
+    def tokenize(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+        reply = self.post("/tokenize", {"content": text, "add_special": add_special, "parse_special": parse_special})
+        return [int(t) for t in reply["tokens"]]
+
+    def detokenize(self, ids: list[int]) -> str:
+        return self.post("/detokenize", {"tokens": ids})["content"]
+
+
+def make_tokens(args) -> int:
+    import xllamacpp
+    import refllm.packaged_models as packaged
+
+    GOLDEN_TOKENS.mkdir(parents=True, exist_ok=True)
+    corpus, specials = tokenizer_corpus(), special_corpus()
+    for name in args.models:
+        path = getattr(packaged, REAL_MODELS[name])()
+        server = LlamaCppServer(path)
+        cases = []
+        for text in corpus:
+            ids = server.tokenize(text, add_special=False, parse_special=False)
+            cases.append({"text": text, "ids": ids, "detokenized": server.detokenize(ids)})
+        with_specials = [
+            {"text": text, "ids": server.tokenize(text, add_special=True, parse_special=True)} for text in specials
+        ]
+        # a few with add_special=True and parse_special=False (BOS handling on plain text)
+        with_bos = [
+            {"text": text, "ids": server.tokenize(text, add_special=True, parse_special=False)}
+            for text in ("", "Hello", " Hello", "<|im_start|>user", "<bos>hi")
+        ]
+        del server
+        out = {
+            "model": name,
+            "gguf": path.name,
+            "reference": f"llama.cpp via xllamacpp {xllamacpp.__version__}",
+            "plain": cases,  # add_special=False, parse_special=False
+            "special": with_specials,  # add_special=True, parse_special=True
+            "bos": with_bos,  # add_special=True, parse_special=False
+        }
+        target = GOLDEN_TOKENS / f"{name}.json"
+        target.write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
+        print(f"{target}: {len(cases)} plain, {len(with_specials)} special, {len(with_bos)} bos cases")
+    _update_manifest("tokens", {
+        "engine": "llama.cpp (xllamacpp in-process server: /tokenize, /detokenize)",
+        "xllamacpp_version": xllamacpp.__version__,
+        "command": "python tools/make_golden.py tokens",
+    })
+    return 0
+
+
+# =========================================================================== chat (transformers)
+
+def chat_conversations() -> list[dict]:
+    """Conversations rendered by transformers' apply_chat_template machinery."""
+    return [
+        {"messages": [{"role": "user", "content": "Hi"}]},
+        {"messages": [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "Hello!"}]},
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "What is 2+2?"},
+                      {"role": "assistant", "content": "4"}, {"role": "user", "content": "And 3+3?"}]},
+        {"messages": [{"role": "user", "content": "Tell me a joke"}, {"role": "assistant", "content": "Why did the chicken...?"}],
+         "add_generation_prompt": False},
+        {"messages": [{"role": "user", "content": "multi\nline\n\ninput  with  spaces "}]},
+        {"messages": [{"role": "user", "content": "日本語で答えて 😀"}, {"role": "assistant", "content": "はい！"},
+                      {"role": "user", "content": "ありがとう"}]},
+        {"messages": [{"role": "system", "content": ""}, {"role": "user", "content": ""}]},
+        {"messages": [{"role": "user", "content": "<|im_start|>not a marker<|im_end|>"}]},
+        {"messages": [{"role": "assistant", "content": "I start."}, {"role": "user", "content": "ok"}]},
+        {"messages": [{"role": "user", "content": "no generation prompt"}], "add_generation_prompt": False},
+        {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+                      {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}, {"role": "user", "content": "U3"}]},
+    ]
+
+
+def make_chat(args) -> int:
+    import transformers
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    import refllm.packaged_models as packaged
+    from refllm.gguf import read
+
+    gguf_file = read(packaged.smollm2_path())
+    template = gguf_file.metadata["tokenizer.chat_template"]
+    tokens = gguf_file.metadata["tokenizer.ggml.tokens"]
+    bos = tokens[int(gguf_file.metadata["tokenizer.ggml.bos_token_id"])]
+    eos = tokens[int(gguf_file.metadata["tokenizer.ggml.eos_token_id"])]
+    cases = []
+    for conversation in chat_conversations():
+        add_generation_prompt = conversation.get("add_generation_prompt", True)
+        rendered, _ = render_jinja_template(
+            conversations=[conversation["messages"]], chat_template=template,
+            add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos,
+        )
+        cases.append({"messages": conversation["messages"], "add_generation_prompt": add_generation_prompt,
+                      "rendered": rendered[0]})
+    GOLDEN_TOKENS.mkdir(parents=True, exist_ok=True)
+    target = GOLDEN_TOKENS / "chat_smollm2.json"
+    out = {"model": "smollm2", "reference": f"transformers {transformers.__version__} render_jinja_template "
+           "(the renderer behind apply_chat_template) fed the GGUF's tokenizer.chat_template", "cases": cases}
+    target.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"{target}: {len(cases)} conversations")
+    _update_manifest("chat", {
+        "engine": "transformers.utils.chat_template_utils.render_jinja_template",
+        "transformers_version": transformers.__version__,
+        "command": "python tools/make_golden.py chat",
+    })
+    return 0
+
+
+def _update_manifest(section: str, entry: dict) -> None:
+    path = GOLDEN_TOKENS / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    entry["generated"] = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    manifest[section] = entry
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+# =========================================================================== dispatcher
+
+def _add_tokens_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--models", nargs="+", choices=sorted(REAL_MODELS), default=sorted(REAL_MODELS))
+
+
+# This file's own sub-commands: name -> (add_arguments(parser), run(args) -> int)
+LOCAL = {"tokens": (_add_tokens_arguments, make_tokens), "chat": (lambda parser: None, make_chat)}
+
+
+def _load_tool_module(name: str):
+    path = TOOLS / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"refllm_tools_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = argv[0] if argv else None
+    if command in SUBCOMMANDS and SUBCOMMANDS[command][0] is not None:
+        # another tool's sub-command: it parses its own arguments
+        return int(_load_tool_module(SUBCOMMANDS[command][0]).main(argv[1:]) or 0)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = subparsers.add_parser(name, help=help_text)
+        if module_name is None:
+            add_arguments, run = LOCAL[name]
+            add_arguments(sub)
+            sub.set_defaults(run=run)
+    args = parser.parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
