@@ -101,8 +101,12 @@ def list_command(args: argparse.Namespace) -> int:
 
 
 def show_command(args: argparse.Namespace) -> int:
+    """A store model: its GGUF summary, then what its Modelfile set. A GGUF path: the file's header."""
+    from refllm.cli.inspect import describe_gguf, format_description, show_gguf_command
+    from refllm.gguf import read
+
     if _is_gguf_path(args.name):
-        return _show_gguf_file(args)
+        return show_gguf_command(args)
     if args.verify:
         problems = store.verify(args.name)
         for problem in problems:
@@ -116,26 +120,18 @@ def show_command(args: argparse.Namespace) -> int:
         if getattr(args, flag):
             print(info[flag].rstrip("\n"))
             return 0
-    details, model_info = info["details"], info["model_info"]
-    arch = details["family"]
-    print("  Model")
-    for label, value in (
-        ("architecture", arch),
-        ("parameters", details["parameter_size"]),
-        ("context length", model_info.get(f"{arch}.context_length")),
-        ("embedding length", model_info.get(f"{arch}.embedding_length")),
-        ("quantization", details["quantization_level"]),
-    ):
-        if value not in (None, ""):
-            print(f"    {label:<20}{value}")
-    if info["parameters"]:
-        print("\n  Parameters")
-        for line in info["parameters"].splitlines():
-            print(f"    {line}")
-    for section in ("system", "license"):
-        if info[section]:
-            print(f"\n  {section.capitalize()}")
-            for line in info[section].splitlines()[:4]:
+    gguf_path = store.resolve(args.name).gguf_path
+    if args.json or args.tensors:
+        args.path = str(gguf_path)  # the GGUF's metadata or tensor table, as `refllm inspect` prints them
+        return show_gguf_command(args)
+    description = describe_gguf(read(gguf_path))
+    license_text = info["license"] or description["license"]
+    description["license"] = None  # printed last, after what the Modelfile set
+    print(format_description(description))
+    for title, text in (("Parameters", info["parameters"]), ("System", info["system"]), ("License", license_text)):
+        if text:
+            print(f"\n  {title}")
+            for line in str(text).splitlines()[:4]:
                 print(f"    {line}")
     return 0
 
@@ -143,18 +139,6 @@ def show_command(args: argparse.Namespace) -> int:
 def _is_gguf_path(text: str) -> bool:
     path = Path(text)
     return path.suffix == ".gguf" or path.is_file()
-
-
-def _show_gguf_file(args: argparse.Namespace) -> int:
-    """A GGUF path: the file-inspection command (refllm/cli/inspect.py) prints its header."""
-    try:
-        from refllm.cli import inspect as gguf_inspect
-    except ImportError:
-        gguf_inspect = None
-    show_file = getattr(gguf_inspect, "show_gguf_command", None)
-    if show_file is None:
-        raise InvalidRequest(f"{args.name}: showing GGUF files needs `refllm inspect`, not available here")
-    return show_file(args)
 
 
 def cp_command(args: argparse.Namespace) -> int:

@@ -597,7 +597,7 @@ def _config_for(gguf_path: Path, parent: str, requires: str | None) -> dict:
 
     gguf_file = read(gguf_path)
     family = gguf_file.architecture or ""
-    n_params = sum(int(_product(t.shape)) for t in gguf_file.tensors.values())
+    n_params = sum(t.n_elements for t in gguf_file.tensors.values())
     config = {
         "model_format": "gguf",
         "model_family": family,
@@ -609,13 +609,6 @@ def _config_for(gguf_path: Path, parent: str, requires: str | None) -> dict:
     if requires:
         config["requires"] = requires
     return config
-
-
-def _product(shape) -> int:
-    result = 1
-    for dim in shape:
-        result *= int(dim)
-    return result
 
 
 def format_parameter_count(n: int) -> str:
