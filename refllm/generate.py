@@ -130,7 +130,7 @@ def generate(
         raise UnsupportedModel(f"model '{model.name}' does not support images")
 
     started = time.perf_counter_ns()
-    load_duration = _get_ready(model)
+    load_duration = prepare(model)
     prompt_ids = prompt_token_ids(model, prompt, raw=raw, system=system)
     num_ctx = min(opts.num_ctx, model.n_ctx_train)
     if len(prompt_ids) >= num_ctx:
@@ -254,13 +254,15 @@ def _forward(model, session: Session, ids: list[int]) -> np.ndarray:
     return logits
 
 
-def _get_ready(model) -> int:
-    """Build what the model builds lazily (tokenizer, weights); return the ns it took."""
+def prepare(model) -> int:
+    """Build what the model builds lazily (tokenizer, weights); return the ns it took.
+
+    ``generate`` calls it (and reports the time as load_duration); the CLI calls it first,
+    under its loading spinner.
+    """
     t0 = time.perf_counter_ns()
-    model.tokenizer  # noqa: B018  (cached_property: built on first use)
-    prepare = getattr(model, "prepare", None)
-    if callable(prepare):
-        prepare()
+    model.tokenizer  # noqa: B018  (a cached_property: built on first use)
+    getattr(model, "transformer", None)  # config and weights (a cached_property), where the model has them
     return time.perf_counter_ns() - t0
 
 
