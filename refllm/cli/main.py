@@ -19,6 +19,7 @@ from refllm.gguf import GGUFError
 # Command modules, in the order ``refllm --help`` lists them.
 COMMAND_MODULES = [
     "refllm.cli.inspect",
+    "refllm.cli.run",
     "refllm.cli.serve",
     "refllm.cli.store",
 ]
