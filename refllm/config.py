@@ -321,42 +321,13 @@ def _convert(value: Any, like: Any) -> Any:
 
 
 def _valid_duration(text: str) -> bool:
+    from refllm.engine.keep_alive import parse_keep_alive  # the one parser of Ollama's durations
+
     try:
-        parse_duration(text)
-    except ValueError:
+        parse_keep_alive(text)
+    except RefllmError:
         return False
     return True
-
-
-def parse_duration(text: str | int | float) -> float | None:
-    """Ollama's keep_alive: "5m" / "1h30m" / "300" (seconds) / 0 -> seconds; negative -> None (forever)."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return None if text < 0 else float(text)
-    text = str(text).strip()
-    try:
-        seconds = float(text)
-        return None if seconds < 0 else seconds
-    except ValueError:
-        pass
-    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    total, number, i = 0.0, "", 0
-    negative = text.startswith("-")
-    text = text.lstrip("-")
-    if not text:
-        raise ValueError("empty duration")
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = "ms" if text[i:i + 2] == "ms" else text[i]
-        if unit not in units or not number:
-            raise ValueError(f"bad duration {text!r}")
-        total += float(number) * units[unit]
-        number, i = "", i + len(unit)
-    if number:
-        raise ValueError(f"duration {text!r} is missing a unit")
-    return None if negative else total
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,0 +1,122 @@
+"""refllm.config: CLI > REFLLM_* environment > TOML file > defaults, with sources and clear errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from refllm.config import ConfigError, Settings, load_settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def write_toml(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "refllm.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_when_nothing_is_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no ./refllm.toml here
+    settings = load_settings(environ={})
+    assert settings.server.host == "127.0.0.1"
+    assert settings.server.port == 11435
+    assert settings.runtime.models_dir == Path.home() / ".refllm" / "models"
+    assert settings.sources == {}  # every value is a default
+    assert settings.to_dict(with_sources=True)["server"]["port"] == {"value": 11435, "source": "default"}
+
+
+def test_each_layer_overrides_the_one_below(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_toml(tmp_path, '[server]\nport = 9001\nhost = "0.0.0.0"\n[generation]\ntemperature = 0.1\n')
+    environ = {"REFLLM_SERVER__PORT": "9002", "REFLLM_GENERATION__TOP_K": "7"}
+    settings = load_settings({"server.port": 9003, "generation.top_p": None}, environ=environ)
+    assert settings.server.port == 9003 and settings.sources["server.port"] == "cli"
+    assert settings.generation.top_k == 7 and settings.sources["generation.top_k"] == "env:REFLLM_GENERATION__TOP_K"
+    assert settings.server.host == "0.0.0.0" and settings.sources["server.host"] == f"file:{tmp_path / 'refllm.toml'}"
+    assert settings.generation.temperature == 0.1
+    assert settings.generation.top_p == 0.9 and "generation.top_p" not in settings.sources  # None: flag not given
+    # without the CLI value the environment wins over the file
+    assert load_settings(environ=environ).server.port == 9002
+
+
+def test_nested_cli_overrides_and_config_file_env(tmp_path):
+    path = tmp_path / "elsewhere.toml"
+    path.write_text("[runtime]\nmodels_dir = '~/m'\n")
+    settings = load_settings({"server": {"port": 1234}}, environ={"REFLLM_CONFIG_FILE": str(path)})
+    assert settings.server.port == 1234
+    assert settings.runtime.models_dir == Path.home() / "m"
+    assert settings.sources["runtime.models_dir"] == f"file:{path}"
+
+
+def test_short_environment_names():
+    environ = {
+        "REFLLM_HOST": "0.0.0.0:8080", "REFLLM_MODELS": "/srv/models", "REFLLM_KEEP_ALIVE": "1h",
+        "REFLLM_NUM_PARALLEL": "4", "REFLLM_MAX_QUEUE": "9", "REFLLM_API_KEY": "k", "REFLLM_ORIGINS": "http://a, http://b",
+    }
+    settings = load_settings(environ=environ)
+    assert (settings.server.host, settings.server.port) == ("0.0.0.0", 8080)
+    assert settings.sources["server.port"] == "env:REFLLM_HOST"
+    assert settings.runtime.models_dir == Path("/srv/models")
+    assert settings.server.keep_alive == "1h" and settings.server.num_parallel == 4 and settings.server.max_queue == 9
+    assert settings.server.api_key == "k" and settings.server.origins == ["http://a", "http://b"]
+    assert settings.server_url == "http://127.0.0.1:8080"  # a wildcard bind is reached on loopback
+    # the explicit nested name wins over the short one
+    assert load_settings(environ={**environ, "REFLLM_SERVER__NUM_PARALLEL": "2"}).server.num_parallel == 2
+
+
+@pytest.mark.parametrize("text, host, port", [
+    ("example.org", "example.org", 11435), (":9999", "127.0.0.1", 9999),
+    ("http://10.0.0.1:81/", "10.0.0.1", 81), ("[::1]:82", "::1", 82),
+])
+def test_refllm_host_forms(text, host, port):
+    settings = load_settings(environ={"REFLLM_HOST": text})
+    assert (settings.server.host, settings.server.port) == (host, port)
+
+
+@pytest.mark.parametrize("environ, file_text, words", [
+    ({"REFLLM_SERVER__PORT": "http"}, None, ["server.port", "REFLLM_SERVER__PORT", "integer"]),
+    ({"REFLLM_SERVER__PORT": "70000"}, None, ["server.port", "REFLLM_SERVER__PORT", "65535"]),
+    ({"REFLLM_SERVER__PROT": "1"}, None, ["server.prot", "REFLLM_SERVER__PROT", "port"]),
+    ({"REFLLM_KEEP_ALIVE": "soon"}, None, ["server.keep_alive", "REFLLM_KEEP_ALIVE"]),
+    ({"REFLLM_GENERATION__STREAM": "maybe"}, None, ["generation.stream", "true or false"]),
+    ({}, "[server]\nport = '8080'\nnum_parallel = 0\n", ["server.num_parallel", "refllm.toml", ">= 1"]),
+    ({}, "[sever]\nport = 1\n", ["sever", "refllm.toml"]),
+    ({}, "[generation]\ntemperature = true\n", ["generation.temperature", "number"]),
+    ({}, "[server\n", ["not valid TOML"]),
+])
+def test_bad_values_name_key_and_source(tmp_path, monkeypatch, environ, file_text, words):
+    monkeypatch.chdir(tmp_path)
+    if file_text is not None:
+        write_toml(tmp_path, file_text)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(environ=environ)
+    for word in words:
+        assert word in str(caught.value)
+
+
+def test_missing_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="REFLLM_CONFIG_FILE"):
+        load_settings(environ={"REFLLM_CONFIG_FILE": str(tmp_path / "nope.toml")})
+
+
+def test_other_refllm_variables_are_ignored():
+    settings = load_settings(environ={"REFLLM_DEBUG": "1", "REFLLM_SOMETHING__ELSE": "x"})
+    assert settings == Settings(sources=settings.sources)
+
+
+def test_example_file_loads_and_matches_the_defaults():
+    """The example refllm.example.toml in the repo is valid and documents the real defaults."""
+    example = load_settings(environ={"REFLLM_CONFIG_FILE": str(REPO / "refllm.example.toml")})
+    defaults = Settings()
+    assert example.to_dict() == defaults.to_dict()
+    assert set(example.sources) == {f"{s}.{f}" for s, fields in defaults.to_dict().items() for f in fields}
+
+
+def test_to_dict_is_json_with_sources():
+    settings = load_settings({"server.port": 1}, environ={})
+    data = json.loads(json.dumps(settings.to_dict(with_sources=True)))
+    assert data["server"]["port"] == {"value": 1, "source": "cli"}
+    assert isinstance(data["runtime"]["models_dir"]["value"], str)
