@@ -160,8 +160,8 @@ def _read_value(rest: str, lines: list[str], i: int, line_number: int) -> tuple[
     rest = rest.strip()
     if rest.startswith('"""'):
         body = rest[3:]
-        if '"""' in body:
-            value, _, after = body.partition('"""')
+        if '"""' in body:  # opened and closed on one line; the last """ closes (a value may end in a quote)
+            value, _, after = body.rpartition('"""')
             if after.strip():
                 raise ModelfileError(line_number, f"unexpected text after closing \"\"\": {after.strip()!r}")
             return value, i
@@ -170,7 +170,7 @@ def _read_value(rest: str, lines: list[str], i: int, line_number: int) -> tuple[
             line = lines[i]
             i += 1
             if '"""' in line:
-                value, _, after = line.partition('"""')
+                value, _, after = line.rpartition('"""')
                 if after.strip():
                     raise ModelfileError(i, f"unexpected text after closing \"\"\": {after.strip()!r}")
                 collected.append(value)
