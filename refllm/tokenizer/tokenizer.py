@@ -106,6 +106,13 @@ class Tokenizer:
             ids.append(self.vocab.eos_id)
         return ids
 
+    def encode_chat(self, prompt: str) -> list[int]:
+        """Ids of a rendered chat prompt: its special tokens parsed, BOS added once (not again if the
+        template already wrote it)."""
+        bos_text = self.vocab.tokens[self.vocab.bos_id] if self.vocab.bos_id is not None else None
+        already = bos_text is not None and isinstance(prompt, str) and prompt.startswith(bos_text)
+        return self.encode(prompt, add_special=not already, parse_special=True)
+
     def _spm_texts(self, fragments: list) -> list[str]:
         """SentencePiece fragments: space prefix after a special (if the model wants one), spaces -> ▁."""
         texts: list[str] = []

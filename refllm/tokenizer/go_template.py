@@ -1,0 +1,319 @@
+"""Ollama Modelfile ``TEMPLATE`` (Go ``text/template`` syntax) -> a Jinja template we can sandbox.
+
+The common subset Ollama's docs and model templates use:
+
+    {{ .System }} {{ .Prompt }} {{ .Response }}            variables (dot = the data)
+    {{ if .System }}...{{ else if .Prompt }}...{{ else }}...{{ end }}
+    {{ range .Messages }}{{ .Role }}: {{ .Content }}{{ end }}   dot = the current message
+    {{ range $i, $m := .Messages }}{{ $m.Content }}{{ $.System }}{{ end }}
+    {{ with .System }}{{ . }}{{ end }}     {{ $x := .Prompt }}     {{/* comment */}}
+    {{- trims whitespace before,  -}} after
+    functions: eq ne lt le gt ge and or not len index slice json, and pipes: {{ .X | json }}
+
+Translation keeps every literal text out of Jinja's lexer (they go in as ``_lit[i]``),
+so template text such as "{%" stays literal, and renders without Jinja's whitespace
+options: the output is exactly what Go would print for these forms.
+
+How messages feed the template (as Ollama does): a template that reads ``.Messages``
+is rendered once. An older one (``.System``/``.Prompt``/``.Response`` only) is rendered
+once per turn -- system, user prompt, assistant response -- and the pieces concatenated;
+in the last turn, text after ``{{ .Response }}`` is cut off so the model writes it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+
+from refllm.tokenizer.chat import ChatTemplateError, compile_template, normalize_messages, render_bounded
+
+_ACTION = re.compile(r"\{\{(-\s)?(.*?)(\s-)?\}\}", re.DOTALL)
+_TOKEN = re.compile(
+    r"""\s*(?:
+        (?P<string>"(?:[^"\\]|\\.)*")
+      | (?P<raw>`[^`]*`)
+      | (?P<number>-?\d+(?:\.\d+)?)
+      | (?P<var>\$[A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)*)
+      | (?P<field>(?:\.[A-Za-z_][A-Za-z_0-9]*)+|\.)
+      | (?P<ident>[A-Za-z_][A-Za-z_0-9]*)
+      | (?P<punct>:=|[(),|=])
+    )""",
+    re.VERBOSE,
+)
+RESPONSE_MARK = "\x00refllm-response\x00"  # stands for .Response in the last turn, cut there
+
+
+@dataclass
+class _Block:
+    kind: str  # "if", "range", "with"
+    dot: str  # the Jinja expression "." means inside this block
+
+
+@dataclass
+class _Translator:
+    literals: list[str] = field(default_factory=list)
+    out: list[str] = field(default_factory=list)
+    blocks: list[_Block] = field(default_factory=list)
+    counter: int = 0
+
+    @property
+    def dot(self) -> str:
+        return self.blocks[-1].dot if self.blocks else "_root"
+
+    def literal(self, text: str) -> None:
+        if text:
+            self.literals.append(text)
+            self.out.append("{{ _lit[%d] }}" % (len(self.literals) - 1))
+
+    # ---------------------------------------------------------------- expressions
+
+    def expression(self, tokens: list[tuple[str, str]]) -> str:
+        """A pipeline: command ('|' command)*; each later command gets the previous value as last argument."""
+        commands: list[list[tuple[str, str]]] = [[]]
+        depth = 0
+        for token in tokens:
+            if token == ("punct", "(") or token == ("punct", ")"):
+                depth += 1 if token[1] == "(" else -1
+            if token == ("punct", "|") and depth == 0:
+                commands.append([])
+            else:
+                commands[-1].append(token)
+        value = None
+        for command in commands:
+            value = self.command(command, piped=value)
+        return value
+
+    def command(self, tokens: list[tuple[str, str]], piped: str | None) -> str:
+        if not tokens:
+            raise ChatTemplateError("Go template: empty expression")
+        operands = self.operands(tokens[1:] if tokens[0][0] == "ident" and tokens[0][1] in _FUNCTIONS else tokens)
+        if tokens[0][0] == "ident" and tokens[0][1] in _FUNCTIONS:
+            args = operands + ([piped] if piped is not None else [])
+            return _FUNCTIONS[tokens[0][1]](args)
+        if tokens[0][0] == "ident" and tokens[0][1] not in ("true", "false", "nil"):
+            raise ChatTemplateError(f"Go template: function '{tokens[0][1]}' is not supported")
+        if len(operands) != 1 or piped is not None:
+            raise ChatTemplateError("Go template: cannot call a value with arguments")
+        return operands[0]
+
+    def operands(self, tokens: list[tuple[str, str]]) -> list[str]:
+        values, i = [], 0
+        while i < len(tokens):
+            kind, text = tokens[i]
+            if (kind, text) == ("punct", "("):
+                depth, j = 1, i + 1
+                while j < len(tokens) and depth:
+                    depth += {"(": 1, ")": -1}.get(tokens[j][1], 0) if tokens[j][0] == "punct" else 0
+                    j += 1
+                if depth:
+                    raise ChatTemplateError("Go template: unbalanced parentheses")
+                values.append("(" + self.expression(tokens[i + 1 : j - 1]) + ")")
+                i = j
+                continue
+            values.append(self.operand(kind, text))
+            i += 1
+        return values
+
+    def operand(self, kind: str, text: str) -> str:
+        if kind == "string":
+            return json.dumps(json.loads(text))
+        if kind == "raw":
+            return json.dumps(text[1:-1])
+        if kind == "number":
+            return text
+        if kind == "field":
+            return self.dot if text == "." else self.dot + "".join(f"[{json.dumps(p)}]" for p in text[1:].split("."))
+        if kind == "var":
+            name, *path = text.split(".")
+            base = "_root" if name == "$" else "v_" + name[1:]
+            return base + "".join(f"[{json.dumps(p)}]" for p in path)
+        if kind == "ident" and text in ("true", "false", "nil"):
+            return {"true": "true", "false": "false", "nil": "none"}[text]
+        raise ChatTemplateError(f"Go template: unexpected '{text}'")
+
+    # ---------------------------------------------------------------- actions
+
+    def action(self, body: str) -> None:
+        body = body.strip()
+        if body.startswith("/*"):
+            return  # comment
+        tokens = _tokenize(body)
+        head = tokens[0][1] if tokens and tokens[0][0] == "ident" else None
+        if head == "if":
+            self.out.append("{%% if %s %%}" % self.expression(tokens[1:]))
+            self.blocks.append(_Block("if", self.dot))
+        elif head == "else":
+            if not self.blocks:
+                raise ChatTemplateError("Go template: 'else' outside if/range/with")
+            if len(tokens) > 1 and tokens[1] == ("ident", "if"):
+                self.out.append("{%% elif %s %%}" % self.expression(tokens[2:]))
+            else:
+                self.out.append("{% else %}")
+        elif head == "end":
+            if not self.blocks:
+                raise ChatTemplateError("Go template: 'end' without if/range/with")
+            block = self.blocks.pop()
+            self.out.append("{% endfor %}" if block.kind == "range" else "{% endif %}")
+        elif head == "range":
+            self.range(tokens[1:])
+        elif head == "with":
+            self.counter += 1
+            name = f"_with{self.counter}"
+            self.out.append("{%% set %s = %s %%}{%% if %s %%}" % (name, self.expression(tokens[1:]), name))
+            self.blocks.append(_Block("with", name))
+        elif head in ("define", "template", "block", "break", "continue"):
+            raise ChatTemplateError(f"Go template: '{head}' is not supported")
+        elif len(tokens) >= 2 and tokens[0][0] == "var" and tokens[1] == ("punct", ":="):
+            self.out.append("{%% set v_%s = %s %%}" % (tokens[0][1][1:], self.expression(tokens[2:])))
+        else:
+            self.out.append("{{ %s }}" % self.expression(tokens))
+
+    def range(self, tokens: list[tuple[str, str]]) -> None:
+        self.counter += 1
+        index_var, item_var = None, f"_item{self.counter}"
+        if ("punct", ":=") in tokens:
+            split = tokens.index(("punct", ":="))
+            names = [t[1][1:] for t in tokens[:split] if t[0] == "var"]
+            if len(names) == 2:
+                index_var, item_var = "v_" + names[0], "v_" + names[1]
+            elif len(names) == 1:
+                item_var = "v_" + names[0]
+            else:
+                raise ChatTemplateError("Go template: bad range variables")
+            tokens = tokens[split + 1 :]
+        self.out.append("{%% for %s in %s %%}" % (item_var, self.expression(tokens)))
+        if index_var:
+            self.out.append("{%% set %s = loop.index0 %%}" % index_var)
+        self.blocks.append(_Block("range", item_var))
+
+
+def _tokenize(body: str) -> list[tuple[str, str]]:
+    tokens, pos = [], 0
+    while pos < len(body):
+        if body[pos:].strip() == "":
+            break
+        match = _TOKEN.match(body, pos)
+        if not match or match.end() == pos:
+            raise ChatTemplateError(f"Go template: cannot read '{body[pos:pos + 20]}'")
+        tokens.append((match.lastgroup, match.group(match.lastgroup)))
+        pos = match.end()
+    return tokens
+
+
+def _need(name: str, args: list[str], n: int) -> None:
+    if len(args) < n:
+        raise ChatTemplateError(f"Go template: '{name}' needs {n} argument(s)")
+
+
+def _compare(op: str):
+    def build(args):
+        _need(op, args, 2)
+        return f"({args[0]} {op} {args[1]})"
+    return build
+
+
+_FUNCTIONS = {
+    "eq": lambda a: (_need("eq", a, 2), "(" + " or ".join(f"{a[0]} == {b}" for b in a[1:]) + ")")[1],
+    "ne": _compare("!="),
+    "lt": _compare("<"),
+    "le": _compare("<="),
+    "gt": _compare(">"),
+    "ge": _compare(">="),
+    "and": lambda a: (_need("and", a, 1), "(" + " and ".join(a) + ")")[1],
+    "or": lambda a: (_need("or", a, 1), "(" + " or ".join(a) + ")")[1],
+    "not": lambda a: (_need("not", a, 1), f"(not {a[0]})")[1],
+    "len": lambda a: (_need("len", a, 1), f"({a[0]} | length)")[1],
+    "index": lambda a: (_need("index", a, 2), a[0] + "".join(f"[{i}]" for i in a[1:]))[1],
+    "slice": lambda a: (_need("slice", a, 1), f"{a[0]}[{a[1] if len(a) > 1 else ''}:{a[2] if len(a) > 2 else ''}]")[1],
+    "json": lambda a: (_need("json", a, 1), f"({a[0]} | tojson)")[1],
+}
+
+
+def go_to_jinja(source: str) -> tuple[str, list[str]]:
+    """Translate a Go template; returns (Jinja source, literal texts it refers to as _lit[i])."""
+    if not isinstance(source, str):
+        raise ChatTemplateError(f"template must be text, got {type(source).__name__}")
+    translator = _Translator()
+    pending = ""  # literal text before the next action, trimmed per {{- / -}}
+    pos, trim_next = 0, False
+    for match in _ACTION.finditer(source):
+        text = source[pos : match.start()]
+        if trim_next:
+            text = text.lstrip()
+        if match.group(1):
+            text = text.rstrip()
+        translator.literal(pending + text)
+        pending = ""
+        translator.action(match.group(2))
+        trim_next = bool(match.group(3))
+        pos = match.end()
+    tail = source[pos:]
+    if "{{" in tail:
+        raise ChatTemplateError("Go template: unclosed '{{'")
+    translator.literal(tail.lstrip() if trim_next else tail)
+    if translator.blocks:
+        raise ChatTemplateError(f"Go template: missing {{{{ end }}}} for '{translator.blocks[-1].kind}'")
+    return "".join(translator.out), translator.literals
+
+
+class GoChatTemplate:
+    """A Modelfile TEMPLATE (or the raw ``{{ .Prompt }}``) with ChatTemplate's ``render``."""
+
+    def __init__(self, source: str, name: str = "modelfile"):
+        self.source, self.name = source, name
+        jinja_source, self._literals = go_to_jinja(source)
+        self._compiled = compile_template(jinja_source, hf_whitespace=False)
+        self.uses_messages = ".Messages" in source
+
+    def _execute(self, data: dict) -> str:
+        return render_bounded(self._compiled, {"_root": data, "_lit": self._literals})
+
+    def render(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
+               **extra) -> str:
+        messages = normalize_messages(messages)
+        if self.uses_messages:
+            system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+            prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+            data = {"System": system, "Prompt": prompt, "Response": RESPONSE_MARK if add_generation_prompt else "",
+                    "Messages": [_go_message(m) for m in messages], "Tools": tools or []}
+            return self._execute(data).split(RESPONSE_MARK)[0]
+        return self._render_turns(messages, add_generation_prompt)
+
+    def _render_turns(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        """Ollama's way for templates without .Messages: one execution per system/user/assistant turn."""
+        out: list[str] = []
+        turn = {"System": "", "Prompt": "", "Response": ""}
+        for message in messages:
+            role, content = message["role"], message["content"]
+            if role == "system":
+                if turn["Prompt"] or turn["Response"]:
+                    out.append(self._execute(turn))
+                    turn = {"System": "", "Prompt": "", "Response": ""}
+                turn["System"] = content
+            elif role == "assistant":
+                turn["Response"] = content
+            else:  # user (and tool results, as prompts)
+                if turn["Response"]:
+                    out.append(self._execute(turn))
+                    turn = {"System": "", "Prompt": "", "Response": ""}
+                turn["Prompt"] = content
+        if add_generation_prompt:
+            # the model continues after .Response: cut the template there (an assistant prefix is kept)
+            response = turn["Response"]
+            rendered = self._execute(dict(turn, Response=RESPONSE_MARK))
+            head, mark, _ = rendered.partition(RESPONSE_MARK)
+            out.append(head + response if mark else rendered)
+        elif any(turn.values()):
+            out.append(self._execute(turn))
+        return "".join(out)
+
+
+def _go_message(message: dict) -> dict:
+    out = {"Role": message["role"], "Content": message["content"]}
+    if message.get("tool_calls"):
+        out["ToolCalls"] = [{"Function": {"Name": c["function"].get("name", ""), "Arguments": c["function"].get("arguments", {})}}
+                            for c in message["tool_calls"]]
+    if "thinking" in message:
+        out["Thinking"] = message["thinking"]
+    return out
