@@ -3,8 +3,8 @@
 For every GGML type there are two top-level kernels, each paired with the
 NumPy reference of the same job in ``refllm.quant`` (``DEQUANTIZERS[type]``):
 
-    matvec_<type>(rows, x, y, f16, block_size)       y[m] = W[m, k] @ x[k]
-    dequantize_<type>(rows, out, f16, block_size)    out[n, k] = W[n, k] as float32
+    matvec_<type>(rows, x, y, f16, inner)       y[m] = W[m, k] @ x[k]
+    dequantize_<type>(rows, out, f16, inner)    out[n, k] = W[n, k] as float32
 
 ``rows`` is the weight's raw bytes as uint8 [n_rows, row_bytes], a view straight
 into the GGUF memory map: a row is ``k / block_size`` blocks laid end to end, and
@@ -15,10 +15,13 @@ BLAS matmul for all prompt tokens) and embedding lookups.
 
 Two details matter for speed, both measured on this machine:
 
-* ``block_size`` arrives as a run-time argument, never as a constant.  A loop of
-  a constant 16 or 32 iterations gets fully unrolled by LLVM, which then
-  vectorises the *outer* loop over blocks with slow gathers; with a run-time
-  bound the inner loop stays the vectorised one (Q8_0 matvec: 6 -> 34 GFLOP/s).
+* ``inner``, the trip count of the innermost loop (16 or 32 weights, see
+  ``KERNELS``), arrives as a run-time argument, never as a constant or as
+  ``block_size // 2`` computed inside.  A loop of a known 16 or 32 iterations gets
+  fully unrolled by LLVM, which then vectorises the *outer* loop over blocks
+  with slow gathers; with an opaque bound the inner loop is the vectorised one
+  (Q8_0 matvec: 6 -> 34 GFLOP/s; Q4_1 with ``block_size // 2``: 4.7, with
+  ``inner``: 17 GFLOP/s, one core).
 * ``f16`` is a 65536-entry table, float32 value of every half-float bit pattern
   (llama.cpp keeps the same table): a block scale costs one lookup.
 
@@ -72,7 +75,7 @@ def _u32(row, o):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_f32(rows, x, y, f16, block_size):
+def matvec_f32(rows, x, y, f16, inner):
     """rows: uint8[m, 4k] -> y[m] = W @ x.  Reference: refllm.quant.floats.dequantize_f32."""
     weights = rows.view(np.float32)  # [m, k], same bytes
     k = x.shape[0]
@@ -84,7 +87,7 @@ def matvec_f32(rows, x, y, f16, block_size):
 
 
 @njit(parallel=True, cache=True)
-def dequantize_f32(rows, out, f16, block_size):
+def dequantize_f32(rows, out, f16, inner):
     weights = rows.view(np.float32)
     for r in prange(weights.shape[0]):
         out[r, :] = weights[r, :]
@@ -95,7 +98,7 @@ def dequantize_f32(rows, out, f16, block_size):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_f16(rows, x, y, f16, block_size):
+def matvec_f16(rows, x, y, f16, inner):
     """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_f16."""
     bits = rows.view(np.uint16)  # [m, k]
     k = x.shape[0]
@@ -107,7 +110,7 @@ def matvec_f16(rows, x, y, f16, block_size):
 
 
 @njit(parallel=True, cache=True)
-def dequantize_f16(rows, out, f16, block_size):
+def dequantize_f16(rows, out, f16, inner):
     bits = rows.view(np.uint16)
     for r in prange(bits.shape[0]):
         for i in range(bits.shape[1]):
@@ -121,7 +124,7 @@ def dequantize_f16(rows, out, f16, block_size):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_bf16(rows, x, y, f16, block_size):
+def matvec_bf16(rows, x, y, f16, inner):
     """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_bf16."""
     bits = rows.view(np.uint16)  # [m, k]
     m, k = bits.shape
@@ -139,7 +142,7 @@ def matvec_bf16(rows, x, y, f16, block_size):
 
 
 @njit(parallel=True, cache=True)
-def dequantize_bf16(rows, out, f16, block_size):
+def dequantize_bf16(rows, out, f16, inner):
     bits = rows.view(np.uint16)
     wide = out.view(np.uint32)  # write the float32 bit patterns in place
     for r in prange(bits.shape[0]):
@@ -172,22 +175,22 @@ def _decode_q4_0(row, o, out, e, f16, half):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_0(rows, x, y, f16, block_size):
+def matvec_q4_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_0."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q4_0(rows[r], b * 18, x, b * block_size, f16, block_size // 2)
+            acc += _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q4_0(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q4_0(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q4_0(rows[r], b * 18, out[r], b * block_size, f16, block_size // 2)
+            _decode_q4_0(rows[r], b * 18, out[r], b * 32, f16, inner)
 
 
 # =========================================================================== Q4_1  (20 bytes, 32 weights)
@@ -219,22 +222,22 @@ def _decode_q4_1(row, o, out, e, f16, half):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_1(rows, x, y, f16, block_size):
+def matvec_q4_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_1."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q4_1(rows[r], b * 20, x, b * block_size, f16, block_size // 2)
+            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q4_1(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q4_1(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q4_1(rows[r], b * 20, out[r], b * block_size, f16, block_size // 2)
+            _decode_q4_1(rows[r], b * 20, out[r], b * 32, f16, inner)
 
 
 # =========================================================================== Q5_0  (22 bytes, 32 weights)
@@ -266,22 +269,22 @@ def _decode_q5_0(row, o, out, e, f16, half):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_0(rows, x, y, f16, block_size):
+def matvec_q5_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_0."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_0(rows[r], b * 22, x, b * block_size, f16, block_size // 2)
+            acc += _dot_q5_0(rows[r], b * 22, x, b * 32, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q5_0(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q5_0(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q5_0(rows[r], b * 22, out[r], b * block_size, f16, block_size // 2)
+            _decode_q5_0(rows[r], b * 22, out[r], b * 32, f16, inner)
 
 
 # =========================================================================== Q5_1  (24 bytes, 32 weights)
@@ -317,22 +320,22 @@ def _decode_q5_1(row, o, out, e, f16, half):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_1(rows, x, y, f16, block_size):
+def matvec_q5_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_1."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_1(rows[r], b * 24, x, b * block_size, f16, block_size // 2)
+            acc += _dot_q5_1(rows[r], b * 24, x, b * 32, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q5_1(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q5_1(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q5_1(rows[r], b * 24, out[r], b * block_size, f16, block_size // 2)
+            _decode_q5_1(rows[r], b * 24, out[r], b * 32, f16, inner)
 
 
 # =========================================================================== Q8_0  (34 bytes, 32 weights)
@@ -356,22 +359,22 @@ def _decode_q8_0(row, o, out, e, f16, n):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q8_0(rows, x, y, f16, block_size):
+def matvec_q8_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q8_0."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q8_0(rows[r], b * 34, x, b * block_size, f16, block_size)
+            acc += _dot_q8_0(rows[r], b * 34, x, b * 32, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q8_0(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q8_0(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q8_0(rows[r], b * 34, out[r], b * block_size, f16, block_size)
+            _decode_q8_0(rows[r], b * 34, out[r], b * 32, f16, inner)
 
 
 # =========================================================================== Q2_K  (84 bytes, 256 weights)
@@ -419,22 +422,22 @@ def _decode_q2_k(row, o, out, e, f16, sixteen):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q2_k(rows, x, y, f16, block_size):
+def matvec_q2_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q2_k."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q2_k(rows[r], b * 84, x, b * block_size, f16, block_size // 16)
+            acc += _dot_q2_k(rows[r], b * 84, x, b * 256, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q2_k(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q2_k(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q2_k(rows[r], b * 84, out[r], b * block_size, f16, block_size // 16)
+            _decode_q2_k(rows[r], b * 84, out[r], b * 256, f16, inner)
 
 
 # =========================================================================== Q3_K  (110 bytes, 256 weights)
@@ -488,22 +491,22 @@ def _decode_q3_k(row, o, out, e, f16, sixteen):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q3_k(rows, x, y, f16, block_size):
+def matvec_q3_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q3_k."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q3_k(rows[r], b * 110, x, b * block_size, f16, block_size // 16)
+            acc += _dot_q3_k(rows[r], b * 110, x, b * 256, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q3_k(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q3_k(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q3_k(rows[r], b * 110, out[r], b * block_size, f16, block_size // 16)
+            _decode_q3_k(rows[r], b * 110, out[r], b * 256, f16, inner)
 
 
 # =========================================================================== Q4_K  (144 bytes, 256 weights)
@@ -564,22 +567,22 @@ def _decode_q4_k(row, o, out, e, f16, sub):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q4_k(rows, x, y, f16, block_size):
+def matvec_q4_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q4_k."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q4_k(rows[r], b * 144, x, b * block_size, f16, block_size // 8)
+            acc += _dot_q4_k(rows[r], b * 144, x, b * 256, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q4_k(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q4_k(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q4_k(rows[r], b * 144, out[r], b * block_size, f16, block_size // 8)
+            _decode_q4_k(rows[r], b * 144, out[r], b * 256, f16, inner)
 
 
 # =========================================================================== Q5_K  (176 bytes, 256 weights)
@@ -632,22 +635,22 @@ def _decode_q5_k(row, o, out, e, f16, sub):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q5_k(rows, x, y, f16, block_size):
+def matvec_q5_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q5_k."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_k(rows[r], b * 176, x, b * block_size, f16, block_size // 8)
+            acc += _dot_q5_k(rows[r], b * 176, x, b * 256, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q5_k(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q5_k(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q5_k(rows[r], b * 176, out[r], b * block_size, f16, block_size // 8)
+            _decode_q5_k(rows[r], b * 176, out[r], b * 256, f16, inner)
 
 
 # =========================================================================== Q6_K  (210 bytes, 256 weights)
@@ -693,22 +696,22 @@ def _decode_q6_k(row, o, out, e, f16, sixteen):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_q6_k(rows, x, y, f16, block_size):
+def matvec_q6_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q6_k."""
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q6_k(rows[r], b * 210, x, b * block_size, f16, block_size // 16)
+            acc += _dot_q6_k(rows[r], b * 210, x, b * 256, f16, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_q6_k(rows, out, f16, block_size):
-    n_blocks = out.shape[1] // block_size
+def dequantize_q6_k(rows, out, f16, inner):
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_q6_k(rows[r], b * 210, out[r], b * block_size, f16, block_size // 16)
+            _decode_q6_k(rows[r], b * 210, out[r], b * 256, f16, inner)
 
 
 # =========================================================================== IQ4_NL  (18 bytes, 32 weights)
@@ -735,24 +738,24 @@ def _decode_iq4_nl(row, o, out, e, f16, levels, half):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_iq4_nl(rows, x, y, f16, block_size):
+def matvec_iq4_nl(rows, x, y, f16, inner):
     """Reference: gguf.quants.IQ4_NL (refllm.quant when it lands)."""
     levels = IQ4_LEVELS
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 32
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_iq4_nl(rows[r], b * 18, x, b * block_size, f16, levels, block_size // 2)
+            acc += _dot_iq4_nl(rows[r], b * 18, x, b * 32, f16, levels, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_iq4_nl(rows, out, f16, block_size):
+def dequantize_iq4_nl(rows, out, f16, inner):
     levels = IQ4_LEVELS
-    n_blocks = out.shape[1] // block_size
+    n_blocks = out.shape[1] // 32
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_iq4_nl(rows[r], b * 18, out[r], b * block_size, f16, levels, block_size // 2)
+            _decode_iq4_nl(rows[r], b * 18, out[r], b * 32, f16, levels, inner)
 
 
 # =========================================================================== IQ4_XS  (136 bytes, 256 weights)
@@ -798,43 +801,43 @@ def _decode_iq4_xs(row, o, out, e, f16, levels, sixteen):
 
 
 @njit(parallel=True, cache=True, fastmath=FAST)
-def matvec_iq4_xs(rows, x, y, f16, block_size):
+def matvec_iq4_xs(rows, x, y, f16, inner):
     """Reference: gguf.quants.IQ4_XS (refllm.quant when it lands)."""
     levels = IQ4_LEVELS
-    n_blocks = x.shape[0] // block_size
+    n_blocks = x.shape[0] // 256
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_iq4_xs(rows[r], b * 136, x, b * block_size, f16, levels, block_size // 16)
+            acc += _dot_iq4_xs(rows[r], b * 136, x, b * 256, f16, levels, inner)
         y[r] = acc
 
 
 @njit(parallel=True, cache=True)
-def dequantize_iq4_xs(rows, out, f16, block_size):
+def dequantize_iq4_xs(rows, out, f16, inner):
     levels = IQ4_LEVELS
-    n_blocks = out.shape[1] // block_size
+    n_blocks = out.shape[1] // 256
     for r in prange(rows.shape[0]):
         for b in range(n_blocks):
-            _decode_iq4_xs(rows[r], b * 136, out[r], b * block_size, f16, levels, block_size // 16)
+            _decode_iq4_xs(rows[r], b * 136, out[r], b * 256, f16, levels, inner)
 
 
 # =========================================================================== the table
 
-# GGML type name -> (matvec kernel, dequantize kernel, weights per block, bytes per block)
+# GGML type name -> (matvec kernel, dequantize kernel, inner: the innermost loop's length)
 KERNELS = {
-    "F32": (matvec_f32, dequantize_f32, 1, 4),
-    "F16": (matvec_f16, dequantize_f16, 1, 2),
-    "BF16": (matvec_bf16, dequantize_bf16, 1, 2),
-    "Q4_0": (matvec_q4_0, dequantize_q4_0, 32, 18),
-    "Q4_1": (matvec_q4_1, dequantize_q4_1, 32, 20),
-    "Q5_0": (matvec_q5_0, dequantize_q5_0, 32, 22),
-    "Q5_1": (matvec_q5_1, dequantize_q5_1, 32, 24),
-    "Q8_0": (matvec_q8_0, dequantize_q8_0, 32, 34),
-    "Q2_K": (matvec_q2_k, dequantize_q2_k, 256, 84),
-    "Q3_K": (matvec_q3_k, dequantize_q3_k, 256, 110),
-    "Q4_K": (matvec_q4_k, dequantize_q4_k, 256, 144),
-    "Q5_K": (matvec_q5_k, dequantize_q5_k, 256, 176),
-    "Q6_K": (matvec_q6_k, dequantize_q6_k, 256, 210),
-    "IQ4_NL": (matvec_iq4_nl, dequantize_iq4_nl, 32, 18),
-    "IQ4_XS": (matvec_iq4_xs, dequantize_iq4_xs, 256, 136),
+    "F32": (matvec_f32, dequantize_f32, 0),  # unused: one row is one loop
+    "F16": (matvec_f16, dequantize_f16, 0),
+    "BF16": (matvec_bf16, dequantize_bf16, 0),
+    "Q4_0": (matvec_q4_0, dequantize_q4_0, 16),  # 16 bytes -> low and high nibbles
+    "Q4_1": (matvec_q4_1, dequantize_q4_1, 16),
+    "Q5_0": (matvec_q5_0, dequantize_q5_0, 16),
+    "Q5_1": (matvec_q5_1, dequantize_q5_1, 16),
+    "Q8_0": (matvec_q8_0, dequantize_q8_0, 32),  # 32 int8
+    "Q2_K": (matvec_q2_k, dequantize_q2_k, 16),  # 16 weights per scale
+    "Q3_K": (matvec_q3_k, dequantize_q3_k, 16),
+    "Q4_K": (matvec_q4_k, dequantize_q4_k, 32),  # 32 weights per scale
+    "Q5_K": (matvec_q5_k, dequantize_q5_k, 32),
+    "Q6_K": (matvec_q6_k, dequantize_q6_k, 16),
+    "IQ4_NL": (matvec_iq4_nl, dequantize_iq4_nl, 16),
+    "IQ4_XS": (matvec_iq4_xs, dequantize_iq4_xs, 16),
 }
