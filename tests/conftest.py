@@ -52,7 +52,7 @@ def tiny_model(tmp_path_factory):
     Architectures: llama, qwen2, qwen3, gemma3; types: see ``make_tiny_models.WEIGHT_TYPES``
     (tools/make_tiny_models.py documents the shapes and the tokenizers).
     """
-    make = load_tool("make_tiny_models")
+    make = sys.modules.get("refllm_tools_make_tiny_models") or load_tool("make_tiny_models")
     outdir = tmp_path_factory.mktemp("tiny_models")
     written: dict[tuple[str, str, int], Path] = {}
 
