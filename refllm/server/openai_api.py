@@ -374,7 +374,7 @@ def responses():
             "usage": None if finished is None else {
                 "input_tokens": finished.prompt_tokens, "output_tokens": finished.eval_count,
                 "total_tokens": finished.prompt_tokens + finished.eval_count,
-                "input_tokens_details": {"cached_tokens": finished.prompt_tokens - finished.prompt_eval_count}, "output_tokens_details": {"reasoning_tokens": 0}},
+                "input_tokens_details": {"cached_tokens": finished.prompt_tokens - finished.prompt_eval_count, "cache_write_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}},
         }
 
     if not stream:

@@ -112,15 +112,24 @@ class ServerThread:
 
     def start(self) -> str:
         self._server = make_server(self.app, self.host, self.port, self.threads)
-        self._thread = threading.Thread(target=self._server.run, name="refllm-server", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="refllm-server", daemon=True)
         self._thread.start()
         return self.url
+
+    def _run(self) -> None:
+        try:
+            self._server.run()
+        except (OSError, ValueError):
+            if not self._stopping:  # closing the sockets under a running select() is how we stop
+                raise
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self._server.effective_port}"
 
     def stop(self) -> None:
+        self._stopping = True
         self._server.close()
         self._thread.join(timeout=5)
 
