@@ -142,10 +142,10 @@ class Tokenizer:
 
     def decode(self, ids: Iterable[int], special: bool = True) -> str:
         """Text of a token sequence; bytes that do not form UTF-8 show as U+FFFD."""
-        data = b"".join(self.token_bytes(i, special) for i in ids)
-        if self.vocab.add_space_prefix and data.startswith(b" "):
-            data = data[1:]  # llama.cpp drops the space the encoder put in front
-        return data.decode("utf-8", errors="replace")
+        pieces = [self.token_bytes(i, special) for i in ids]
+        if self.vocab.add_space_prefix and pieces and pieces[0].startswith(b" "):
+            pieces[0] = pieces[0][1:]  # llama.cpp drops the space the encoder put in front of the first token
+        return b"".join(pieces).decode("utf-8", errors="replace")
 
     def decoder(self, special: bool = True) -> "IncrementalDecoder":
         return IncrementalDecoder(self, special)
@@ -193,7 +193,7 @@ class IncrementalDecoder:
 
     def push(self, token_id: int) -> str:
         data = self.tokenizer.token_bytes(token_id, self.special)
-        if self._at_start and data:
+        if self._at_start:  # as decode(): only the first token loses its leading space
             if self.tokenizer.vocab.add_space_prefix and data.startswith(b" "):
                 data = data[1:]
             self._at_start = False
