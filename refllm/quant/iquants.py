@@ -54,13 +54,21 @@ IQ3S_GRID = iq_grids.grid_bytes(iq_grids.IQ3S_GRID, 4)
 IQ1S_GRID = iq_grids.grid_bytes(iq_grids.IQ1S_GRID, 8, signed=True)
 
 
+def _signs_of_every_byte() -> np.ndarray:
+    """[256, 8] float32: row b holds +1 / -1 for bits 0..7 of b (1 = minus)."""
+    bits = bits_of(np.arange(256, dtype=np.uint8)[:, None], 1)[:, :, 0]  # [256, 8]
+    return np.where(bits == 0, np.float32(1), np.float32(-1))
+
+
+SIGNS_OF_BYTE = _signs_of_every_byte()
+
+
 def _sign_bits(sign_bytes: np.ndarray) -> np.ndarray:
-    """Bytes of 8 sign bits -> +-1 per weight, bit j for weight j.
+    """Bytes of 8 sign bits -> +-1 per weight, bit j for weight j (a table lookup).
 
     [..., k] uint8 -> [..., k, 8] float32
     """
-    bits = bits_of(sign_bytes[..., None], 1)[..., 0]  # [..., k, 8]
-    return np.where(bits == 0, np.float32(1), np.float32(-1))
+    return SIGNS_OF_BYTE[sign_bytes]
 
 
 # --------------------------------------------------------------------------- IQ4
