@@ -315,11 +315,24 @@ def test_quantize_unsupported_type_names_it(bad_type):
         quantize(np.zeros(256, np.float32), bad_type)
 
 
+def test_types_can_be_named_by_enum_id_or_name():
+    raw = random_blocks(T.Q4_K, 2, np.random.default_rng(0)).reshape(-1)
+    expected = dequantize(raw, T.Q4_K, (512,))
+    assert same_bits(dequantize(raw, int(T.Q4_K), (512,)), expected)
+    assert same_bits(dequantize(raw, "q4_k", (512,)), expected)
+    with pytest.raises(UnsupportedQuantType, match="Q9_X"):
+        dequantize(raw, "Q9_X", (512,))
+
+
 def test_dequantize_rejects_wrong_byte_count_and_row_length():
     with pytest.raises(QuantDataError, match="needs 68 bytes, got 67"):
         dequantize(np.zeros(67, np.uint8), T.Q8_0, (64,))
     with pytest.raises(QuantDataError, match="not a multiple of the block size 32"):
         dequantize(np.zeros(34, np.uint8), T.Q8_0, (2, 16))
+    with pytest.raises(QuantDataError, match="tuple of integers"):
+        dequantize(np.zeros(34, np.uint8), T.Q8_0, ("a", 32))
+    with pytest.raises(QuantDataError, match="negative"):
+        dequantize(np.zeros(0, np.uint8), T.Q8_0, (-1, 32))
 
 
 def test_quantize_rejects_bad_values_and_lengths():

@@ -103,9 +103,12 @@ def _type_name(ggml_type) -> str:
 
 
 def _as_type(ggml_type) -> T:
+    """A GGMLQuantizationType, its integer id, or its name ("Q4_K") -> the enum member."""
     try:
+        if isinstance(ggml_type, str):
+            return T[ggml_type.upper()]
         return T(ggml_type)
-    except ValueError:
+    except (KeyError, ValueError, TypeError):
         raise UnsupportedQuantType(f"unknown GGML tensor type {ggml_type!r}") from None
 
 
@@ -148,7 +151,10 @@ def dequantize(raw: np.ndarray | bytes, ggml_type: T, shape: tuple[int, ...]) ->
     """Raw tensor bytes -> float32 array of ``shape`` (NumPy order)."""
     ggml_type, function = _dequantizer(ggml_type)
     block_size, type_size = GGML_QUANT_SIZES[ggml_type]
-    shape = tuple(int(d) for d in shape)
+    try:
+        shape = tuple(int(d) for d in shape)
+    except (TypeError, ValueError):
+        raise QuantDataError(f"{ggml_type.name}: shape must be a tuple of integers, got {shape!r}") from None
     if any(d < 0 for d in shape):
         raise QuantDataError(f"{ggml_type.name}: negative dimension in shape {shape}")
     row_length = shape[-1] if shape else 1
