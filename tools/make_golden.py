@@ -224,6 +224,35 @@ def chat_conversations() -> list[dict]:
     ]
 
 
+FEATURE_TEMPLATES = [
+    # tojson keeps key order and does not HTML-escape; tools are passed through
+    "{% for m in messages %}{{ m | tojson }}\n{% endfor %}{% if tools %}{{ tools | tojson(indent=2) }}{% endif %}",
+    # trim_blocks / lstrip_blocks whitespace handling
+    "{% for m in messages %}\n    {% if m.role == 'user' %}\n    U: {{ m.content }}\n    {% else %}\n    O: {{ m.content }}\n    {% endif %}\n{% endfor %}\n",
+    # loopcontrols, namespace, loop variables, filters
+    "{% set ns = namespace(n=0) %}{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}"
+    "{% set ns.n = ns.n + m.content | length %}[{{ loop.index0 }}:{{ m.role | upper }}:{{ m.content | trim }}]{% endfor %}"
+    "{{ ns.n }}{% if add_generation_prompt %}<gen>{% endif %}{{ bos_token }}|{{ eos_token }}",
+    # tool calls with dict arguments, tool results
+    "{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name }}"
+    "({{ c.function.arguments | tojson }}){% endfor %}{% else %}{{ m.content }}{% endif %};{% endfor %}",
+]
+
+
+def feature_cases() -> list[dict]:
+    messages = [
+        {"role": "system", "content": "Use <tools> & \"quotes\"."},
+        {"role": "user", "content": "  What's the weather in Paris?  "},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris", "unit": "C"}}}]},
+        {"role": "tool", "content": "{\"temp\": 21}", "name": "get_weather"},
+        {"role": "assistant", "content": "It is 21 °C."},
+    ]
+    tools = [{"type": "function", "function": {"name": "get_weather", "description": "Weather <now>",
+              "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]
+    return [{"template": t, "messages": messages, "tools": tools, "add_generation_prompt": True} for t in FEATURE_TEMPLATES]
+
+
 def make_chat(args) -> int:
     import transformers
     from transformers.utils.chat_template_utils import render_jinja_template
@@ -245,12 +274,20 @@ def make_chat(args) -> int:
         )
         cases.append({"messages": conversation["messages"], "add_generation_prompt": add_generation_prompt,
                       "rendered": rendered[0]})
+    features = []
+    for case in feature_cases():
+        rendered, _ = render_jinja_template(
+            conversations=[case["messages"]], tools=case["tools"], chat_template=case["template"],
+            add_generation_prompt=case["add_generation_prompt"], bos_token="<s>", eos_token="</s>",
+        )
+        features.append(dict(case, bos_token="<s>", eos_token="</s>", rendered=rendered[0]))
     GOLDEN_TOKENS.mkdir(parents=True, exist_ok=True)
     target = GOLDEN_TOKENS / "chat_smollm2.json"
     out = {"model": "smollm2", "reference": f"transformers {transformers.__version__} render_jinja_template "
-           "(the renderer behind apply_chat_template) fed the GGUF's tokenizer.chat_template", "cases": cases}
+           "(the renderer behind apply_chat_template) fed the GGUF's tokenizer.chat_template", "cases": cases,
+           "features": features}
     target.write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
-    print(f"{target}: {len(cases)} conversations")
+    print(f"{target}: {len(cases)} conversations, {len(features)} feature templates")
     _update_manifest("chat", {
         "engine": "transformers.utils.chat_template_utils.render_jinja_template",
         "transformers_version": transformers.__version__,

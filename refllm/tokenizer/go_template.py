@@ -87,12 +87,13 @@ class _Translator:
     def command(self, tokens: list[tuple[str, str]], piped: str | None) -> str:
         if not tokens:
             raise ChatTemplateError("Go template: empty expression")
-        operands = self.operands(tokens[1:] if tokens[0][0] == "ident" and tokens[0][1] in _FUNCTIONS else tokens)
-        if tokens[0][0] == "ident" and tokens[0][1] in _FUNCTIONS:
-            args = operands + ([piped] if piped is not None else [])
-            return _FUNCTIONS[tokens[0][1]](args)
-        if tokens[0][0] == "ident" and tokens[0][1] not in ("true", "false", "nil"):
-            raise ChatTemplateError(f"Go template: function '{tokens[0][1]}' is not supported")
+        kind, name = tokens[0]
+        if kind == "ident" and name in _FUNCTIONS:
+            args = self.operands(tokens[1:]) + ([piped] if piped is not None else [])
+            return _FUNCTIONS[name](args)
+        if kind == "ident" and name not in ("true", "false", "nil"):
+            raise ChatTemplateError(f"Go template: function '{name}' is not supported")
+        operands = self.operands(tokens)
         if len(operands) != 1 or piped is not None:
             raise ChatTemplateError("Go template: cannot call a value with arguments")
         return operands[0]

@@ -1,0 +1,219 @@
+"""Chat templates: SmolLM2's GGUF template byte-identical to transformers, built-ins, Go templates, bad templates.
+
+Expected renderings come from transformers (tools/make_golden.py chat -> golden/tokens/chat_smollm2.json).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import refllm
+import refllm.tokenizer.chat as chat
+from refllm.errors import InvalidRequest
+from refllm.tokenizer.chat import ChatTemplate, ChatTemplateError, chat_template_for, normalize_messages
+from refllm.tokenizer.go_template import GoChatTemplate
+
+from conftest import GOLDEN
+
+
+@pytest.fixture(scope="session")
+def chat_golden():
+    return json.loads((GOLDEN / "tokens" / "chat_smollm2.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    return refllm.load("smollm2")
+
+
+@pytest.fixture(scope="session")
+def gemma3():
+    return refllm.load("gemma3")
+
+
+# ----------------------------------------------------------------------------- against transformers
+
+
+def test_smollm2_template_identical_to_transformers(smollm2, chat_golden):
+    assert len(chat_golden["cases"]) >= 10
+    for case in chat_golden["cases"]:
+        rendered = smollm2.apply_chat_template(case["messages"], add_generation_prompt=case["add_generation_prompt"])
+        assert rendered == case["rendered"]
+
+
+def test_sandbox_features_identical_to_transformers(chat_golden):
+    """tojson (key order, no HTML escaping), trim/lstrip_blocks, loop controls, namespace, tools, tool calls."""
+    for case in chat_golden["features"]:
+        template = ChatTemplate(case["template"], "test", case["bos_token"], case["eos_token"])
+        rendered = template.render(case["messages"], tools=case["tools"], add_generation_prompt=case["add_generation_prompt"])
+        assert rendered == case["rendered"]
+
+
+def test_smollm2_prompt_tokenizes_with_control_tokens(smollm2):
+    prompt = smollm2.apply_chat_template([{"role": "user", "content": "Hi"}])
+    ids = smollm2.tokenizer.encode_chat(prompt)
+    im_start, im_end = smollm2.tokenizer.token_id("<|im_start|>"), smollm2.tokenizer.token_id("<|im_end|>")
+    assert ids.count(im_start) == 3 and ids.count(im_end) == 2 and ids[0] == im_start
+
+
+# ----------------------------------------------------------------------------- built-in templates
+
+
+def test_gemma3_uses_the_builtin_gemma_format(gemma3):
+    """Gemma 3's GGUF has no template; the built-in one writes Gemma's documented turn format."""
+    assert "tokenizer.chat_template" not in gemma3.metadata
+    assert gemma3.chat_template.name == "gemma"
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+                {"role": "assistant", "content": "Hello!"}, {"role": "user", "content": "Bye"}]
+    assert gemma3.apply_chat_template(messages) == (
+        "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n"
+    )
+    ids = gemma3.tokenizer.encode_chat(gemma3.apply_chat_template(messages[1:2]))
+    tok = gemma3.tokenizer
+    assert ids[:2] == [tok.bos_id, tok.token_id("<start_of_turn>")] and tok.token_id("<end_of_turn>") in ids
+
+
+class _FakeGGUF:
+    def __init__(self, metadata):
+        self.metadata = metadata
+
+
+class _FakeTokenizer:
+    bos_id = eos_id = None
+
+    def __init__(self, tokens):
+        self.tokens = tokens
+
+    def token_id(self, text):
+        return self.tokens.index(text) if text in self.tokens else None
+
+
+@pytest.mark.parametrize("tokens, name, expected", [
+    (["<|im_start|>", "<|im_end|>"], "chatml", "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"),
+    (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "llama3",
+     "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"),
+    (["a", "b"], "raw", "Hi"),
+])
+def test_builtin_template_chosen_from_vocabulary(tokens, name, expected):
+    template = chat_template_for(_FakeGGUF({"general.architecture": "llama"}), _FakeTokenizer(tokens))
+    assert template.name == name
+    assert template.render([{"role": "user", "content": "Hi"}]) == expected
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+def test_messages_are_normalised():
+    messages = normalize_messages([
+        {"role": "user", "content": [{"type": "text", "text": "part one"}, {"type": "text", "text": "part two"}]},
+        {"role": "assistant", "content": None,
+         "tool_calls": [{"id": "c1", "function": {"name": "f", "arguments": "{\"x\": 1}"}}]},
+        {"role": "tool", "content": {"result": 2}, "tool_call_id": "c1"},
+    ])
+    assert messages[0]["content"] == "part one\npart two"
+    assert messages[1]["content"] == "" and messages[1]["tool_calls"][0]["function"]["arguments"] == {"x": 1}
+    assert messages[2] == {"role": "tool", "content": "{\"result\": 2}", "tool_call_id": "c1"}
+
+
+@pytest.mark.parametrize("bad", [
+    "not a list", [{"content": "no role"}], ["not a dict"],
+    [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}],
+    [{"role": "user", "content": object()}],
+])
+def test_bad_messages_are_clear_errors(smollm2, bad):
+    with pytest.raises(InvalidRequest):
+        smollm2.apply_chat_template(bad)
+
+
+# ----------------------------------------------------------------------------- bad templates
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{% for m in messages %}{{ m.content }", "does not parse"),
+    ("{{ raise_exception('Conversation roles must alternate') }}", "Conversation roles must alternate"),
+    ("{{ messages.__class__.__mro__ }}", "sandbox"),
+    ("{{ ''.__class__.__subclasses__() }}", "sandbox"),
+    ("{% set ns = namespace(_x=1) %}", "underscore"),
+    ("{{ 'x' * 1000000000 }}", "repetition too large"),
+    ("{{ 2 ** 100000000 }}", "exponent too large"),
+    ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursed"),
+    ("{{ messages[0].content.nonexistent_method() }}", "no attribute"),
+    ("{{ messages[0].content + 1 }}", "TypeError"),
+])
+def test_bad_templates_give_clear_errors(source, message):
+    with pytest.raises(ChatTemplateError, match=message):
+        ChatTemplate(source).render([{"role": "user", "content": "hi"}])
+
+
+def test_endless_template_is_stopped(monkeypatch):
+    monkeypatch.setattr(chat, "MAX_RENDER_SECONDS", 0.2)
+    source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    with pytest.raises(ChatTemplateError, match="longer than"):
+        ChatTemplate(source).render([])
+
+
+def test_huge_output_is_stopped(monkeypatch):
+    monkeypatch.setattr(chat, "MAX_RENDER_CHARS", 10_000)
+    with pytest.raises(ChatTemplateError, match="exceeds"):
+        ChatTemplate("{% for i in range(100000) %}{{ 'abcdef' }}{% endfor %}").render([])
+
+
+def test_template_errors_are_refllm_errors():
+    """The CLI and server turn RefllmError into one line + exit 1 / HTTP 400."""
+    with pytest.raises(InvalidRequest) as info:
+        ChatTemplate("{{ raise_exception('nope') }}").render([])
+    assert info.value.http_status == 400 and "\n" not in str(info.value)
+
+
+# ----------------------------------------------------------------------------- Ollama Go templates
+
+
+CHATML_GO = ("{{ if .System }}<|im_start|>system\n{{ .System }}<|im_end|>\n{{ end }}{{ if .Prompt }}<|im_start|>user\n"
+             "{{ .Prompt }}<|im_end|>\n{{ end }}<|im_start|>assistant\n")  # Ollama's Modelfile docs
+LLAMA3_GO = ("{{ if .System }}<|start_header_id|>system<|end_header_id|>\n\n{{ .System }}<|eot_id|>{{ end }}"
+             "{{ if .Prompt }}<|start_header_id|>user<|end_header_id|>\n\n{{ .Prompt }}<|eot_id|>{{ end }}"
+             "<|start_header_id|>assistant<|end_header_id|>\n\n{{ .Response }}<|eot_id|>")  # Ollama's docs
+
+
+def test_go_template_from_ollama_docs():
+    rendered = GoChatTemplate(CHATML_GO).render([{"role": "system", "content": "S"}, {"role": "user", "content": "Hi"}])
+    assert rendered == "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    assert GoChatTemplate(CHATML_GO).render([{"role": "user", "content": "Hi"}]) == \
+        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_go_template_cuts_at_response_and_renders_history():
+    messages = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}]
+    assert GoChatTemplate(LLAMA3_GO).render(messages) == (
+        "<|start_header_id|>user<|end_header_id|>\n\nU1<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\nA1<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nU2<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
+
+
+def test_go_template_messages_range_variables_and_trimming():
+    source = ("{{- range $i, $m := .Messages }}\n  {{- if eq $m.Role \"user\" }}[{{ $i }}:U] {{ $m.Content }}"
+              "{{ else if eq .Role \"assistant\" \"model\" }}[A] {{ .Content }}{{ end }}\n{{- end }}"
+              "{{ with $.System }} sys={{ . | json }}{{ end }} {{ len .Messages }} {{/* comment */}}{%literal%}")
+    messages = [{"role": "system", "content": "S \"q\""}, {"role": "user", "content": "U1"},
+                {"role": "assistant", "content": "A1"}]
+    assert GoChatTemplate(source).render(messages) == "[1:U] U1[A] A1 sys=\"S \\\"q\\\"\" 3 {%literal%}"
+
+
+@pytest.mark.parametrize("source, message", [
+    ("{{ if .System }}never closed", "missing"),
+    ("{{ end }}", "without"),
+    ("{{ printf \"%s\" .Prompt }}", "not supported"),
+    ("{{ template \"x\" }}", "not supported"),
+    ("{{ .Prompt ", "unclosed"),
+])
+def test_bad_go_templates_give_clear_errors(source, message):
+    with pytest.raises(ChatTemplateError, match=message):
+        GoChatTemplate(source).render([{"role": "user", "content": "hi"}])
+
+
+def test_modelfile_override_wins(smollm2):
+    template = chat_template_for(smollm2.gguf, smollm2.tokenizer, override="Q: {{ .Prompt }}\nA: {{ .Response }}")
+    assert template.render([{"role": "user", "content": "2+2?"}]) == "Q: 2+2?\nA: "
