@@ -1,0 +1,318 @@
+"""The management CLI on a temporary store: create/show/list/cp/rm/ps/stop round trip,
+interrupted writes (SIGKILL mid-create, mid-pull) and two processes changing the store at once."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from refllm import store
+from refllm.cli.main import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def models_dir(tmp_path, monkeypatch) -> Path:
+    directory = tmp_path / "models"
+    monkeypatch.setenv("REFLLM_MODELS", str(directory))
+    monkeypatch.setenv("REFLLM_HOST", "127.0.0.1:9")  # nothing listens on the discard port
+    monkeypatch.delenv("REFLLM_CONFIG_FILE", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return directory
+
+
+def refllm(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def subprocess_env(models_dir: Path) -> dict[str, str]:
+    return {**os.environ, "REFLLM_MODELS": str(models_dir), "PYTHONPATH": str(REPO)}
+
+
+def assert_store_is_sound(models_dir: Path) -> None:
+    """No half blob, every blob matches its name, every manifest's blobs exist and verify."""
+    for blob in (models_dir / "blobs").iterdir():
+        assert blob.name == "sha256-" + hashlib.sha256(blob.read_bytes()).hexdigest(), f"corrupt blob {blob.name}"
+    for entry in store.list_models():
+        assert store.verify(entry["name"]) == [], entry["name"]
+
+
+# --------------------------------------------------------------------------- round trip
+
+
+def test_create_show_list_cp_rm_round_trip(models_dir, tmp_path, capsys):
+    assert refllm(capsys, "pull", "smollm2")[0] == 0
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text('FROM smollm2\nPARAMETER temperature 0.3\nPARAMETER stop "<|im_end|>"\n'
+                         'SYSTEM """Be brief.\nAlways."""\nLICENSE Apache-2.0\n')
+    code, out, _ = refllm(capsys, "create", "brief", "-f", str(modelfile))
+    assert code == 0 and "brief:latest" in out
+
+    code, out, _ = refllm(capsys, "list")
+    lines = out.splitlines()
+    assert lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
+    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    assert set(rows) == {"brief:latest", "smollm2:latest"}
+    manifest = models_dir / "manifests" / "library" / "brief" / "latest"
+    assert rows["brief:latest"][1] == hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]
+    assert rows["brief:latest"][2:4] == ["98", "MB"]
+
+    code, out, _ = refllm(capsys, "show", "brief")
+    assert "architecture        llama" in out and "Parameters" in out and "Be brief." in out and "Apache-2.0" in out
+    assert refllm(capsys, "show", "brief", "--system")[1] == "Be brief.\nAlways.\n"
+    assert refllm(capsys, "show", "brief", "--license")[1] == "Apache-2.0\n"
+    assert "temperature" in refllm(capsys, "show", "brief", "--parameters")[1]
+    code, modelfile_text, _ = refllm(capsys, "show", "brief", "--modelfile")
+    again = store.parse_modelfile(modelfile_text)
+    assert again.system == "Be brief.\nAlways." and again.parameters == {"temperature": 0.3, "stop": ["<|im_end|>"]}
+    code, out, _ = refllm(capsys, "show", "brief", "--verify")
+    assert code == 0 and "verified" in out
+    assert json.loads(refllm(capsys, "show", "brief", "--json")[1])["general.architecture"] == "llama"
+
+    assert refllm(capsys, "cp", "brief", "me/brief:v2")[0] == 0
+    assert refllm(capsys, "show", "me/brief:v2", "--system")[1] == "Be brief.\nAlways.\n"
+    assert refllm(capsys, "rm", "brief", "me/brief:v2")[0] == 0
+    code, out, _ = refllm(capsys, "ls")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["smollm2:latest"]
+    assert_store_is_sound(models_dir)
+
+
+def test_cli_errors_are_one_line(models_dir, tmp_path, capsys):
+    code, out, err = refllm(capsys, "rm", "ghost")
+    assert code == 1 and err.startswith("Error: model 'ghost:latest' not found") and "Traceback" not in err
+    (tmp_path / "Modelfile").write_text("FROM smollm2\nPARAMETER top_k many\n")
+    code, _, err = refllm(capsys, "create", "x", "-f", str(tmp_path / "Modelfile"))
+    assert code == 1 and "line 2" in err and "top_k" in err
+    code, _, err = refllm(capsys, "create", "x", "-f", str(tmp_path / "nope"))
+    assert code == 1 and "Modelfile not found" in err
+    code, _, err = refllm(capsys, "show", "ghost")
+    assert code == 1 and "not found" in err
+    assert store.list_models() == []
+
+
+def test_show_gguf_path_prints_its_header(models_dir, capsys, tiny_model):
+    code, out, _ = refllm(capsys, "show", str(tiny_model("llama", "Q8_0")))
+    assert code == 0 and "architecture        llama" in out
+
+
+# --------------------------------------------------------------------------- ps / stop
+
+
+def test_ps_and_stop_without_a_server(models_dir, capsys):
+    code, out, err = refllm(capsys, "ps")
+    assert code == 0 and out.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
+    assert "no server running at http://127.0.0.1:9" in err
+    code, out, err = refllm(capsys, "stop", "smollm2")
+    assert code == 0 and "no server running" in err
+
+
+class _FakeServer(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = {"models": [{"name": "smollm2:latest", "model": "smollm2:latest", "size": 98_000_000,
+                            "digest": "ab" * 32, "expires_at": "2999-01-01T00:00:00Z", "size_vram": 0,
+                            "context_length": 4096}]}
+        self._reply(body if self.path == "/api/ps" else {"error": "not found"}, 200 if self.path == "/api/ps" else 404)
+
+    def do_POST(self):
+        self.server.posts.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+        self._reply({"model": "smollm2", "response": "", "done": True, "done_reason": "unload"})
+
+    def _reply(self, body, status=200):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_ps_and_stop_talk_to_a_running_server(models_dir, capsys, monkeypatch):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeServer)
+    server.posts = []
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("REFLLM_HOST", f"127.0.0.1:{server.server_address[1]}")
+        code, out, _ = refllm(capsys, "ps")
+        lines = out.splitlines()
+        assert code == 0 and lines[1].split()[:4] == ["smollm2:latest", "ab" * 6, "98", "MB"]
+        assert "Forever" in lines[1] and "4096" in lines[1]
+        code, _, _ = refllm(capsys, "stop", "smollm2")
+        assert code == 0 and server.posts == [("/api/generate", {"model": "smollm2", "keep_alive": 0})]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- interrupted writes
+
+
+def _kill_when(process: subprocess.Popen, condition, timeout: float = 60.0) -> bool:
+    """SIGKILL ``process`` as soon as ``condition()`` holds; False if it exited first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        if condition():
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            return True
+        time.sleep(0.0005)
+    process.kill()
+    process.wait()
+    raise AssertionError("the condition never held")
+
+
+def _non_empty_files(directory: Path) -> list[Path]:
+    try:
+        return [p for p in directory.iterdir() if p.stat().st_size > 0]
+    except FileNotFoundError:
+        return []
+
+
+def test_create_killed_mid_write_leaves_no_corruption(models_dir, tmp_path, smollm2_gguf, capsys):
+    store.pull("smollm2")
+    (tmp_path / "Modelfile").write_text(f"FROM {smollm2_gguf}\nSYSTEM copied\n")  # a file: copied, 98 MB
+    killed = 0
+    for attempt in range(6):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "refllm", "create", "copied", "-f", str(tmp_path / "Modelfile")],
+            env=subprocess_env(models_dir), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        if _kill_when(process, lambda: _non_empty_files(models_dir / "tmp")):
+            killed += 1
+            assert not store.open_store().has("copied")
+            if killed == 2:
+                break
+        else:
+            store.delete("copied")  # it finished before we could kill it: try again
+    assert killed >= 1, "create always finished before it could be killed"
+    code, out, _ = refllm(capsys, "list")
+    assert [line.split()[0] for line in out.splitlines()[1:]] == ["smollm2:latest"]
+    assert refllm(capsys, "show", "smollm2", "--verify")[0] == 0
+    assert_store_is_sound(models_dir)
+    # the dead writer's temp files are removed by the next change, which then succeeds
+    assert refllm(capsys, "create", "copied", "-f", str(tmp_path / "Modelfile"))[0] == 0
+    assert list((models_dir / "tmp").iterdir()) == []
+    assert refllm(capsys, "show", "copied", "--verify")[0] == 0
+    assert_store_is_sound(models_dir)
+
+
+class _SlowPayload(http.server.BaseHTTPRequestHandler):
+    """Serves the payload in small, slow pieces (so a pull can be killed in the middle); honours Range."""
+
+    def do_GET(self):
+        data, start = self.server.payload, 0
+        ranged = self.headers.get("Range")
+        self.server.ranges.append(ranged)
+        if ranged:
+            start = int(ranged.removeprefix("bytes=").split("-")[0])
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        try:
+            for offset in range(start, len(data), 1 << 16):
+                self.wfile.write(data[offset:offset + (1 << 16)])
+                time.sleep(self.server.delay)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_pull_killed_mid_download_resumes(models_dir, tiny_model, capsys):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _SlowPayload)
+    server.payload, server.ranges, server.delay = tiny_model("llama", "Q8_0").read_bytes(), [], 0.02
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    digest = hashlib.sha256(server.payload).hexdigest()
+    url = f"http://127.0.0.1:{server.server_address[1]}/tiny.gguf#sha256={digest}"
+    try:
+        process = subprocess.Popen([sys.executable, "-m", "refllm", "pull", url], env=subprocess_env(models_dir),
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        assert _kill_when(process, lambda: len(b"".join(p.read_bytes() for p in _non_empty_files(models_dir / "partial"))) > 1 << 18)
+        partial = _non_empty_files(models_dir / "partial")
+        assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(server.payload)
+        code, out, _ = refllm(capsys, "list")
+        assert out.splitlines()[1:] == [] and list((models_dir / "blobs").iterdir()) == []
+        have = partial[0].stat().st_size
+        server.delay = 0
+        code, out, _ = refllm(capsys, "pull", url)
+        assert code == 0, out
+        assert server.ranges[-1] == f"bytes={have}-"  # resumed where the killed pull stopped
+        assert refllm(capsys, "show", "tiny", "--verify")[0] == 0
+        assert store.resolve("tiny").gguf_path.name == f"sha256-{digest}"
+        assert_store_is_sound(models_dir)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# --------------------------------------------------------------------------- two processes at once
+
+_WORKER = """
+import sys
+from refllm import store
+tag, rounds = sys.argv[1], int(sys.argv[2])
+for i in range(rounds):
+    store.create(f"{tag}-{i}", "FROM base\\nSYSTEM shared by everyone\\nPARAMETER seed 1\\n")
+    if i > 0:
+        store.delete(f"{tag}-{i - 1}")   # removes the shared blobs whenever no other manifest holds them
+print("ok")
+"""
+
+
+_HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from refllm import store
+with store.open_store().blobs.locked():
+    print("locked", flush=True)
+    time.sleep(0.5)
+    Path(sys.argv[1]).write_text("released")
+"""
+
+
+def test_rm_waits_for_another_process_holding_the_store_lock(models_dir, tiny_model, tmp_path):
+    store.create("victim", f"FROM {tiny_model('llama', 'Q8_0')}\n")
+    marker = tmp_path / "released"
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD_LOCK, str(marker)], env=subprocess_env(models_dir),
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    store.delete("victim")  # must block until the other process lets go
+    assert marker.exists(), "rm changed the store while another process held the lock"
+    holder.wait(timeout=60)
+    assert store.list_models() == []
+
+
+def test_concurrent_create_and_rm_from_two_processes(models_dir, tiny_model):
+    store.create("base", f"FROM {tiny_model('llama', 'Q8_0')}\n")
+    workers = [
+        subprocess.Popen([sys.executable, "-c", _WORKER, tag, "25"], env=subprocess_env(models_dir),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for tag in ("a", "b")
+    ]
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0 and out.strip() == "ok", err[-2000:]
+    assert {m["name"] for m in store.list_models()} == {"base:latest", "a-24:latest", "b-24:latest"}
+    assert store.resolve("a-24").system == "shared by everyone"
+    assert_store_is_sound(models_dir)
