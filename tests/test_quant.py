@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import hashlib
+
 import gguf
 import numpy as np
 import pytest
@@ -33,7 +35,7 @@ from refllm.quant import (
     iquants,
     quantize,
 )
-from refllm.quant.testing import random_blocks
+from refllm.quant.testing import random_blocks, reproducible_values
 
 GOLDEN = Path(__file__).resolve().parent.parent / "golden" / "quant" / "llamacpp.npz"
 REQUIRED_DEQUANT = ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_NL IQ4_XS "
@@ -201,6 +203,20 @@ def test_quantize_matches_llamacpp_reference(golden, ggml_type):
     """Bit-exact with llama.cpp's quantize_row_<type>_ref on four kinds of data."""
     for x, expected in zip(golden["quant_input"], golden[f"quant_{ggml_type.name}"]):
         assert np.array_equal(quantize(x, ggml_type), expected)
+
+
+@pytest.mark.parametrize("ggml_type", [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q4_K, T.Q6_K],
+                         ids=lambda t: t.name)  # fmt: skip
+@pytest.mark.parametrize("kind", ["normal", "uniform", "sparse", "outliers"])
+def test_quantize_matches_llamacpp_on_256k_values(golden, ggml_type, kind):
+    """256K values per kind (1024 super-blocks): the golden file keeps SHA-256 hashes of
+    llama.cpp's output, 64 blocks per hash; the inputs are rebuilt bit-exactly here."""
+    expected = golden[f"quant_big_{ggml_type.name}_{kind}"]  # [n_chunks, 32]
+    raw = quantize(reproducible_values(256 * 1024, kind), ggml_type)
+    chunks = raw.reshape(expected.shape[0], -1)
+    ours = np.stack([np.frombuffer(hashlib.sha256(c.tobytes()).digest(), np.uint8) for c in chunks])
+    differing = np.flatnonzero((ours != expected).any(axis=1))
+    assert differing.size == 0, f"64-block chunks differing from llama.cpp: {differing.tolist()}"
 
 
 def edge_case_rows(block_size: int) -> np.ndarray:

@@ -18,12 +18,18 @@ tests (tests/test_quant.py) only read the file written here:
         quant_input             float32[n_sets, 4096]        inputs: Gaussian, uniform,
                                                              sparse, llama.cpp's test pattern
         quant_<TYPE>            uint8[n_sets, n_bytes]       llama.cpp's reference quantization
+        quant_big_<TYPE>_<kind> uint8[n_chunks, 32]          SHA-256 of each 64-block chunk of
+                                                             llama.cpp's quantization of
+                                                             reproducible_values(BIG_LENGTH, kind)
+                                                             (inputs rebuilt bit-exactly by the
+                                                             test, so only hashes are stored)
         llama_cpp_version       the xllamacpp version string
 """
 
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -35,11 +41,14 @@ sys.path.insert(0, str(REPO))
 
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T  # noqa: E402
 
-from refllm.quant.testing import random_blocks  # noqa: E402
+from refllm.quant.testing import random_blocks, reproducible_values  # noqa: E402
 
 OUT = REPO / "golden" / "quant" / "llamacpp.npz"
 BLOCKS_PER_TYPE = 8
 QUANT_LENGTH = 4096  # 16 super-blocks, 128 legacy blocks per input set
+BIG_LENGTH = 256 * 1024  # 1024 super-blocks per kind: rare tie-breaks show up
+BIG_KINDS = ("normal", "uniform", "sparse", "outliers")
+CHUNK_BLOCKS = 64
 
 DEQUANT_TYPES = [
     T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
@@ -76,6 +85,22 @@ def quant_inputs(rng: np.random.Generator) -> np.ndarray:
     )
 
 
+def chunk_hashes(raw: np.ndarray, type_size: int) -> np.ndarray:
+    """SHA-256 of each run of CHUNK_BLOCKS blocks: [n_chunks, 32] uint8."""
+    chunks = raw.reshape(-1, CHUNK_BLOCKS * type_size)
+    return np.stack([np.frombuffer(hashlib.sha256(c.tobytes()).digest(), np.uint8) for c in chunks])
+
+
+def llamacpp_quantize(lib: ctypes.CDLL, x: np.ndarray, ggml_type: T) -> np.ndarray:
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    raw = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
+    getattr(lib, f"quantize_row_{c_name(ggml_type)}_ref")(
+        x.ctypes.data_as(ctypes.c_void_p), raw.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size)
+    )
+    return raw
+
+
 def main() -> int:
     lib = ggml_library()
     rng = np.random.default_rng(20261121)
@@ -94,16 +119,10 @@ def main() -> int:
     inputs = quant_inputs(rng)
     out["quant_input"] = inputs
     for t in QUANT_TYPES:
-        block_size, type_size = GGML_QUANT_SIZES[t]
-        rows = []
-        for x in inputs:
-            x = np.ascontiguousarray(x)
-            raw = np.zeros(x.size // block_size * type_size, dtype=np.uint8)
-            getattr(lib, f"quantize_row_{c_name(t)}_ref")(
-                x.ctypes.data_as(ctypes.c_void_p), raw.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(x.size)
-            )
-            rows.append(raw)
-        out[f"quant_{t.name}"] = np.stack(rows)
+        out[f"quant_{t.name}"] = np.stack([llamacpp_quantize(lib, x, t) for x in inputs])
+        for kind in BIG_KINDS:
+            raw = llamacpp_quantize(lib, reproducible_values(BIG_LENGTH, kind), t)
+            out[f"quant_big_{t.name}_{kind}"] = chunk_hashes(raw, GGML_QUANT_SIZES[t][1])
     out["llama_cpp_version"] = np.array(f"xllamacpp {metadata.version('xllamacpp')}")
 
     OUT.parent.mkdir(parents=True, exist_ok=True)

@@ -54,3 +54,38 @@ def random_blocks(ggml_type: T, n_blocks: int, rng: np.random.Generator) -> np.n
     if ggml_type == T.MXFP4:
         blocks[:, 0] = rng.integers(117, 137, size=n_blocks)  # 2^(e-127) in 2^-10 .. 2^9
     return blocks
+
+
+def reproducible_values(n: int, kind: str = "normal", seed: int = 0) -> np.ndarray:
+    """[n] float32 pseudo-random values built from integer hashing and exactly
+    rounded float32 arithmetic only, so they are bit-identical on every machine
+    and NumPy version (unlike RNG streams or SIMD sin/cos).  Golden files can
+    then store just the expected *outputs* for large inputs.
+
+    kinds: "normal"  ~ N(0, 1) (Irwin-Hall: a sum of 4 uniforms, rescaled)
+           "uniform" ~ U(-1, 3)
+           "sparse"  "normal" with 70% of the values set to 0
+           "outliers" "normal" with 2% of the values multiplied by 9
+    """
+    index = np.arange(n, dtype=np.uint64)
+
+    def uniform(stream: int) -> np.ndarray:
+        """SplitMix64-style hash of (seed, stream, index) -> [n] float32 in [0, 1)."""
+        h = (index + np.uint64((seed * 16 + stream) * (1 << 40))) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= h >> np.uint64(30)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(27)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(31)
+        return (h >> np.uint64(40)).astype(np.float32) / np.float32(1 << 24)  # 24 bits: exact
+
+    normal = (uniform(0) + uniform(1) + uniform(2) + uniform(3) - np.float32(2)) * np.float32(np.sqrt(3.0))
+    if kind == "normal":
+        return normal
+    if kind == "uniform":
+        return uniform(4) * np.float32(4) - np.float32(1)
+    if kind == "sparse":
+        return np.where(uniform(5) < np.float32(0.7), np.float32(0), normal)
+    if kind == "outliers":
+        return np.where(uniform(6) < np.float32(0.02), normal * np.float32(9), normal)
+    raise ValueError(f"unknown kind {kind!r}")
