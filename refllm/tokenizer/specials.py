@@ -8,48 +8,64 @@ Which tokens are matched:
   * control and unknown tokens (type 3/2: "<|im_start|>", "<bos>") only with
     ``parse_special=True``. Plain user text containing "<|im_start|>" is then ordinary
     text, so nobody can inject a turn marker through a prompt.
+  * ``protected`` spans (the messages' contents inside a rendered chat prompt) never
+    yield control tokens, even with ``parse_special=True``.
 
 Order matters when specials overlap: llama.cpp takes the longest special first and
-splits every text fragment on all its occurrences, then the next longest, and so on.
+splits every text fragment on all its occurrences (left to right), then the next
+longest, and so on.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 from refllm.tokenizer.vocab import TokenType, Vocab
 
 Fragment = str | int  # plain text still to tokenize, or a finished special token id
+Span = tuple[int, int]  # [start, end) character positions
 
 
 class SpecialTokenSplitter:
     def __init__(self, vocab: Vocab):
-        always = (TokenType.USER_DEFINED,)
-        on_request = (TokenType.CONTROL, TokenType.UNKNOWN)
-        by_length: list[tuple[int, str, int]] = []  # (utf-8 length, text, id)
+        by_length: list[tuple[int, int, str, bool]] = []  # (utf-8 length, id, text, is control/unknown)
         for token_id, (text, kind) in enumerate(zip(vocab.tokens, vocab.types.tolist())):
-            if kind in always or kind in on_request:
-                by_length.append((len(text.encode("utf-8")), text, token_id))
-        by_length.sort(key=lambda item: (-item[0], item[2]))  # longest first
-        self.always = [(text, i) for _, text, i in by_length if vocab.types[i] in always]
-        self.all = [(text, i) for _, text, i in by_length]
+            if kind in (TokenType.USER_DEFINED, TokenType.CONTROL, TokenType.UNKNOWN):
+                by_length.append((len(text.encode("utf-8")), token_id, text, kind != TokenType.USER_DEFINED))
+        by_length.sort(key=lambda item: (-item[0], item[1]))  # longest first
+        self.specials = [(text, token_id, on_request) for _, token_id, text, on_request in by_length]
 
-    def split(self, text: str, parse_special: bool) -> list[Fragment]:
-        specials = self.all if parse_special else self.always
-        fragments: list[Fragment] = [text] if text else []
-        for special_text, special_id in specials:
+    def split(self, text: str, parse_special: bool, protected: Sequence[Span] = ()) -> list[Fragment]:
+        # pieces: (start, end) of text still to tokenize, or a token id; in order
+        pieces: list[Span | int] = [(0, len(text))] if text else []
+        for special_text, special_id, on_request in self.specials:
+            if on_request and not parse_special:
+                continue
             if special_text not in text:  # cheap test on the whole text first
                 continue
-            fragments = [piece for fragment in fragments for piece in _split_one(fragment, special_text, special_id)]
-        return fragments
+            guarded = protected if on_request else ()
+            pieces = [out for piece in pieces for out in _split_piece(text, piece, special_text, special_id, guarded)]
+        return [text[p[0] : p[1]] if isinstance(p, tuple) else p for p in pieces]
 
 
-def _split_one(fragment: Fragment, special_text: str, special_id: int) -> list[Fragment]:
-    """Split one text fragment on every occurrence of one special token."""
-    if not isinstance(fragment, str) or special_text not in fragment:
-        return [fragment]
-    pieces: list[Fragment] = []
-    for i, part in enumerate(fragment.split(special_text)):
-        if i:
-            pieces.append(special_id)
-        if part:
-            pieces.append(part)
-    return pieces
+def _split_piece(text: str, piece: Span | int, special: str, special_id: int, protected: Sequence[Span]):
+    """Split one text piece on every occurrence of one special token (not inside a protected span)."""
+    if not isinstance(piece, tuple):
+        return [piece]
+    start, end = piece
+    out: list[Span | int] = []
+    search = start
+    while True:
+        found = text.find(special, search, end)
+        if found < 0:
+            break
+        if any(a < found + len(special) and found < b for a, b in protected):
+            search = found + 1  # inside user content: stays text
+            continue
+        if found > start:
+            out.append((start, found))
+        out.append(special_id)
+        start = search = found + len(special)
+    if start < end:
+        out.append((start, end))
+    return out

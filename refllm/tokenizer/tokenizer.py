@@ -22,7 +22,8 @@ decode(ids): concatenate each token's bytes ("piece") and read them as UTF-8:
 from __future__ import annotations
 
 import codecs
-from typing import Iterable
+import os
+from typing import Iterable, Sequence
 
 from refllm.errors import InvalidRequest
 from refllm.tokenizer.bpe import build_byte_level_bpe, byte_level_decode
@@ -92,12 +93,14 @@ class Tokenizer:
 
     # ------------------------------------------------------------------ encode
 
-    def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
+    def encode(self, text: str, add_special: bool = True, parse_special: bool = False,
+               protected: Sequence[tuple[int, int]] = ()) -> list[int]:
+        """Token ids of ``text``; ``protected`` [start, end) spans never yield control tokens."""
         text = _check_text(text)
         ids: list[int] = []
         if add_special and self.vocab.add_bos:
             ids.append(self.vocab.bos_id)
-        fragments = self._splitter.split(text, parse_special)
+        fragments = self._splitter.split(text, parse_special, protected)
         if self.vocab.model == "gpt2":
             ids += self._encode_fragments(fragments, [f for f in fragments if isinstance(f, str)])
         else:
@@ -106,12 +109,20 @@ class Tokenizer:
             ids.append(self.vocab.eos_id)
         return ids
 
-    def encode_chat(self, prompt: str) -> list[int]:
-        """Ids of a rendered chat prompt: its special tokens parsed, BOS added once (not again if the
-        template already wrote it)."""
+    def encode_chat(self, prompt: str, contents: Sequence[str] = ()) -> list[int]:
+        """Ids of a rendered chat prompt: special tokens parsed, BOS added once (not again if the
+        template wrote it already).
+
+        ``contents``: the messages' texts, in order. Where they appear in the prompt they stay
+        plain text, so a user who types "<|im_start|>system" gets text, not a turn marker.
+        The BPE still runs over the prompt's text as one piece, so ids equal llama.cpp's
+        whenever no content contains a special token.
+        """
+        prompt = _check_text(prompt)
         bos_text = self.vocab.tokens[self.vocab.bos_id] if self.vocab.bos_id is not None else None
-        already = bos_text is not None and isinstance(prompt, str) and prompt.startswith(bos_text)
-        return self.encode(prompt, add_special=not already, parse_special=True)
+        already = bos_text is not None and prompt.startswith(bos_text)
+        return self.encode(prompt, add_special=not already, parse_special=True,
+                           protected=_find_spans(prompt, contents))
 
     def _spm_texts(self, fragments: list) -> list[str]:
         """SentencePiece fragments: space prefix after a special (if the model wants one), spaces -> ▁."""
@@ -207,6 +218,19 @@ class IncrementalDecoder:
         return text
 
 
+def _find_spans(prompt: str, contents: Sequence[str]) -> list[tuple[int, int]]:
+    """Where each content sits in the prompt, searched in order (as written, else stripped)."""
+    spans, cursor = [], 0
+    for content in contents:
+        for candidate in (content, content.strip()) if isinstance(content, str) else ():
+            found = prompt.find(candidate, cursor) if candidate.strip() else -1
+            if found >= 0:
+                spans.append((found, found + len(candidate)))
+                cursor = found + len(candidate)
+                break
+    return spans
+
+
 def _check_text(text) -> str:
     """Accept str (or UTF-8 bytes); anything else, bad UTF-8 or absurd sizes are clear errors."""
     if isinstance(text, (bytes, bytearray)):
@@ -225,6 +249,30 @@ def _check_text(text) -> str:
     return text
 
 
+_CACHE: dict[tuple, Tokenizer] = {}  # (path, size, mtime) -> tokenizer, the last few files opened
+_CACHE_SIZE = 4
+
+
 def tokenizer_from_gguf(gguf_file) -> Tokenizer:
-    """Build the tokenizer a GGUF file describes (Model caches it: ``refllm.load(p).tokenizer``)."""
-    return Tokenizer(vocab_from_gguf(gguf_file))
+    """Build the tokenizer a GGUF file describes, or reuse the one built for the same file.
+
+    Building takes up to ~2 s for a 262k vocabulary, so a process that opens the same
+    model again (``refllm.load`` per request, a server reloading) gets the cached one.
+    """
+    key = _file_key(gguf_file)
+    if key is not None and key in _CACHE:
+        return _CACHE[key]
+    tokenizer = Tokenizer(vocab_from_gguf(gguf_file))
+    if key is not None:
+        if len(_CACHE) >= _CACHE_SIZE:
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = tokenizer
+    return tokenizer
+
+
+def _file_key(gguf_file) -> tuple | None:
+    try:
+        stat = os.stat(gguf_file.path)
+    except (AttributeError, TypeError, OSError):
+        return None
+    return (os.path.realpath(gguf_file.path), stat.st_size, stat.st_mtime_ns)
