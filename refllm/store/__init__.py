@@ -18,6 +18,7 @@ Errors are ``RefllmError`` subclasses: ``ModelNotFound`` (404), ``InvalidRequest
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -75,39 +76,58 @@ def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
         raise ModelNotFound(f"model '{text}' is not installed; run `refllm pull {text}`") from None
 
 
+@contextlib.contextmanager
+def _disk_errors(action: str):
+    """A full disk or a permission problem becomes a one-line StoreError, not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        where = f" ({e.filename})" if e.filename else ""
+        raise StoreError(f"{action} failed: {e.strerror or e}{where}") from None
+
+
 def list_models() -> list[dict]:
-    return open_store().list_models()
+    with _disk_errors("list"):
+        return open_store().list_models()
 
 
 def show(name: str) -> dict:
-    return open_store().show(name)
+    with _disk_errors("show"):
+        return open_store().show(name)
 
 
 def verify(name: str, progress: Progress = _no_progress) -> list[str]:
-    return open_store().verify(name, progress)
+    with _disk_errors("verify"):
+        return open_store().verify(name, progress)
 
 
 def copy(source: str, destination: str) -> None:
-    open_store().copy(source, destination)
+    with _disk_errors("copy"):
+        open_store().copy(source, destination)
 
 
 def delete(name: str) -> list[str]:
-    return open_store().delete(name)
+    with _disk_errors("delete"):
+        return open_store().delete(name)
 
 
 def create(name: str, modelfile: str | Modelfile, quantize: str | None = None,
            progress: Progress = _no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
-    return open_store().create(name, modelfile, quantize=quantize, progress=progress, base_dir=base_dir)
+    with _disk_errors("create"):
+        return open_store().create(name, modelfile, quantize=quantize, progress=progress, base_dir=base_dir)
 
 
 def pull(source: str, name: str | None = None, progress: Progress = _no_progress,
          expected_digest: str | None = None) -> ResolvedModel:
-    return open_store().pull(source, name=name, progress=progress, expected_digest=expected_digest)
+    with _disk_errors("pull"):
+        return open_store().pull(source, name=name, progress=progress, expected_digest=expected_digest)
 
 
 def has_blob(digest: str) -> bool:
-    return open_store().has_blob(digest)
+    with _disk_errors("reading the store"):
+        return open_store().has_blob(digest)
 
 
 def write_blob(digest: str, stream, progress: Progress = _no_progress) -> str:
-    return open_store().write_blob(digest, stream, progress)
+    with _disk_errors("writing the blob"):
+        return open_store().write_blob(digest, stream, progress)
