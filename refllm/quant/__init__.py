@@ -87,8 +87,14 @@ QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.Q5_0: quantizers.quantize_q5_0,
     T.Q5_1: quantizers.quantize_q5_1,
     T.Q8_0: quantizers.quantize_q8_0,
+    T.Q2_K: quantizers.quantize_q2_k,
+    T.Q3_K: quantizers.quantize_q3_k,
     T.Q4_K: quantizers.quantize_q4_k,
+    T.Q5_K: quantizers.quantize_q5_k,
     T.Q6_K: quantizers.quantize_q6_k,
+    T.TQ1_0: quantizers.quantize_tq1_0,
+    T.TQ2_0: quantizers.quantize_tq2_0,
+    T.MXFP4: quantizers.quantize_mxfp4,
 }
 
 SUPPORTED_DEQUANT_TYPES: tuple[T, ...] = tuple(DEQUANTIZERS)

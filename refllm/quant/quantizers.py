@@ -7,10 +7,15 @@ blocks instead of one block at a time.
 
     quantize_<type>(values: [n_blocks, block_size] float32) -> [n_blocks, type_size] uint8
 
-Legacy types (Q4_0 .. Q8_0) are simple: one scale from the block's extreme
-value, then round each weight.  Q4_K and Q6_K *search* for good scales
-(``fit_scale_and_min`` and ``fit_symmetric_scale`` below), then quantize the
-sub-block scales themselves to 6 or 8 bits.
+Legacy types (Q4_0 .. Q8_0), ternary (TQ1_0, TQ2_0) and MXFP4 are simple:
+one scale from the block's extreme value, then round each weight.  The
+k-quants *search* for good sub-block scales (``fit_scale_and_min`` for
+Q2_K/Q4_K/Q5_K, ``fit_symmetric_scale`` for Q6_K, ``fit_q3_scale`` for Q3_K),
+then quantize those scales themselves to 4, 6 or 8 bits.
+
+Sums inside the searches are added left to right in float32 (``sum_in_order``)
+because the C code does, and its comparisons between nearly equal fits depend
+on it: with that, every output byte equals llama.cpp's (tests/test_quant.py).
 
 Rounding, as in C:
     nearest_int(x)   round half to even            -> np.rint
@@ -133,7 +138,13 @@ def quantize_q8_0(x: np.ndarray) -> np.ndarray:
 
 
 def fit_scale_and_min(
-    x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float = -1.0, rdelta: float = 0.1, nstep: int = 20
+    x: np.ndarray,
+    weights: np.ndarray,
+    nmax: int,
+    rmin: float = -1.0,
+    rdelta: float = 0.1,
+    nstep: int = 20,
+    use_mad: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fit x ~ scale * L - offset with L in 0..nmax, per row (ggml's make_qkx2_quants).
 
@@ -146,6 +157,10 @@ def fit_scale_and_min(
     -> scale [m], offset [m] (= -min >= 0), levels [m, k] uint8
     """
     f32 = np.float32
+
+    def penalty(diff: np.ndarray) -> np.ndarray:
+        return np.abs(diff) if use_mad else diff * diff
+
     low = np.minimum(x.min(axis=1), f32(0))  # [m], never above 0
     high = x.max(axis=1)  # [m]
     flat = high == low  # all weights equal (to 0 or to a negative value)
@@ -156,7 +171,7 @@ def fit_scale_and_min(
         iscale = f32(nmax) / (high - low)
         scale = f32(1) / iscale
         levels = np.clip(np.rint(iscale[:, None] * (x - low[:, None])), 0, nmax)  # [m, k]
-        best_error = sum_in_order(weights * (scale[:, None] * levels + low[:, None] - x) ** 2)
+        best_error = sum_in_order(weights * penalty(scale[:, None] * levels + low[:, None] - x))
 
         for step in range(nstep + 1):
             iscale = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (high - low)
@@ -170,7 +185,7 @@ def fit_scale_and_min(
             positive = trial_min > 0  # a min above 0 is not allowed: refit the scale alone
             trial_scale = np.where(positive, sum_xl / sum_l2, trial_scale)
             trial_min = np.where(positive, f32(0), trial_min)
-            error = sum_in_order(weights * (trial_scale[:, None] * trial + trial_min[:, None] - x) ** 2)
+            error = sum_in_order(weights * penalty(trial_scale[:, None] * trial + trial_min[:, None] - x))
             better = (det > 0) & (error < best_error)
             levels = np.where(better[:, None], trial, levels)
             best_error = np.where(better, error, best_error)
@@ -236,15 +251,19 @@ def _six_bit(values: np.ndarray) -> np.ndarray:
     return np.minimum(63, np.rint(values).astype(np.int64) & 0xFF).astype(np.uint8)
 
 
-def quantize_q4_k(x: np.ndarray) -> np.ndarray:
-    """[n, 256] float32 -> [n, 144] uint8 (llama.cpp's quantize_row_q4_K_ref)."""
+def _fit_sub_blocks_of_32(x: np.ndarray, nmax: int, rmin: float, nstep: int):
+    """The shared first half of Q4_K and Q5_K: 8 sub-blocks of 32 with a scale
+    and a min each, both stored as 6-bit multiples of two f16 super-scales.
+
+    x: [n, 256] float32 -> d [n], dmin [n], scale6 [n, 8], min6 [n, 8], levels [n, 8, 32]
+    """
     n = x.shape[0]
     f32 = np.float32
     sub = x.reshape(n * 8, 32)  # [n * 8 sub-blocks, 32]
 
     # 1. best (scale, min) per sub-block, weighting each weight by rms + |x|
     rms = np.sqrt(sum_in_order(sub * sub)[:, None] / f32(32))  # [n*8, 1]
-    scale, minimum, levels = fit_scale_and_min(sub, rms + np.abs(sub), nmax=15)
+    scale, minimum, levels = fit_scale_and_min(sub, rms + np.abs(sub), nmax=nmax, rmin=rmin, nstep=nstep)
     scale, minimum, levels = scale.reshape(n, 8), minimum.reshape(n, 8), levels.reshape(n, 8, 32)
 
     # 2. the 8 scales and 8 mins become 6-bit multiples of two f16 super-scales
@@ -262,12 +281,155 @@ def quantize_q4_k(x: np.ndarray) -> np.ndarray:
     sub_min = f16_round_trip(dmin)[:, None] * min6  # [n, 8]
     with np.errstate(divide="ignore", invalid="ignore"):
         requant = np.rint((x.reshape(n, 8, 32) + sub_min[:, :, None]) / sub_scale[:, :, None])
-    requant = np.clip(requant, 0, 15)
+    requant = np.clip(requant, 0, nmax)
     levels = np.where((sub_scale != 0)[:, :, None], requant, levels).astype(np.uint8)  # [n, 8, 32]
+    return d, dmin, scale6, min6, levels
 
-    # 4. pack: 4 chunks of 32 bytes, sub-block 2c in low nibbles, 2c + 1 in high
+
+def quantize_q4_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 144] uint8 (llama.cpp's quantize_row_q4_K_ref)."""
+    n = x.shape[0]
+    d, dmin, scale6, min6, levels = _fit_sub_blocks_of_32(x, nmax=15, rmin=-1.0, nstep=20)
+    # 4 chunks of 32 bytes: sub-block 2c in the low nibbles, 2c + 1 in the high ones
     qs = (levels[:, 0::2, :] | (levels[:, 1::2, :] << 4)).reshape(n, 128)
     return np.concatenate([f16_bytes(d), f16_bytes(dmin), pack_q4_k_scales(scale6, min6), qs], axis=1)
+
+
+def quantize_q5_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 176] uint8 (llama.cpp's quantize_row_q5_K_ref)."""
+    n = x.shape[0]
+    d, dmin, scale6, min6, levels = _fit_sub_blocks_of_32(x, nmax=31, rmin=-0.5, nstep=15)
+    low, high = levels & 0x0F, levels >> 4  # [n, 8, 32] each
+    qs = (low[:, 0::2, :] | (low[:, 1::2, :] << 4)).reshape(n, 128)
+    qh = (high << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8)  # bit s: sub-block s
+    return np.concatenate([f16_bytes(d), f16_bytes(dmin), pack_q4_k_scales(scale6, min6), qh, qs], axis=1)
+
+
+def pack_two_bit_halves(levels: np.ndarray) -> np.ndarray:
+    """The k-quant 2-bit packing: [n, 256] in 0..3 -> [n, 64] uint8; in half h,
+    weight 32k + l goes to bits 2k..2k+1 of byte 32h + l."""
+    n = levels.shape[0]
+    quarters = levels.reshape(n, 2, 4, 32).astype(np.uint8)  # [n, half, k, 32]
+    shifted = quarters << (2 * np.arange(4, dtype=np.uint8))[:, None]
+    return shifted.sum(axis=2, dtype=np.uint8).reshape(n, 64)
+
+
+def quantize_q2_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 84] uint8 (llama.cpp's quantize_row_q2_K_ref).
+
+    16 sub-blocks of 16, each fitted as scale * q - min with q in 0..3, minimising
+    the |x|-weighted *absolute* error; scales and mins become 4-bit multiples of
+    two f16 super-scales (max / 15).
+    """
+    n = x.shape[0]
+    f32 = np.float32
+    sub = x.reshape(n * 16, 16)
+    scale, minimum, levels = fit_scale_and_min(
+        sub, np.abs(sub), nmax=3, rmin=-0.5, rdelta=0.1, nstep=15, use_mad=True
+    )
+    scale, minimum, levels = scale.reshape(n, 16), minimum.reshape(n, 16), levels.reshape(n, 16, 16)
+
+    max_scale = np.maximum(scale.max(axis=1), f32(0))  # [n]
+    max_min = np.maximum(minimum.max(axis=1), f32(0))  # [n]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale4 = np.where(max_scale[:, None] > 0, np.rint(f32(15) / max_scale[:, None] * scale), 0)
+        min4 = np.where(max_min[:, None] > 0, np.rint(f32(15) / max_min[:, None] * minimum), 0)
+    scales = ((scale4.astype(np.int64) & 0xFF) | ((min4.astype(np.int64) << 4) & 0xFF)).astype(np.uint8)
+    d = np.where(max_scale > 0, max_scale / f32(15), f32(0))  # [n]
+    dmin = np.where(max_min > 0, max_min / f32(15), f32(0))
+
+    sub_scale = f16_round_trip(d)[:, None] * (scales & 0x0F)  # [n, 16]
+    sub_min = f16_round_trip(dmin)[:, None] * (scales >> 4)  # [n, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(np.rint((x.reshape(n, 16, 16) + sub_min[:, :, None]) / sub_scale[:, :, None]), 0, 3)
+    levels = np.where((sub_scale != 0)[:, :, None], requant, levels).reshape(n, 256)
+
+    return np.concatenate([scales, pack_two_bit_halves(levels), f16_bytes(d), f16_bytes(dmin)], axis=1)
+
+
+def fit_q3_scale(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
+    """Fit x ~ scale * L with L in -nmax..nmax-1 (ggml's make_q3_quants, do_rmse).
+
+    Start from rounding against the extreme value, then up to 5 sweeps of
+    coordinate descent: move one weight at a time to the level that best
+    improves the x^2-weighted fit, if it does.
+
+    x: [m, k] float32 -> scale [m], levels [m, k] uint8 (offset by nmax; 0 for an all-zero row)
+    """
+    f32 = np.float32
+    m, k = x.shape
+    extreme = signed_extreme(x)[:, 0]  # [m]
+    zero = np.abs(extreme) < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.clip(np.rint((f32(-nmax) / extreme)[:, None] * x), -nmax, nmax - 1)  # [m, k]
+    level = np.where(zero[:, None], f32(0), level).astype(np.float32)
+    weights = x * x
+    sumlx = sum_in_order(weights * x * level)
+    suml2 = sum_in_order(weights * level * level)
+
+    active = ~zero
+    for _ in range(5):
+        changed = np.zeros(m, dtype=bool)
+        for i in range(k):
+            w, xi, li = weights[:, i], x[:, i], level[:, i]
+            slx = sumlx - w * xi * li
+            sl2 = suml2 - w * li * li
+            # on huge inputs these float32 products overflow to inf, as they do in C
+            with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+                new_l = np.clip(np.rint(xi * sl2 / slx), -nmax, nmax - 1)
+                new_slx = slx + w * xi * new_l
+                new_sl2 = sl2 + w * new_l * new_l
+                better_fit = new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2
+            accept = active & (slx > 0) & (new_l != li) & (new_sl2 > 0) & better_fit
+            level[:, i] = np.where(accept, new_l, li)
+            sumlx = np.where(accept, new_slx, sumlx)
+            suml2 = np.where(accept, new_sl2, suml2)
+            changed |= accept
+        active &= changed
+        if not active.any():
+            break
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scale = np.where(suml2 > 0, sumlx / suml2, f32(0)).astype(np.float32)
+    levels = np.where(zero[:, None], 0, level + nmax).astype(np.uint8)
+    return np.where(zero, f32(0), scale), levels
+
+
+def pack_q3_k_scales(scale6: np.ndarray) -> np.ndarray:
+    """16 six-bit scales (0..63) -> the 12-byte layout (inverse of
+    ``kquants.unpack_q3_k_scales``).  [n, 16] uint8 -> [n, 12] uint8"""
+    low = (scale6[:, 0:8] & 0x0F) | ((scale6[:, 8:16] & 0x0F) << 4)  # [n, 8]
+    high = (scale6 >> 4).reshape(-1, 4, 4)  # [n, i // 4, i % 4]
+    shifted = high << (2 * np.arange(4, dtype=np.uint8))[:, None]
+    return np.concatenate([low, shifted.sum(axis=1, dtype=np.uint8)], axis=1).astype(np.uint8)
+
+
+def quantize_q3_k(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 110] uint8 (llama.cpp's quantize_row_q3_K_ref)."""
+    n = x.shape[0]
+    f32 = np.float32
+    scale, levels = fit_q3_scale(x.reshape(n * 16, 16))
+    scale, levels = scale.reshape(n, 16), levels.reshape(n, 16, 16)
+
+    max_scale = signed_extreme(scale)[:, 0]  # [n], the largest |scale| with its sign
+    has_scale = max_scale != 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iscale = np.where(has_scale, f32(-32) / max_scale, f32(0))
+        d = np.where(has_scale, f32(1) / iscale, f32(0))  # [n]
+    scale6 = (np.clip(np.rint(iscale[:, None] * scale), -32, 31) + 32).astype(np.uint8)  # [n, 16]
+    scale6 = np.where(has_scale[:, None], scale6, 0).astype(np.uint8)
+    decoded = np.where(has_scale[:, None], scale6.astype(np.float32) - 32, f32(0))  # all-zero bytes decode to 0
+
+    sub_scale = f16_round_trip(d)[:, None] * decoded  # [n, 16]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        requant = np.clip(np.rint(x.reshape(n, 16, 16) / sub_scale[:, :, None]), -4, 3) + 4
+    levels = np.where((sub_scale != 0)[:, :, None], requant, levels).astype(np.uint8).reshape(n, 256)
+
+    # bit 2 of each level goes to hmask (bit j // 32 of byte j % 32), the rest to qs
+    high = (levels >> 2).reshape(n, 8, 32)  # [n, j // 32, j % 32]
+    hmask = (high << np.arange(8, dtype=np.uint8)[:, None]).sum(axis=1, dtype=np.uint8)  # [n, 32]
+    qs = pack_two_bit_halves(levels & 3)
+    return np.concatenate([hmask, qs, pack_q3_k_scales(scale6), f16_bytes(d)], axis=1)
 
 
 def quantize_q6_k(x: np.ndarray) -> np.ndarray:
@@ -302,3 +464,68 @@ def quantize_q6_k(x: np.ndarray) -> np.ndarray:
     ).astype(np.uint8)
     out[zero_block] = 0  # ggml writes an all-zero block
     return out
+
+
+# --------------------------------------------------------------------------- ternary, MXFP4
+
+
+def _ternary_levels(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """d = max|x| per block and each weight rounded to -1, 0, +1 of d, stored as 0, 1, 2.
+
+    [n, 256] float32 -> d [n, 1] float32, trits [n, 256] uint8
+    """
+    d = np.abs(x).max(axis=1, keepdims=True)
+    trits = (round_half_away(x * inverse_or_zero(d)) + 1).astype(np.uint8)
+    return d, trits
+
+
+def quantize_tq2_0(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 66] uint8 (llama.cpp's quantize_row_tq2_0_ref)."""
+    d, trits = _ternary_levels(x)
+    return np.concatenate([pack_two_bit_halves(trits), f16_bytes(d)], axis=1)
+
+
+def _pack_trits(trits: np.ndarray) -> np.ndarray:
+    """Base-3 digits, most significant first, -> one byte as the fraction
+    ceil(value * 256 / 243)  (the inverse of ``ternary._trits``).
+
+    [n, k, m] in 0..2 (k = 5 digits, or 4 with a 0 appended) -> [n, m] uint8
+    """
+    value = np.zeros(trits.shape[::2], dtype=np.uint16)  # [n, m]
+    for k in range(trits.shape[1]):
+        value = value * 3 + trits[:, k, :]
+    return ((value * 256 + 242) // 243).astype(np.uint8)
+
+
+def quantize_tq1_0(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 54] uint8 (llama.cpp's quantize_row_tq1_0_ref).
+
+    weights 0..159 -> qs[0..31] (digit k of byte m = weight 32k + m),
+    160..239 -> qs[32..47] (160 + 16k + m), 240..255 -> qh[0..3] (240 + 4k + m,
+    4 digits and a trailing 0).
+    """
+    n = x.shape[0]
+    d, trits = _ternary_levels(x)
+    first = _pack_trits(trits[:, 0:160].reshape(n, 5, 32))
+    second = _pack_trits(trits[:, 160:240].reshape(n, 5, 16))
+    last_four = trits[:, 240:256].reshape(n, 4, 4)
+    last = _pack_trits(np.concatenate([last_four, np.zeros((n, 1, 4), np.uint8)], axis=1))
+    return np.concatenate([first, second, last, f16_bytes(d)], axis=1)
+
+
+def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 17] uint8 (llama.cpp's quantize_row_mxfp4_ref).
+
+    The shared exponent e puts the block's largest |x| in [4, 8) * 2^(e-128)
+    (the top of the doubled E2M1 scale, 0..12); each weight then takes the
+    nearest of the 16 FP4 values (the first one on ties).
+    """
+    from refllm.quant.mxfp4 import FP4_VALUES, e8m0_to_half_scale
+
+    amax = np.abs(x).max(axis=1)  # [n]
+    _, exponent = np.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
+    e = np.where(amax > 0, np.clip(exponent - 1 - 2 + 127, 0, 255), 0).astype(np.uint8)  # floor(log2) - 2 + 127
+    half_scale = e8m0_to_half_scale(e)[:, None, None]  # [n, 1, 1]
+    errors = np.abs(FP4_VALUES * half_scale - x[:, :, None])  # [n, 32, 16]
+    q = errors.argmin(axis=2).astype(np.uint8)  # [n, 32]
+    return np.concatenate([e[:, None], pack_nibbles(q)], axis=1)
