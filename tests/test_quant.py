@@ -42,7 +42,7 @@ REQUIRED_DEQUANT = ("F32 F16 BF16 Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 Q2_K Q3_K Q4_K Q5_K Q
                     "MXFP4 IQ1_S IQ1_M IQ2_XXS IQ2_XS IQ2_S IQ3_XXS IQ3_S TQ1_0 TQ2_0").split()  # fmt: skip
 REQUIRED_QUANT = "F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q4_K Q6_K".split()
 LLAMACPP_QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-                        T.TQ1_0, T.TQ2_0, T.MXFP4]  # fmt: skip  (quantizers with a llama.cpp golden)
+                        T.TQ1_0, T.TQ2_0, T.MXFP4, T.IQ4_NL, T.IQ4_XS]  # fmt: skip  (with a llama.cpp golden)
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +328,7 @@ def test_dequantize_unsupported_type_names_it(bad_type):
     assert isinstance(caught.value, UnsupportedModel) and isinstance(caught.value, RefllmError)
 
 
-@pytest.mark.parametrize("bad_type", [T.IQ2_XXS, T.IQ4_NL, T.IQ1_S, T.Q8_K, 77])
+@pytest.mark.parametrize("bad_type", [T.IQ2_XXS, T.IQ3_S, T.IQ1_S, T.Q8_K, 77])
 def test_quantize_unsupported_type_names_it(bad_type):
     with pytest.raises(UnsupportedQuantType, match=str(getattr(bad_type, "name", bad_type))):
         quantize(np.zeros(256, np.float32), bad_type)

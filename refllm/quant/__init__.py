@@ -95,6 +95,8 @@ QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.TQ1_0: quantizers.quantize_tq1_0,
     T.TQ2_0: quantizers.quantize_tq2_0,
     T.MXFP4: quantizers.quantize_mxfp4,
+    T.IQ4_NL: quantizers.quantize_iq4_nl,
+    T.IQ4_XS: quantizers.quantize_iq4_xs,
 }
 
 SUPPORTED_DEQUANT_TYPES: tuple[T, ...] = tuple(DEQUANTIZERS)

@@ -11,7 +11,11 @@ Legacy types (Q4_0 .. Q8_0), ternary (TQ1_0, TQ2_0) and MXFP4 are simple:
 one scale from the block's extreme value, then round each weight.  The
 k-quants *search* for good sub-block scales (``fit_scale_and_min`` for
 Q2_K/Q4_K/Q5_K, ``fit_symmetric_scale`` for Q6_K, ``fit_q3_scale`` for Q3_K),
-then quantize those scales themselves to 4, 6 or 8 bits.
+then quantize those scales themselves to 4, 6 or 8 bits.  IQ4_NL / IQ4_XS map
+each weight to the nearest of 16 non-uniform levels and refit the scale by
+least squares (``quantize_iq4_nl``, ``quantize_iq4_xs``).  The grid i-quants
+(IQ1_*, IQ2_*, IQ3_*) need llama.cpp's neighbour-search tables and an
+importance matrix; they are dequantize-only here.
 
 Sums inside the searches are added left to right in float32 (``sum_in_order``)
 because the C code does, and its comparisons between nearly equal fits depend
@@ -529,3 +533,86 @@ def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
     errors = np.abs(FP4_VALUES * half_scale - x[:, :, None])  # [n, 32, 16]
     q = errors.argmin(axis=2).astype(np.uint8)  # [n, 32]
     return np.concatenate([e[:, None], pack_nibbles(q)], axis=1)
+
+
+# --------------------------------------------------------------------------- IQ4_NL, IQ4_XS
+
+
+def nearest_iq4_level(scaled: np.ndarray) -> np.ndarray:
+    """Index of the nearest of the 16 IQ4_NL values (ggml's best_index_int8;
+    an exact tie goes to the upper value).  [...] float32 -> [...] uint8"""
+    from refllm.quant.iquants import IQ4_NL_VALUES as values
+
+    upper = np.clip(np.searchsorted(values, scaled, side="right"), 1, 15)  # values[upper-1] <= x < values[upper]
+    lower = upper - 1
+    pick_lower = scaled - values[lower] < values[upper] - scaled
+    return np.where(pick_lower, lower, upper).astype(np.uint8)
+
+
+def _iq4_fit(x: np.ndarray, inverse_scale: np.ndarray):
+    """Levels for x * inverse_scale and the x^2-weighted least-squares sums.
+
+    x: [m, k], inverse_scale: [m] -> levels [m, k], sumqx [m], sumq2 [m]
+    """
+    from refllm.quant.iquants import IQ4_NL_VALUES as values
+
+    levels = nearest_iq4_level(inverse_scale[:, None] * x)
+    q = values[levels]  # [m, k]
+    weights = x * x
+    return levels, sum_in_order(weights * q * x), sum_in_order(weights * q * q)
+
+
+def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
+    """[n, 32] float32 -> [n, 18] uint8 (llama.cpp's quantize_row_iq4_nl_ref).
+
+    d starts at (extreme value) / -127, the weights are mapped to their nearest
+    level, and d is refitted once by x^2-weighted least squares.
+    """
+    f32 = np.float32
+    extreme = signed_extreme(x)[:, 0]  # [n]
+    zero = np.abs(extreme) < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        first_d = extreme / f32(-127)
+        levels, sumqx, sumq2 = _iq4_fit(x, f32(1) / first_d)
+        d = np.where(sumq2 > 0, sumqx / sumq2, f32(0))
+    d = np.where(zero, f32(0), d)
+    levels = np.where(zero[:, None], 0, levels).astype(np.uint8)  # (ggml leaves these bytes unset)
+    return np.concatenate([f16_bytes(d), pack_nibbles(levels)], axis=1)
+
+
+def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
+    """[n, 256] float32 -> [n, 136] uint8 (llama.cpp's quantize_row_iq4_xs_ref).
+
+    Per sub-block of 32: as IQ4_NL, then 15 more trial scales around it (keeping
+    the best x^2-weighted fit); the 8 scales become signed 6-bit multiples of
+    one f16 super-scale, and the weights are re-mapped against them.
+    """
+    f32 = np.float32
+    n = x.shape[0]
+    sub = x.reshape(n * 8, 32)
+    extreme = signed_extreme(sub)[:, 0]  # [n*8]
+    zero = np.abs(extreme) < GROUP_MAX_EPS
+    with np.errstate(divide="ignore", invalid="ignore"):
+        _, sumqx, sumq2 = _iq4_fit(sub, f32(1) / (-extreme / f32(-127)))
+        d = np.where(sumq2 > 0, sumqx / sumq2, f32(0))
+        best = d * sumqx
+        for step in range(-7, 8):
+            _, sumqx, sumq2 = _iq4_fit(sub, f32(step - 127) / extreme)
+            better = (sumq2 > 0) & (sumqx * sumqx > best * sumq2)
+            d = np.where(better, sumqx / sumq2, d)
+            best = np.where(better, d * sumqx, best)
+    scale = np.where(zero, f32(0), d).reshape(n, 8)  # [n, 8]
+
+    super_d = -signed_extreme(scale)[:, 0] / f32(32)  # [n]
+    inverse = inverse_or_zero(super_d)
+    scale6 = np.clip(np.rint(inverse[:, None] * scale), -32, 31)  # [n, 8] in -32..31
+    sub_scale = super_d[:, None] * scale6  # [n, 8] (unrounded d, as in ggml)
+    levels = nearest_iq4_level((inverse_or_zero(sub_scale)[:, :, None] * x.reshape(n, 8, 32)))  # [n, 8, 32]
+
+    stored = (scale6 + 32).astype(np.uint8)  # [n, 8] in 0..63
+    scales_l = (stored[:, 0::2] & 0x0F) | ((stored[:, 1::2] & 0x0F) << 4)  # [n, 4]
+    scales_h = ((stored >> 4).astype(np.uint16) << (2 * np.arange(8, dtype=np.uint16))).sum(axis=1, dtype=np.uint16)
+    qs = (levels[:, :, :16] | (levels[:, :, 16:] << 4)).reshape(n, 128)  # nibbles as IQ4_NL, per sub-block
+    return np.concatenate(
+        [f16_bytes(super_d), scales_h.astype("<u2").view(np.uint8).reshape(n, 2), scales_l, qs], axis=1
+    ).astype(np.uint8)
