@@ -38,7 +38,12 @@ reference to float32 rounding.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit, prange
+
+from refllm.kernels.cache import configure_cache_dir
+
+configure_cache_dir()  # before Numba decorates anything: see cache.py
+
+from numba import njit, prange  # noqa: E402
 
 # fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise the sums,
 # while a NaN or inf in the data still comes out as NaN or inf.

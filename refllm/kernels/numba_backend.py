@@ -1,0 +1,254 @@
+"""The ``numba`` Backend: the forward pass's ops on the CPU through Numba kernels.
+
+Same functions, shapes and dtypes as ``refllm/kernels/reference.py`` (the NumPy
+reference); ``BACKEND`` bundles them.  What each op runs:
+
+    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py)
+    linear, n tokens (prefill)  dequantize a tile of weight rows once, then one BLAS
+                                matmul for all tokens (``x @ tile.T``), tile by tile
+    embedding_rows              dequantize just the chosen rows
+    rms_norm, rope, attention,  numba_ops.py
+    silu, gelu_tanh, softmax
+
+A weight whose GGML type has no Numba kernel falls back to the reference
+``linear`` (``refllm.plan`` reports which, and why).
+
+The first call of each kernel compiles it (or loads it from Numba's on-disk
+cache); if that takes more than a moment, one line on stderr says so.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from contextlib import contextmanager
+
+import numpy as np
+
+from refllm.gguf import TensorInfo
+from refllm.kernels import numba_ops, reference
+from refllm.kernels.cache import configure_cache_dir
+from refllm.kernels.quantized import F16_TO_F32, KERNELS
+from refllm.kernels.reference import Backend
+
+configure_cache_dir()
+
+# Prefill: this many float32 weights per dequantized tile (4 MiB), so the tile
+# stays in cache while BLAS multiplies every prompt token by it.
+TILE_WEIGHTS = 1 << 20
+# Up to this many tokens, ``linear`` runs the matvec once per token (decode and
+# tiny batches); above it, the dequantize-tile + BLAS path.
+MATVEC_MAX_TOKENS = 2
+# From this many query tokens on, attention runs one (token, head) per thread.
+PARALLEL_ATTENTION_MIN_TOKENS = 8
+
+
+def supports(ggml_type) -> bool:
+    """True if a Numba kernel serves weights of this GGML type."""
+    return getattr(ggml_type, "name", str(ggml_type)) in KERNELS
+
+
+# --------------------------------------------------------------------------- first-call notice
+
+_compiled: set = set()
+_notice_lock = threading.Lock()
+_notice_shown = False
+NOTICE_AFTER_S = 0.5
+
+
+@contextmanager
+def _compile_notice():
+    """Print "compiling kernels..." once if a first call is still busy after NOTICE_AFTER_S."""
+
+    def show():
+        global _notice_shown
+        with _notice_lock:
+            if not _notice_shown:
+                _notice_shown = True
+                print("refllm: compiling Numba kernels (first run only, cached afterwards)...", file=sys.stderr, flush=True)
+
+    timer = threading.Timer(NOTICE_AFTER_S, show)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+def _run(kernel, *args):
+    """Call a kernel; its first call (compile or cache load) runs under the notice timer."""
+    if kernel in _compiled:
+        return kernel(*args)
+    with _compile_notice():
+        result = kernel(*args)
+    _compiled.add(kernel)
+    return result
+
+
+# --------------------------------------------------------------------------- weights
+
+
+def _rows(w: TensorInfo) -> np.ndarray:
+    """The weight's raw bytes as uint8 [n_rows, row_bytes] (a view into the mmap, read-only)."""
+    n_rows = w.n_elements // w.shape[-1]
+    rows = w.raw.reshape(n_rows, -1)
+    if rows.flags.writeable:  # one compiled signature for mmap views and test arrays alike
+        rows = rows.view()
+        rows.flags.writeable = False
+    return rows
+
+
+def matvec(w: TensorInfo, x: np.ndarray) -> np.ndarray:
+    """W @ x for one token.  w: shape (m, k);  x: f32[k] -> f32[m]."""
+    matvec_kernel, _, inner = KERNELS[w.ggml_type.name]
+    rows = _rows(w)
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    y = np.empty(rows.shape[0], dtype=np.float32)  # [m]
+    _run(matvec_kernel, rows, x, y, F16_TO_F32, inner)
+    return y
+
+
+def dequantize_rows(w: TensorInfo, rows: np.ndarray) -> np.ndarray:
+    """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k]."""
+    _, dequantize_kernel, inner = KERNELS[w.ggml_type.name]
+    if rows.flags.writeable:
+        rows = rows.view()
+        rows.flags.writeable = False
+    out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
+    _run(dequantize_kernel, rows, out, F16_TO_F32, inner)
+    return out
+
+
+def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
+    """``x @ W.T``.  x: f32[n, k];  w: shape (m, k)  ->  f32[n, m]."""
+    if not supports(w.ggml_type):
+        return reference.linear(x, w)
+    n = x.shape[0]
+    if n <= MATVEC_MAX_TOKENS:
+        out = np.empty((n, w.shape[0]), dtype=np.float32)  # [n, m]
+        for t in range(n):
+            out[t] = matvec(w, x[t])
+        return out
+
+    rows = _rows(w)  # [m, row_bytes]
+    m, k = rows.shape[0], w.shape[-1]
+    out = np.empty((n, m), dtype=np.float32)  # [n, m]
+    tile = max(16, TILE_WEIGHTS // k)  # weight rows per tile
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    for start in range(0, m, tile):
+        weights = dequantize_rows(w, rows[start : start + tile])  # [tile, k], float32
+        np.matmul(x, weights.T, out=out[:, start : start + tile])  # [n, k] @ [k, tile]
+    return out
+
+
+def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
+    """Rows ``ids`` of an embedding table.  w: shape (n_vocab, d);  ids: int[n] -> f32[n, d]."""
+    if not supports(w.ggml_type):
+        return reference.embedding_rows(w, ids)
+    ids = np.asarray(ids, dtype=np.int64)
+    rows = _rows(w)
+    if ids.size and (ids.min() < 0 or ids.max() >= rows.shape[0]):
+        return reference.embedding_rows(w, ids)  # raises the reference's clear error
+    return dequantize_rows(w, rows[ids])  # copies only the chosen rows' bytes
+
+
+# --------------------------------------------------------------------------- small ops
+
+
+def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
+    """x: f32[..., d] -> f32[..., d]."""
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])  # [rows, d]
+    out = np.empty_like(flat)
+    _run(numba_ops.rms_norm_rows, flat, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
+    return out.reshape(x.shape)
+
+
+def silu(x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty_like(flat)
+    _run(numba_ops.silu_flat, flat, out)
+    return out.reshape(x.shape)
+
+
+def gelu_tanh(x: np.ndarray) -> np.ndarray:
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+    out = np.empty_like(flat)
+    _run(numba_ops.gelu_tanh_flat, flat, out)
+    return out.reshape(x.shape)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    if axis not in (-1, x.ndim - 1):
+        return reference.softmax(x, axis=axis)
+    flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])
+    out = np.empty_like(flat)
+    _run(numba_ops.softmax_rows, flat, out)
+    return out.reshape(x.shape)
+
+
+def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: bool, mscale: float = 1.0) -> np.ndarray:
+    """x: f32[n, heads, hd] -> rotated copy."""
+    out = np.array(x, dtype=np.float32, order="C", copy=True)  # [n, heads, hd]
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    inv_freq = np.ascontiguousarray(inv_freq, dtype=np.float32)
+    _run(numba_ops.rope_inplace, out, positions, inv_freq, bool(neox), float(mscale))
+    return out
+
+
+def attention(q, k_cache, v_cache, positions, scale: float, window: int | None = None) -> np.ndarray:
+    """q: f32[n, heads, hd]; caches f32[n_ctx, kv_heads, hd(_v)] -> f32[n, heads, hd_v]."""
+    n, heads, _ = q.shape
+    out = np.empty((n, heads, v_cache.shape[2]), dtype=np.float32)
+    kernel = numba_ops.attention_decode if n < PARALLEL_ATTENTION_MIN_TOKENS else numba_ops.attention_prefill
+    _run(
+        kernel,
+        np.ascontiguousarray(q, dtype=np.float32),
+        np.ascontiguousarray(k_cache, dtype=np.float32),
+        np.ascontiguousarray(v_cache, dtype=np.float32),
+        np.ascontiguousarray(positions, dtype=np.int64),
+        float(scale),
+        int(window or 0),
+        out,
+    )
+    return out
+
+
+def warm_up(ggml_types=()) -> float:
+    """Compile (or load from cache) the kernels a model needs, before the first token. Returns seconds."""
+    start = time.perf_counter()
+    x = np.ones((1, 256), dtype=np.float32)
+    for name in {getattr(t, "name", str(t)) for t in ggml_types}:
+        if name not in KERNELS:
+            continue
+        matvec_kernel, dequantize_kernel, inner = KERNELS[name]
+        from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+        block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
+        rows = np.zeros((1, 256 // block_size * type_size), dtype=np.uint8)
+        rows.flags.writeable = False
+        _run(matvec_kernel, rows, x[0], np.empty(1, np.float32), F16_TO_F32, inner)
+        _run(dequantize_kernel, rows, np.empty((1, 256), np.float32), F16_TO_F32, inner)
+    h = np.ones((2, 2, 4), dtype=np.float32)
+    rms_norm(h, np.ones(4, np.float32), 1e-6)
+    silu(h)
+    gelu_tanh(h)
+    rope(h, np.arange(2), np.ones(2, np.float32), True)
+    rope(h, np.arange(2), np.ones(2, np.float32), False)
+    attention(h, h, h, np.arange(2), 0.5)
+    attention(np.ones((PARALLEL_ATTENTION_MIN_TOKENS, 2, 4), np.float32), h, h, np.zeros(PARALLEL_ATTENTION_MIN_TOKENS, np.int64), 0.5)
+    return time.perf_counter() - start
+
+
+BACKEND = Backend(
+    name="numba",
+    linear=linear,
+    embedding_rows=embedding_rows,
+    rms_norm=rms_norm,
+    rope=rope,
+    attention=attention,
+    silu=silu,
+    gelu_tanh=gelu_tanh,
+    softmax=softmax,
+)
