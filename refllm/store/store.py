@@ -36,7 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from refllm.errors import InvalidRequest, ModelNotFound, RefllmError, UnsupportedModel
+from refllm.errors import InvalidRequest, ModelNotFound, RefllmError
 from refllm.store.blobs import (
     CHUNK, BlobStore, DigestMismatch, Progress, StoreError, _no_progress, atomic_write_bytes, fsync_dir,
     normalize_digest, sha256_file,
@@ -654,16 +654,10 @@ def _model_info(gguf_path: Path) -> dict:
 
 def _convert_safetensors(directory: Path, out: Path, progress: Progress) -> Path:
     """A Hugging Face safetensors directory -> a GGUF file, with refllm's own converter."""
-    try:
-        from refllm.convert import convert_safetensors_to_gguf  # written by the converter issue
-    except ImportError:
-        raise UnsupportedModel(
-            f"FROM {directory}: importing safetensors directories needs refllm's converter, "
-            "which this installation does not have yet; convert to GGUF first"
-        ) from None
+    from refllm.store.convert import convert_safetensors_to_gguf
+
     progress({"status": f"converting {directory} to GGUF"})
-    convert_safetensors_to_gguf(directory, out)
-    return out
+    return convert_safetensors_to_gguf(directory, out, progress)
 
 
 def _remove_empty_dirs(directory: Path, stop: Path) -> None:
