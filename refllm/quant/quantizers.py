@@ -31,7 +31,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.quant.kquants import QK_K
+from refllm.quant.iquants import IQ4_NL_VALUES
+from refllm.quant.mxfp4 import FP4_VALUES, e8m0_to_half_scale
 
 # Below this a group counts as all zeros (ggml's GROUP_MAX_EPS).
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -422,7 +423,8 @@ def quantize_q3_k(x: np.ndarray) -> np.ndarray:
         d = np.where(has_scale, f32(1) / iscale, f32(0))  # [n]
     scale6 = (np.clip(np.rint(iscale[:, None] * scale), -32, 31) + 32).astype(np.uint8)  # [n, 16]
     scale6 = np.where(has_scale[:, None], scale6, 0).astype(np.uint8)
-    decoded = np.where(has_scale[:, None], scale6.astype(np.float32) - 32, f32(0))  # all-zero bytes decode to 0
+    # as ggml decodes them (all-zero scale bytes only occur with d = 0)
+    decoded = np.where(has_scale[:, None], scale6.astype(np.float32) - 32, f32(0))
 
     sub_scale = f16_round_trip(d)[:, None] * decoded  # [n, 16]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -524,11 +526,10 @@ def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
     (the top of the doubled E2M1 scale, 0..12); each weight then takes the
     nearest of the 16 FP4 values (the first one on ties).
     """
-    from refllm.quant.mxfp4 import FP4_VALUES, e8m0_to_half_scale
-
     amax = np.abs(x).max(axis=1)  # [n]
     _, exponent = np.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
-    e = np.where(amax > 0, np.clip(exponent - 1 - 2 + 127, 0, 255), 0).astype(np.uint8)  # floor(log2) - 2 + 127
+    # e = floor(log2(amax)) - 2 + 127, exactly (no log2f rounding near powers of 2)
+    e = np.where(amax > 0, np.clip(exponent - 1 - 2 + 127, 0, 255), 0).astype(np.uint8)
     half_scale = e8m0_to_half_scale(e)[:, None, None]  # [n, 1, 1]
     errors = np.abs(FP4_VALUES * half_scale - x[:, :, None])  # [n, 32, 16]
     q = errors.argmin(axis=2).astype(np.uint8)  # [n, 32]
@@ -541,9 +542,9 @@ def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
 def nearest_iq4_level(scaled: np.ndarray) -> np.ndarray:
     """Index of the nearest of the 16 IQ4_NL values (ggml's best_index_int8;
     an exact tie goes to the upper value).  [...] float32 -> [...] uint8"""
-    from refllm.quant.iquants import IQ4_NL_VALUES as values
-
-    upper = np.clip(np.searchsorted(values, scaled, side="right"), 1, 15)  # values[upper-1] <= x < values[upper]
+    values = IQ4_NL_VALUES
+    # values[upper - 1] <= x < values[upper], clipped to the ends of the table
+    upper = np.clip(np.searchsorted(values, scaled, side="right"), 1, 15)
     lower = upper - 1
     pick_lower = scaled - values[lower] < values[upper] - scaled
     return np.where(pick_lower, lower, upper).astype(np.uint8)
@@ -554,10 +555,8 @@ def _iq4_fit(x: np.ndarray, inverse_scale: np.ndarray):
 
     x: [m, k], inverse_scale: [m] -> levels [m, k], sumqx [m], sumq2 [m]
     """
-    from refllm.quant.iquants import IQ4_NL_VALUES as values
-
     levels = nearest_iq4_level(inverse_scale[:, None] * x)
-    q = values[levels]  # [m, k]
+    q = IQ4_NL_VALUES[levels]  # [m, k]
     weights = x * x
     return levels, sum_in_order(weights * q * x), sum_in_order(weights * q * q)
 
@@ -611,7 +610,8 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
 
     stored = (scale6 + 32).astype(np.uint8)  # [n, 8] in 0..63
     scales_l = (stored[:, 0::2] & 0x0F) | ((stored[:, 1::2] & 0x0F) << 4)  # [n, 4]
-    scales_h = ((stored >> 4).astype(np.uint16) << (2 * np.arange(8, dtype=np.uint16))).sum(axis=1, dtype=np.uint16)
+    high_bits = (stored >> 4).astype(np.uint16) << (2 * np.arange(8, dtype=np.uint16))  # [n, 8]
+    scales_h = high_bits.sum(axis=1, dtype=np.uint16)  # bits 2i..2i+1: sub-block i
     qs = (levels[:, :, :16] | (levels[:, :, 16:] << 4)).reshape(n, 128)  # nibbles as IQ4_NL, per sub-block
     return np.concatenate(
         [f16_bytes(super_d), scales_h.astype("<u2").view(np.uint8).reshape(n, 2), scales_l, qs], axis=1
