@@ -174,6 +174,8 @@ def test_every_metadata_value_type(tmp_path):
     assert f.metadata["t.arr_i32"].dtype == np.int32
     assert f.metadata["t.arr_bool"].dtype == bool
     assert isinstance(f.metadata["t.arr_str"], rg.StringArray)
+    assert f.metadata["t.arr_str"].lengths.tolist() == [1, 0, 6]  # UTF-8 bytes of "x", "", "日本"
+    assert f.metadata["t.arr_str"][-1] == "日本" and f.metadata["t.arr_str"][1:] == ["", "日本"]
 
 
 def test_every_flat_value_type_matches_gguf_py(tmp_path):

@@ -32,6 +32,7 @@ more than its own size.
 
 from __future__ import annotations
 
+import array
 import mmap
 import os
 import struct
@@ -105,11 +106,15 @@ MAX_ARRAY_NESTING = 8
 class StringArray(Sequence[str]):
     """A GGUF array of strings, decoded on access (the vocabulary has 262k of them).
 
-    ``offsets[i]`` is where string ``i``'s UTF-8 bytes start, ``lengths[i]`` its size.
+    ``offsets[i]`` is where string ``i``'s UTF-8 bytes start in the file; its length is
+    the u64 just before them.  Keeping only the offsets costs 8 bytes per string, no more
+    than the file spends on each string's length.  Invalid UTF-8 decodes with U+FFFD.
     """
 
-    def __init__(self, buf: np.ndarray, offsets: np.ndarray, lengths: np.ndarray):
-        self._buf, self.offsets, self.lengths = buf, offsets, lengths
+    _read_u64 = struct.Struct("<Q").unpack_from
+
+    def __init__(self, buf: np.ndarray, offsets: np.ndarray):
+        self._buf, self._view, self.offsets = buf, memoryview(buf), offsets
 
     def __len__(self) -> int:
         return len(self.offsets)
@@ -118,10 +123,17 @@ class StringArray(Sequence[str]):
         if isinstance(i, slice):
             return [self[j] for j in range(*i.indices(len(self)))]
         start = int(self.offsets[i])
-        return bytes(self._buf[start : start + int(self.lengths[i])]).decode("utf-8", errors="replace")
+        (length,) = self._read_u64(self._view, start - 8)
+        return str(self._view[start : start + length], "utf-8", "replace")
 
     def __iter__(self) -> Iterator[str]:
         return (self[i] for i in range(len(self)))
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """Byte length of every string, read in one vectorised gather."""
+        length_bytes = self._buf[self.offsets[:, None] - 8 + np.arange(8)]  # [n, 8] little-endian u64s
+        return length_bytes.view("<u8")[:, 0].astype(np.int64)
 
     def tolist(self) -> list[str]:
         return list(self)
@@ -272,7 +284,7 @@ class _Cursor:
         """
         read_u64 = struct.Struct("<Q").unpack_from
         view, pos, size = memoryview(self.buf), self.pos, self.size
-        offsets, lengths = [0] * n, [0] * n
+        offsets = array.array("q", [0]) * n  # 8 bytes per string, like the lengths in the file
         for i in range(n):
             if pos + 8 > size:
                 self.pos = pos
@@ -282,10 +294,10 @@ class _Cursor:
             if length > size - pos:
                 self.pos = pos
                 self.need(length, f"{field}[{i}]")
-            offsets[i], lengths[i] = pos, length
+            offsets[i] = pos
             pos += length
         self.pos = pos
-        return StringArray(self.buf, np.array(offsets, dtype=np.int64), np.array(lengths, dtype=np.int64))
+        return StringArray(self.buf, np.frombuffer(offsets, dtype=np.int64))
 
 
 def _ggml_type(type_id: int, path: Path, field: str, offset: int) -> GGMLQuantizationType:
