@@ -205,6 +205,21 @@ def test_cp_shares_blobs_and_rm_keeps_what_others_use(pulled):
         store.copy("smollm2", "y")
 
 
+def test_create_over_an_existing_name_removes_the_blobs_only_it_used(pulled):
+    store.create("pirate", "FROM smollm2\nSYSTEM first\n")
+    store.create("keeper", "FROM smollm2\nSYSTEM keep\n")
+    first = f"sha256-{hashlib.sha256(b'first').hexdigest()}"
+    assert first in blob_files(pulled)
+    store.create("pirate", "FROM smollm2\nSYSTEM second\n")
+    assert store.resolve("pirate").system == "second"
+    assert first not in blob_files(pulled)
+    assert f"sha256-{hashlib.sha256(b'keep').hexdigest()}" in blob_files(pulled)
+    store.copy("keeper", "pirate")  # cp over a name: its old blobs go too
+    assert f"sha256-{hashlib.sha256(b'second').hexdigest()}" not in blob_files(pulled)
+    for entry in store.list_models():
+        assert store.verify(entry["name"]) == []
+
+
 # --------------------------------------------------------------------------- blobs
 
 

@@ -280,14 +280,17 @@ class Store:
             path.unlink()  # first the name: a crash after this leaves only unused blobs, never a dangling name
             fsync_dir(path.parent)
             _remove_empty_dirs(path.parent, self.manifests_dir)
-            still_used = self._referenced_digests()
-            removed = []
-            for layer in [manifest["config"], *manifest["layers"]]:
-                digest = layer["digest"]
-                if digest not in still_used and self.blobs.has(digest):
-                    self.blobs.path(digest).unlink()
-                    removed.append(digest)
-            return removed
+            return self._remove_unused(_digests_of(manifest))
+
+    def _remove_unused(self, candidates: list[str]) -> list[str]:
+        """Delete those of ``candidates`` that no manifest references any more (call with the lock held)."""
+        still_used = self._referenced_digests()
+        removed = []
+        for digest in dict.fromkeys(candidates):
+            if digest not in still_used and self.blobs.has(digest):
+                self.blobs.path(digest).unlink()
+                removed.append(digest)
+        return removed
 
     def _referenced_digests(self) -> set[str]:
         used = set()
@@ -296,16 +299,20 @@ class Store:
                 _, manifest, _ = self._read_manifest(parsed)
             except StoreError:
                 continue
-            used.add(manifest["config"]["digest"])
-            used.update(layer["digest"] for layer in manifest["layers"])
+            used.update(_digests_of(manifest))
         return used
 
     def _write_manifest(self, name: ModelName, data: bytes) -> None:
+        """Point ``name`` at the blobs ``data`` lists (call with the lock held); the blobs only the
+        replaced manifest used are removed."""
         manifest = json.loads(data)
-        for layer in [manifest["config"], *manifest["layers"]]:
-            if not self.blobs.has(layer["digest"]):
-                raise StoreError(f"blob {layer['digest']} was removed while '{name}' was being written; try again")
-        atomic_write_bytes(self.manifest_path(name), data, self.blobs.tmp_dir)
+        for digest in _digests_of(manifest):
+            if not self.blobs.has(digest):
+                raise StoreError(f"blob {digest} was removed while '{name}' was being written; try again")
+        path = self.manifest_path(name)
+        replaced = _digests_of(json.loads(path.read_bytes())) if path.is_file() else []
+        atomic_write_bytes(path, data, self.blobs.tmp_dir)
+        self._remove_unused(replaced)
 
     def _commit(self, name: ModelName, staged: _Staged, config: dict) -> None:
         """Move staged blobs into place and write the manifest, all under the lock."""
@@ -533,6 +540,10 @@ class Store:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _digests_of(manifest: dict) -> list[str]:
+    return [manifest["config"]["digest"], *(layer["digest"] for layer in manifest["layers"])]
 
 
 def _catalog():
