@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+QK_K = 256  # weights per super-block of the k-quants, i-quants and ternary types
+
 
 def f16_field(blocks: np.ndarray, start: int) -> np.ndarray:
     """The little-endian IEEE half at byte ``start`` of each block, as float32.

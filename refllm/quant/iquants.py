@@ -19,9 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from refllm.quant import iq_grids
-from refllm.quant.bits import bits_of, f16_field, low_then_high_nibbles, u16_fields, u32_fields
+from refllm.quant.bits import QK_K, bits_of, f16_field, low_then_high_nibbles, u16_fields, u32_fields
 
-QK_K = 256
 
 # The 16 levels of IQ4_NL / IQ4_XS (ggml's kvalues_iq4nl).
 IQ4_NL_VALUES = np.array(

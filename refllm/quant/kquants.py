@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.quant.bits import bits_of, f16_field
-
-QK_K = 256
+from refllm.quant.bits import QK_K, bits_of, f16_field
 
 
-def _two_bit_halves(packed: np.ndarray) -> np.ndarray:
+
+def two_bit_halves(packed: np.ndarray) -> np.ndarray:
     """[n, 32 * halves] uint8 -> [n, 128 * halves] uint8 in 0..3 (see module doc)."""
     n = packed.shape[0]
     per_half = packed.reshape(n, -1, 32)  # [n, halves, 32]
@@ -81,7 +80,7 @@ def dequantize_q2_k(blocks: np.ndarray) -> np.ndarray:
     """[n, 84] uint8 -> [n, 256] float32."""
     n = blocks.shape[0]
     scales = blocks[:, 0:16]
-    q = _two_bit_halves(blocks[:, 16:80]).reshape(n, 16, 16)  # [n, sub-block, 16]
+    q = two_bit_halves(blocks[:, 16:80]).reshape(n, 16, 16)  # [n, sub-block, 16]
     d, dmin = f16_field(blocks, 80), f16_field(blocks, 82)  # [n, 1] each
     sub_scale = (d * (scales & 0x0F).astype(np.float32))[:, :, None]  # [n, 16, 1]
     sub_min = (dmin * (scales >> 4).astype(np.float32))[:, :, None]  # [n, 16, 1]
@@ -96,7 +95,7 @@ def dequantize_q3_k(blocks: np.ndarray) -> np.ndarray:
     """
     n = blocks.shape[0]
     high_bits = bits_of(blocks[:, 0:32], 1).reshape(n, QK_K)  # [n, 256] in 0..1
-    low_bits = _two_bit_halves(blocks[:, 32:96])  # [n, 256] in 0..3
+    low_bits = two_bit_halves(blocks[:, 32:96])  # [n, 256] in 0..3
     scale = unpack_q3_k_scales(blocks[:, 96:108])  # [n, 16]
     d = f16_field(blocks, 108)  # [n, 1]
     q = low_bits.astype(np.int8) - 4 * (1 - high_bits.astype(np.int8))  # [n, 256] in -4..3
@@ -152,7 +151,7 @@ def dequantize_q6_k(blocks: np.ndarray) -> np.ndarray:
     n = blocks.shape[0]
     ql = blocks[:, 0:128].reshape(n, 2, 1, 64)  # [n, half, 1, 64]
     low = np.concatenate([ql & 0x0F, ql >> 4], axis=2).reshape(n, QK_K)  # [n, 256]
-    high = _two_bit_halves(blocks[:, 128:192])  # [n, 256] in 0..3
+    high = two_bit_halves(blocks[:, 128:192])  # [n, 256] in 0..3
     scale = blocks[:, 192:208].view(np.int8).astype(np.float32)  # [n, 16]
     d = f16_field(blocks, 208)  # [n, 1]
     q = (low | (high << 4)).astype(np.int8) - 32  # [n, 256] in -32..31

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.quant.bits import bits_of, f16_field
+from refllm.quant.bits import f16_field
+from refllm.quant.kquants import two_bit_halves
 
-QK_K = 256
 POWERS_OF_3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
 
 
@@ -45,7 +45,6 @@ def dequantize_tq1_0(blocks: np.ndarray) -> np.ndarray:
 
 def dequantize_tq2_0(blocks: np.ndarray) -> np.ndarray:
     """[n, 66] uint8 -> [n, 256] float32."""
-    n = blocks.shape[0]
-    q = bits_of(blocks[:, 0:64].reshape(n, 2, 32), 2).reshape(n, QK_K)  # [n, 256] in 0..3
+    q = two_bit_halves(blocks[:, 0:64])  # [n, 256] in 0..3
     d = f16_field(blocks, 64)  # [n, 1]
     return d * (q.astype(np.float32) - 1)
