@@ -137,9 +137,11 @@ def vocab_from_gguf(gguf_file) -> Vocab:
     else:
         defaults = dict(bos=1, eos=2, unk=0, add_bos=True, add_space_prefix=True)
 
-    token_to_id: dict[str, int] = {}
-    for i, text in enumerate(tokens):
-        token_to_id.setdefault(text, i)  # llama.cpp refuses duplicates; we keep the first id
+    token_to_id = dict(zip(tokens, range(n_vocab)))
+    if len(token_to_id) < n_vocab:  # duplicates: llama.cpp refuses the file; we keep each text's first id
+        token_to_id = {}
+        for i, text in enumerate(tokens):
+            token_to_id.setdefault(text, i)
 
     vocab = Vocab(
         model=model,
