@@ -162,6 +162,10 @@ def load_settings(
     if file_path is not None:
         for key, value in _read_toml(file_path).items():
             _set(settings, key, value, f"file:{file_path}")
+            section, _, name = key.partition(".")
+            loaded = getattr(getattr(settings, section), name)
+            if isinstance(loaded, Path) and not loaded.is_absolute():  # relative to the file, not the cwd
+                setattr(getattr(settings, section), name, file_path.parent / loaded)
     for key, (value, source) in _from_environment(environ).items():
         _set(settings, key, value, source)
     for key, value in _flatten(cli_overrides or {}, "cli").items():

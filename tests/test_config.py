@@ -51,6 +51,15 @@ def test_nested_cli_overrides_and_config_file_env(tmp_path):
     assert settings.sources["runtime.models_dir"] == f"file:{path}"
 
 
+def test_relative_paths_in_a_file_are_relative_to_the_file(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "refllm.toml"
+    path.write_text("[runtime]\nmodels_dir = 'models'\n")
+    settings = load_settings(environ={"REFLLM_CONFIG_FILE": str(path)})
+    assert settings.runtime.models_dir == tmp_path / "conf" / "models"
+    assert load_settings(environ={"REFLLM_MODELS": "rel"}).runtime.models_dir == Path("rel")  # env: as given
+
+
 def test_short_environment_names():
     environ = {
         "REFLLM_HOST": "0.0.0.0:8080", "REFLLM_MODELS": "/srv/models", "REFLLM_KEEP_ALIVE": "1h",
