@@ -100,11 +100,18 @@ class Tokenizer:
         ids: list[int] = []
         if add_special and self.vocab.add_bos:
             ids.append(self.vocab.bos_id)
-        fragments = self._splitter.split(text, parse_special, protected)
-        if self.vocab.model == "gpt2":
-            ids += self._encode_fragments(fragments, [f for f in fragments if isinstance(f, str)])
-        else:
-            ids += self._encode_fragments(fragments, self._spm_texts(fragments))
+        previous_was_special = True  # SentencePiece: the start of the text counts as "after a special"
+        for fragment in self._splitter.split(text, parse_special, protected):
+            if isinstance(fragment, int):  # a special token, already an id
+                ids.append(fragment)
+                previous_was_special = True
+                continue
+            if self.vocab.model == "llama":  # SentencePiece: optional space prefix, then spaces -> ▁
+                if self.vocab.add_space_prefix and previous_was_special:
+                    fragment = " " + fragment
+                fragment = escape_spaces(fragment)
+            ids += self._bpe.encode(fragment, add_special_tokens=False).ids
+            previous_was_special = False
         if add_special and self.vocab.add_eos:
             ids.append(self.vocab.eos_id)
         return ids
@@ -123,31 +130,6 @@ class Tokenizer:
         already = bos_text is not None and prompt.startswith(bos_text)
         return self.encode(prompt, add_special=not already, parse_special=True,
                            protected=_find_spans(prompt, contents))
-
-    def _spm_texts(self, fragments: list) -> list[str]:
-        """SentencePiece fragments: space prefix after a special (if the model wants one), spaces -> ▁."""
-        texts: list[str] = []
-        previous_was_special = True  # the start of the text counts as "after a special"
-        for fragment in fragments:
-            if isinstance(fragment, str):
-                prefix = " " if self.vocab.add_space_prefix and previous_was_special else ""
-                texts.append(escape_spaces(prefix + fragment))
-                previous_was_special = False
-            else:
-                previous_was_special = True
-        return texts
-
-    def _encode_fragments(self, fragments: list, texts: list[str]) -> list[int]:
-        """Run BPE on the plain texts (in one batch) and stitch the special ids back in."""
-        encoded = iter(self._bpe.encode_batch(texts, add_special_tokens=False) if len(texts) > 1 else
-                       [self._bpe.encode(t, add_special_tokens=False) for t in texts])
-        ids: list[int] = []
-        for fragment in fragments:
-            if isinstance(fragment, str):
-                ids += next(encoded).ids
-            else:
-                ids.append(fragment)
-        return ids
 
     # ------------------------------------------------------------------ decode
 
