@@ -25,12 +25,18 @@ from test_gguf_reader import EVERY_VALUE, gguf_bytes
 
 import refllm.gguf as rg
 
+SYNTHETIC_KVS = [("general.architecture", V.STRING, "llama"), ("general.alignment", V.UINT32, 64), *EVERY_VALUE]
+SYNTHETIC_DATA = (bytes(range(256)) * 3)[:546]  # the data section ends where tensor "c" does
 SYNTHETIC = gguf_bytes(
-    [("general.architecture", V.STRING, "llama"), ("general.alignment", V.UINT32, 64), *EVERY_VALUE],
+    SYNTHETIC_KVS,
     [("a", [32, 2], T.F32, 0), ("b", [256], T.Q4_K, 256), ("c", [32], T.Q8_0, 512)],
-    (bytes(range(256)) * 3)[:546],  # the data section ends where tensor "c" does
+    SYNTHETIC_DATA,
     alignment=64,
 )
+# The bytes that hold structure rather than text or weights: the fixed header and the tensor
+# table (names, dims, type ids, offsets).  Half of the overwrites aim there.
+TABLE_START = len(gguf_bytes(SYNTHETIC_KVS, alignment=1))
+STRUCTURE = list(range(0, 24)) + list(range(TABLE_START, len(SYNTHETIC) - len(SYNTHETIC_DATA)))
 FUZZ_SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, database=None,
                          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])  # fmt: skip
 
@@ -84,7 +90,13 @@ def test_truncated_synthetic_file(tmp_path, cut):
 
 
 @FUZZ_SETTINGS
-@given(edits=st.lists(st.tuples(st.integers(0, len(SYNTHETIC) - 1), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    edits=st.lists(
+        st.tuples(st.one_of(st.integers(0, len(SYNTHETIC) - 1), st.sampled_from(STRUCTURE)), st.integers(0, 255)),
+        min_size=1,
+        max_size=8,
+    )
+)
 def test_overwritten_bytes_in_synthetic_file(tmp_path, edits):
     data = bytearray(SYNTHETIC)
     for position, value in edits:
