@@ -11,8 +11,8 @@
 
 What a prompt can be
     str, raw=False   wrapped as one user message (after ``system``, if given) and rendered by the
-                     model's chat template, as Ollama's /api/generate does; plain text when the
-                     model has no template
+                     model's chat template, as Ollama's /api/generate does (refllm.tokenizer.chat
+                     picks a built-in template, or plain text, when the GGUF has none)
     str, raw=True    tokenized as is (the model's BOS added if its metadata asks for one)
     list of int      token ids, used as they are
     list of dict     chat messages {"role": ..., "content": ...} rendered by the chat template
@@ -274,10 +274,10 @@ def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = N
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("the prompt is empty")
-        if raw:
-            return _non_empty(_tokenize(model, prompt))
+        if raw:  # the caller wrote any special tokens; BOS as the model's metadata asks (like llama.cpp)
+            return model.tokenize(prompt, add_special=True, parse_special=True)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return _non_empty(_tokenize(model, render_chat(model, messages)))
+        return chat_token_ids(model, messages)
     if isinstance(prompt, np.ndarray):
         prompt = prompt.tolist()
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
@@ -290,34 +290,21 @@ def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = N
         messages = _checked_messages(prompt)
         if system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}] + messages
-        return _non_empty(_tokenize(model, render_chat(model, messages)))
+        return chat_token_ids(model, messages)
     if isinstance(prompt, (list, tuple)) and not prompt:
         raise InvalidRequest("the prompt is empty")
     raise InvalidRequest("prompt must be a string, a list of token ids or a list of chat messages")
 
 
-def render_chat(model, messages: list[dict]) -> str:
-    """The chat template applied to ``messages``, ready for the assistant's turn.
+def chat_token_ids(model, messages: list[dict]) -> list[int]:
+    """Messages -> the model's chat template -> ids, ready for the assistant's turn.
 
-    A model without a chat template gets the messages' contents as plain text, one per paragraph.
+    ``encode_chat`` parses the template's special tokens but keeps the messages' own texts
+    plain (a user typing "<|im_end|>" gets text, not a turn marker), and adds BOS once.
     """
-    template = model.chat_template
-    if template is None:
-        return "\n\n".join(str(m.get("content") or "") for m in messages)
-    return model.apply_chat_template(messages, add_generation_prompt=True)
-
-
-def _tokenize(model, text: str) -> list[int]:
-    """Tokenize a prompt: special tokens written in it are parsed; BOS added as the model asks.
-
-    A template that writes BOS itself would otherwise give two: one is dropped (llama.cpp warns
-    about this case; the doubled BOS degrades output).
-    """
-    ids = model.tokenize(text, add_special=True, parse_special=True)
-    bos = model.tokenizer.bos_id
-    if bos is not None and len(ids) >= 2 and ids[0] == bos and ids[1] == bos:
-        ids = ids[1:]
-    return ids
+    text = model.apply_chat_template(messages, add_generation_prompt=True)
+    contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+    return model.tokenizer.encode_chat(text, contents)
 
 
 def _checked_messages(messages) -> list[dict]:
@@ -332,7 +319,3 @@ def _checked_messages(messages) -> list[dict]:
     return out
 
 
-def _non_empty(ids: list[int]) -> list[int]:
-    if not ids:
-        raise InvalidRequest("the prompt is empty")
-    return ids

@@ -42,6 +42,9 @@ class FakeTokenizer:
     def decoder(self):
         return FakeDecoder(self)
 
+    def encode_chat(self, prompt: str, contents=()) -> list[int]:
+        return self.encode(prompt, add_special=True, parse_special=True)
+
 
 class FakeDecoder:
     def __init__(self, tokenizer: FakeTokenizer):
@@ -81,10 +84,10 @@ class FakeModel:
     n_vocab = len(VOCAB)
     n_ctx_train = 64
 
-    def __init__(self, script: list[int] | None = None, prompt_length: int = 0, template=True):
+    def __init__(self, script: list[int] | None = None, prompt_length: int = 0):
         self.script, self.prompt_length = script, prompt_length
         self.tokenizer = FakeTokenizer()
-        self.chat_template = FakeTemplate() if template else None
+        self.chat_template = FakeTemplate()
         self.forward_calls: list[int] = []  # how many tokens each forward call fed
         self.fail_on_call: int | None = None
 
@@ -256,8 +259,6 @@ def test_prompt_forms():
     assert templated.prompt_tokens == model.tokenize("<|system|>c\n<|user|>ab\n<|assistant|>", parse_special=True)
     chat = generate(model, [{"role": "user", "content": "ab"}], system="c", **GREEDY)
     assert chat.prompt_tokens == templated.prompt_tokens
-    plain = generate(FakeModel([EOS], template=False), "ab", **GREEDY)  # no template: plain text
-    assert plain.prompt_tokens == [BOS, ID["a"], ID["b"]]
 
 
 @pytest.mark.parametrize("bad", ["", [], [ID["a"], 999], [-1], [{"content": "hi"}], [{"role": "user", "content": 3}], 42, [1.5]])

@@ -1,0 +1,165 @@
+"""``refllm run``: one-shot answers, piped stdin, --verbose, errors, and the interactive chat.
+
+In-process tests call ``refllm.cli.main.main`` with the real SmolLM2 (loaded once and shared);
+one subprocess test checks the real entry point with piped stdin.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import pytest
+
+import refllm
+from refllm.cli import run as run_cli
+from refllm.cli.main import main
+
+RAW_PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+GREEDY = ["--temperature", "0", "-o", "repeat_penalty=1.0"]
+
+
+class FakeTerminal(io.StringIO):
+    """Lines typed at a terminal: ``isatty()`` is True, so ``refllm run`` starts the chat."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+class Piped(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.fixture(scope="module")
+def smollm2(smollm2_gguf):
+    model = refllm.load(smollm2_gguf)
+    try:
+        from refllm.kernels.reference import get_backend
+
+        get_backend("numba")
+        model.backend = "numba"  # the fastest CPU kernels where they exist (the CLI path is the same)
+    except Exception:
+        pass
+    return model
+
+
+@pytest.fixture
+def cli(monkeypatch, smollm2):
+    """Run ``refllm run ...`` in-process with the shared model and the given stdin."""
+
+    def run(*args: str, stdin: io.StringIO | None = None) -> int:
+        monkeypatch.setattr(refllm, "load", lambda name: smollm2)
+        monkeypatch.setattr(sys, "stdin", stdin if stdin is not None else FakeTerminal(""))
+        return main(["run", "smollm2", *args])  # options after the prompt, as `ollama run m "hi" --verbose`
+
+    return run
+
+
+# ---------------------------------------------------------------- one-shot
+
+
+def test_prompt_is_answered_and_verbose_prints_ollamas_timing_block(cli, smollm2, capsys):
+    assert cli(RAW_PROMPT, "--raw", "-n", "4", *GREEDY, "--verbose") == 0
+    out, err = capsys.readouterr()
+    expected = smollm2.generate(RAW_PROMPT, raw=True, num_predict=4, temperature=0, repeat_penalty=1.0)
+    assert out == expected.text + "\n" and expected.text.strip()
+    for label in ("total duration:", "load duration:", "prompt eval count:", "prompt eval duration:",
+                  "prompt eval rate:", "eval count:", "eval duration:", "eval rate:"):  # fmt: skip
+        assert label in err
+    assert "eval count:           4 token(s)" in err
+
+
+def test_prompt_words_follow_piped_stdin():
+    assert run_cli.prompt_from(["in", "French"], Piped("Say hello\n")) == "Say hello\n in French"
+    assert run_cli.prompt_from([], Piped("only stdin")) == "only stdin"
+    assert run_cli.prompt_from(["just", "words"], FakeTerminal("")) == "just words"
+    assert run_cli.prompt_from([], FakeTerminal("")) is None  # -> interactive chat
+
+
+def test_piped_stdin_through_the_real_entry_point(smollm2_gguf):
+    proc = subprocess.run(
+        [sys.executable, "-m", "refllm", "run", str(smollm2_gguf), "--raw", "-n", "3", *GREEDY],
+        input=RAW_PROMPT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() and proc.stdout.endswith("\n")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["hi", "-o", "tempreature=1"], "tempreature"),
+        (["hi", "-o", "temperature"], "NAME=VALUE"),
+        (["hi", "--top-p", "2"], "top_p"),
+    ],
+)
+def test_bad_options_are_one_line_errors(cli, capsys, args, message):
+    assert cli(*args) == 1
+    out, err = capsys.readouterr()
+    assert message in err and err.startswith("Error: ") and err.count("\n") == 1 and out == ""
+
+
+def test_unknown_model_is_a_one_line_error(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "stdin", FakeTerminal(""))
+    assert main(["run", "no-such-model-anywhere", "hi"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "no-such-model-anywhere" in err and "Traceback" not in err
+
+
+def test_format_duration():
+    assert run_cli.format_duration(1_234_000_000) == "1.234s"
+    assert run_cli.format_duration(56_789_000) == "56.789ms"
+    assert run_cli.format_duration(12_300) == "12.300µs"
+
+
+# ---------------------------------------------------------------- interactive
+
+
+def test_chat_commands(cli, capsys):
+    typed = "\n".join([
+        "/?",
+        "/set parameter temperature 0.25",
+        "/set parameter top_k many",
+        "/set parameter bogus 1",
+        "/show parameters",
+        "/set system Answer in one word.",
+        "/show system",
+        "/show info",
+        "/frobnicate",
+        "/clear",
+        "/bye",
+        "never read",
+    ]) + "\n"  # fmt: skip
+    assert cli(stdin=FakeTerminal(typed)) == 0
+    out = capsys.readouterr().out
+    assert "/set" in out and "/bye" in out and '"""' in out  # help
+    assert "Set parameter 'temperature' to '0.25'" in out
+    assert "Couldn't set parameter" in out and "top_k" in out and "bogus" in out
+    assert "temperature         0.25" in out
+    assert "Set system message." in out and "Answer in one word." in out
+    assert "architecture        llama" in out and "embedding length    576" in out and "quantization        Q4_1" in out
+    assert "Unknown command '/frobnicate'" in out
+    assert "Cleared session context" in out
+
+
+def test_multi_line_message_reading(monkeypatch):
+    monkeypatch.setattr(sys, "stdin", FakeTerminal('"""first\nsecond\nthird"""\n"""one line"""\nplain\n'))
+    assert run_cli.read_message() == "first\nsecond\nthird"
+    assert run_cli.read_message() == "one line"
+    assert run_cli.read_message() == "plain"
+    with pytest.raises(EOFError):
+        run_cli.read_message()
+
+
+def test_chat_answers_and_reuses_the_cache_on_the_second_turn(cli, capsys):
+    # a short system message keeps the prompt short (SmolLM2's template adds a long default one)
+    typed = "/set parameter num_predict 3\n/set parameter temperature 0\n/set system Be brief.\n/set verbose\nHi\nThanks\n"
+    assert cli(stdin=FakeTerminal(typed)) == 0
+    out, err = capsys.readouterr()
+    counts = [int(line.split()[3]) for line in err.splitlines() if line.startswith("prompt eval count:")]
+    assert len(counts) == 2
+    # the second turn's prompt holds the whole first exchange, but only its new part is evaluated
+    assert 0 < counts[1] < counts[0] + 3 + 5
