@@ -17,14 +17,13 @@ from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from refllm import __version__
+from refllm.config import DEFAULT_HOST, DEFAULT_PORT
 from refllm.engine import Engine
 from refllm.errors import RefllmError
 from refllm.gguf import GGUFError
 
 log = logging.getLogger("refllm.server")
 
-DEFAULT_HOST = "127.0.0.1"
-DEFAULT_PORT = 11435  # refllm's own port, next to Ollama's 11434
 MAX_BODY_BYTES = 16 * 1024 * 1024  # every route except blob upload
 # Browser origins allowed by default: pages served from this machine (as Ollama does).
 DEFAULT_ORIGINS = (

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
@@ -15,8 +14,8 @@ from waitress.server import create_server
 
 from refllm.engine import Engine, EngineSettings
 from refllm.engine.keep_alive import parse_keep_alive
-from refllm.errors import InvalidRequest, RefllmError
-from refllm.server.app import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, create_app
+from refllm.errors import RefllmError
+from refllm.server.app import ServerSettings, create_app
 
 log = logging.getLogger("refllm.server")
 
@@ -25,55 +24,16 @@ class ServeError(RefllmError):
     """The server cannot start (address in use, bad address, ...)."""
 
 
-def parse_host(value: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``REFLLM_HOST``-style address: ``host``, ``host:port``, ``:port``, ``[::1]:port``, with or without ``http://``."""
-    text = value.strip().removeprefix("http://").removeprefix("https://").rstrip("/")
-    host, port = text, default_port
-    if text.startswith("["):  # IPv6 literal
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
-            port = _port(rest[1:], value)
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-        port = _port(port_text, value)
-    return host or DEFAULT_HOST, port
+def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
+    """Server and engine settings from ``refllm.config`` (flags > REFLLM_* env > refllm.toml > defaults)."""
+    from refllm.config import load_settings
 
-
-def _port(text: str, whole: str) -> int:
-    if not text.isdigit() or not 0 <= int(text) <= 65535:
-        raise InvalidRequest(f"invalid port in address {whole!r}")
-    return int(text)
-
-
-def _env_int(name: str, default: int, low: int = 0) -> int:
-    text = os.environ.get(name)
-    if text is None or text == "":
-        return default
-    if not text.strip().isdigit() or int(text) < low:
-        raise InvalidRequest(f"{name} must be an integer >= {low}, got {text!r}")
-    return int(text)
-
-
-def settings_from_environment() -> tuple[ServerSettings, EngineSettings]:
-    """Server and engine settings from the REFLLM_* variables (and, when present, refllm.config)."""
-    values: dict = {}
-    try:
-        from refllm.config import load_settings  # the store issue's config file + environment
-    except ImportError:
-        load_settings = None
-    if load_settings is not None:
-        values = {k: v for k, v in vars(load_settings()).items() if v is not None}
-    host, port = parse_host(os.environ.get("REFLLM_HOST") or f"{values.get('host', DEFAULT_HOST)}:{values.get('port', DEFAULT_PORT)}")
-    origins = os.environ.get("REFLLM_ORIGINS")
-    origins_list = [o.strip() for o in origins.split(",") if o.strip()] if origins else list(values.get("origins", []) or [])
-    server = ServerSettings(host=host, port=port, api_key=os.environ.get("REFLLM_API_KEY") or values.get("api_key"), origins=origins_list)
-    engine = EngineSettings(
-        keep_alive_s=parse_keep_alive(os.environ.get("REFLLM_KEEP_ALIVE") or values.get("keep_alive")),
-        num_parallel=_env_int("REFLLM_NUM_PARALLEL", int(values.get("num_parallel", 1)), low=1),
-        max_queue=_env_int("REFLLM_MAX_QUEUE", int(values.get("max_queue", 512))),
-        max_loaded_models=_env_int("REFLLM_MAX_LOADED_MODELS", int(values.get("max_loaded_models", 3)), low=1),
+    server = (config or load_settings()).server
+    return (
+        ServerSettings(host=server.host, port=server.port, api_key=server.api_key or None, origins=list(server.origins)),
+        EngineSettings(keep_alive_s=parse_keep_alive(server.keep_alive), num_parallel=server.num_parallel,
+                       max_queue=server.max_queue),
     )
-    return server, engine
 
 
 def make_server(app, host: str, port: int, threads: int = 16):

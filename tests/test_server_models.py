@@ -1,0 +1,103 @@
+"""The real models behind the REST API: SmolLM2 and Gemma 3 through the official clients.
+
+One server for the module, on an empty temporary model store (the catalog models are found
+through their PyPI packages). num_parallel is 1, so every request of a model runs in the same
+slot and reuses its KV cache for the shared prompt prefix: the tests stay cheap on 2 cores.
+Greedy decoding must give the same text on every route, streamed or not, and the same text
+as ``model.generate`` called directly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ollama
+import openai
+import pytest
+
+from refllm.engine import Engine, EngineSettings
+from refllm.server import ServerThread, create_app
+
+N = 4  # tokens per answer
+MESSAGES = [{"role": "user", "content": "Name a colour."}]
+GREEDY = {"temperature": 0, "num_predict": N}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))
+        engine = Engine(EngineSettings(num_parallel=1, max_queue=8))
+        with ServerThread(create_app(engine)) as url:
+            yield url, engine
+        engine.close()
+
+
+@pytest.fixture(scope="module")
+def oclient(server):
+    return ollama.Client(host=server[0])
+
+
+@pytest.fixture(scope="module")
+def aclient(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, _strict_response_validation=True)
+
+
+def direct(server, name: str) -> str:
+    """What the loaded model says to MESSAGES when called directly (a fresh KV cache)."""
+    engine = server[1]
+    model = [m for m in engine.running() if m.name == engine.resolve(name).name][0].model
+    return model.generate(MESSAGES, temperature=0, num_predict=N).text
+
+
+@pytest.mark.parametrize("name", ["smollm2", "gemma3"])
+def test_chat_on_every_route_agrees(server, oclient, aclient, name):
+    answer = oclient.chat(model=name, messages=MESSAGES, options=GREEDY)
+    text = answer.message.content
+    assert text.strip() and answer.done_reason == "length" and answer.eval_count == N
+    streamed = list(oclient.chat(model=name, messages=MESSAGES, options=GREEDY, stream=True))
+    assert "".join(c.message.content for c in streamed) == text
+    completion = aclient.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=N)
+    assert completion.choices[0].message.content == text and completion.choices[0].finish_reason == "length"
+    assert completion.usage.completion_tokens == N and completion.usage.prompt_tokens > 5
+    chunks = aclient.chat.completions.create(model=name, messages=MESSAGES, temperature=0, max_tokens=N, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+    if name == "smollm2":  # one full prefill more; the routes above shared the slot's cached prompt
+        assert direct(server, name) == text
+
+
+def test_generate_with_logprobs_on_smollm2(oclient):
+    options = {**GREEDY, "repeat_penalty": 1.0}  # then greedy picks the raw argmax, which logprobs describe
+    answer = oclient.generate(model="smollm2", prompt="Name a colour.", options=options, logprobs=True, top_logprobs=3)
+    assert len(answer.logprobs) == N and "".join(lp.token for lp in answer.logprobs) == answer.response
+    for entry in answer.logprobs:  # greedy: the chosen token is the most likely one
+        assert entry.logprob <= 0 and entry.top_logprobs[0].token == entry.token
+        assert entry.logprob == pytest.approx(entry.top_logprobs[0].logprob)
+        assert [t.logprob for t in entry.top_logprobs] == sorted((t.logprob for t in entry.top_logprobs), reverse=True)
+
+
+def test_embeddings_on_smollm2(oclient, aclient):
+    vectors = np.array(oclient.embed(model="smollm2", input=["a red apple", "a red apple", "quantum field theory"]).embeddings)
+    assert vectors.shape == (3, 576) and np.allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    assert np.allclose(vectors[0], vectors[1], atol=1e-6) and not np.allclose(vectors[0], vectors[2], atol=1e-3)
+    same = aclient.embeddings.create(model="smollm2", input="a red apple", encoding_format="float").data[0].embedding
+    assert np.allclose(same, vectors[0], atol=1e-5)
+
+
+def test_model_management(oclient, aclient, smollm2_gguf):
+    names = [m.model for m in oclient.list().models]
+    assert {"smollm2:135m", "gemma3:270m"} <= set(names)
+    assert "gemma3:270m" in [m.id for m in aclient.models.list().data]
+    shown = oclient.show("gemma3")
+    assert shown.details.family == "gemma3" and shown.details.quantization_level == "Q4_K_M"
+    assert shown.modelinfo["gemma3.block_count"] == 18
+    running = [m.model for m in oclient.ps().models]
+    assert "smollm2:135m" in running  # loaded by the tests above (module order)
+
+    oclient.copy("smollm2", "my-copy:v1")
+    assert "my-copy:v1" in [m.model for m in oclient.list().models]
+    assert oclient.show("my-copy:v1").details.family == "llama"
+    oclient.delete("my-copy:v1")
+    assert "my-copy:v1" not in [m.model for m in oclient.list().models]
+    with pytest.raises(ollama.ResponseError) as err:
+        oclient.delete("my-copy:v1")
+    assert err.value.status_code == 404
