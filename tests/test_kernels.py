@@ -1,0 +1,153 @@
+"""Numba quantized kernels (refllm/kernels/quantized.py) against independent dequantizers.
+
+For every GGML type: random blocks (valid scales, random quant bits), then
+``dequantize_<type>`` must equal the reference exactly and ``matvec_<type>``
+must equal reference-weights @ x to float32 rounding, over the shape classes
+the forward pass uses: one row, odd row counts, many rows, and the prefill
+batch path of ``numba_backend.linear``.  The reference is ``refllm.quant``
+where it covers the type, else gguf-py's ``gguf.quants`` (llama.cpp's Python
+port, bit-exact with ggml).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
+from gguf import quants as gguf_quants
+
+from refllm.gguf import TensorInfo
+from refllm.kernels import numba_backend
+from refllm.kernels.quantized import F16_TO_F32, KERNELS
+
+# Byte offsets of the f16 scales inside one block (everything else may be any bits).
+F16_FIELDS = {
+    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
+    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
+    "IQ4_NL": [0], "IQ4_XS": [0],
+}  # fmt: skip
+
+SHAPES = [(1, 256), (7, 512), (33, 768), (300, 256)]  # one row, odd counts, many rows
+
+
+def random_weight(type_name: str, m: int, k: int, seed: int = 0) -> np.ndarray:
+    """uint8 [m, row_bytes] of valid random blocks of ``type_name``."""
+    rng = np.random.default_rng(seed)
+    if type_name == "F32":
+        return rng.standard_normal((m, k)).astype(np.float32).view(np.uint8)
+    if type_name == "F16":
+        return rng.standard_normal((m, k)).astype(np.float16).view(np.uint8)
+    if type_name == "BF16":
+        bits = rng.standard_normal((m, k)).astype(np.float32).view(np.uint32) >> 16
+        return bits.astype(np.uint16).view(np.uint8)
+    block_size, type_size = GGML_QUANT_SIZES[T[type_name]]
+    blocks = rng.integers(0, 256, (m * k // block_size, type_size), dtype=np.uint8)
+    for offset in F16_FIELDS[type_name]:
+        scales = rng.uniform(-0.05, 0.05, blocks.shape[0]).astype(np.float16)
+        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(-1, 2)
+    return blocks.reshape(m, -1)
+
+
+def reference_weights(type_name: str, raw: np.ndarray, m: int, k: int) -> np.ndarray:
+    from refllm import quant
+
+    if T[type_name] in quant.DEQUANTIZERS:
+        return quant.dequantize(raw.reshape(-1), T[type_name], (m, k))
+    return gguf_quants.dequantize(raw, T[type_name]).reshape(m, k).astype(np.float32)
+
+
+def tensor(type_name: str, raw: np.ndarray, m: int, k: int) -> TensorInfo:
+    flat = raw.reshape(-1)
+    flat.flags.writeable = False
+    return TensorInfo(name=f"test.{type_name}", shape=(m, k), ggml_type=T[type_name], offset=0, n_bytes=flat.size, raw=flat)
+
+
+def assert_matvec_close(got: np.ndarray, weights: np.ndarray, x: np.ndarray) -> None:
+    want = weights.astype(np.float64) @ x.astype(np.float64).T  # [m] or [m, n]
+    scale = np.abs(weights).max() * np.abs(x).max() * np.sqrt(weights.shape[-1]) + 1e-30
+    np.testing.assert_allclose(got, want.T.astype(np.float32), rtol=0, atol=2e-6 * scale)
+
+
+@pytest.mark.parametrize("type_name", list(KERNELS))
+def test_dequantize_and_matvec_match_reference(type_name):
+    matvec_kernel, dequantize_kernel, inner = KERNELS[type_name]
+    for seed, (m, k) in enumerate(SHAPES):
+        raw = random_weight(type_name, m, k, seed)
+        raw.flags.writeable = False
+        weights = reference_weights(type_name, raw, m, k)  # [m, k]
+
+        out = np.empty((m, k), dtype=np.float32)
+        dequantize_kernel(raw, out, F16_TO_F32, inner)
+        np.testing.assert_array_equal(out, weights)
+
+        x = np.random.default_rng(100 + seed).standard_normal(k).astype(np.float32)
+        y = np.empty(m, dtype=np.float32)
+        matvec_kernel(raw, x, y, F16_TO_F32, inner)
+        assert_matvec_close(y, weights, x)
+
+
+@pytest.mark.parametrize("type_name", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS"])
+@pytest.mark.parametrize("n_tokens", [1, 2, 5, 40])
+def test_backend_linear_decode_and_prefill_paths(type_name, n_tokens, monkeypatch):
+    # A small tile size makes the prefill path cross several tiles, with a ragged last one.
+    monkeypatch.setattr(numba_backend, "TILE_WEIGHTS", 256 * 24)
+    m, k = 70, 512
+    raw = random_weight(type_name, m, k, seed=n_tokens)
+    w = tensor(type_name, raw, m, k)
+    x = np.random.default_rng(n_tokens).standard_normal((n_tokens, k)).astype(np.float32)
+    got = numba_backend.linear(x, w)  # [n, m]
+    assert got.shape == (n_tokens, m) and got.dtype == np.float32
+    assert_matvec_close(got, reference_weights(type_name, raw, m, k), x)
+
+
+def test_embedding_rows_any_order_and_repeats():
+    m, k = 50, 256
+    raw = random_weight("Q6_K", m, k, seed=3)
+    w = tensor("Q6_K", raw, m, k)
+    ids = np.array([49, 0, 7, 7, 13])
+    np.testing.assert_array_equal(numba_backend.embedding_rows(w, ids), reference_weights("Q6_K", raw, m, k)[ids])
+
+
+def test_embedding_rows_out_of_range_is_a_clear_error():
+    from refllm.errors import RefllmError
+
+    w = tensor("Q8_0", random_weight("Q8_0", 4, 64), 4, 64)
+    with pytest.raises(RefllmError, match="out of range"):
+        numba_backend.embedding_rows(w, np.array([4]))
+
+
+def test_unsupported_type_falls_back_to_the_reference(monkeypatch):
+    # A type with no Numba kernel goes through reference.linear (which raises its own clear error if it can't).
+    calls = []
+    monkeypatch.setattr(numba_backend.reference, "linear", lambda x, w: calls.append(w.name) or np.zeros((1, 1)))
+    w = TensorInfo(name="odd", shape=(1, 256), ggml_type=T.IQ2_XXS, offset=0, n_bytes=66, raw=np.zeros(66, np.uint8))
+    numba_backend.linear(np.zeros((1, 256), np.float32), w)
+    assert calls == ["odd"] and not numba_backend.supports(T.IQ2_XXS)
+
+
+def test_every_kernel_is_its_own_top_level_function():
+    # Variants made by one factory would share a cache entry (same qualname and source line).
+    functions = [f for kernels in KERNELS.values() for f in kernels[:2]]
+    keys = {(f.py_func.__qualname__, f.py_func.__code__.co_firstlineno) for f in functions}
+    assert len(keys) == len(functions)
+    assert all("<locals>" not in f.py_func.__qualname__ for f in functions)
+
+
+def test_real_model_tensors_match_the_reference(smollm2_gguf, gemma3_gguf):
+    """One real tensor of every type the two packaged models use (Q4_1, Q8_0, Q5_0, Q4_K, Q6_K, F32)."""
+    from refllm import quant
+    from refllm.gguf import read
+
+    seen = set()
+    for path in (smollm2_gguf, gemma3_gguf):
+        gguf_file = read(path)
+        for info in gguf_file.tensors.values():
+            if info.ggml_type in seen or len(info.shape) != 2 or info.n_elements > 4_000_000:
+                continue
+            seen.add(info.ggml_type)
+            weights = quant.dequantize(info.raw, info.ggml_type, info.shape)
+            x = np.random.default_rng(0).standard_normal((1, info.shape[1])).astype(np.float32)
+            assert_matvec_close(numba_backend.linear(x, info), weights, x)
+            x3 = np.random.default_rng(1).standard_normal((3, info.shape[1])).astype(np.float32)
+            assert_matvec_close(numba_backend.linear(x3, info), weights, x3)
+    assert {T.Q4_1, T.Q8_0, T.Q5_0, T.Q4_K, T.Q6_K} <= seen

@@ -1,0 +1,48 @@
+"""Where compiled kernels are cached: NUMBA_CACHE_DIR honoured, read-only installs still cached."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from refllm.kernels.cache import choose_cache_dir
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_numba_cache_dir_from_the_user_wins(tmp_path):
+    directory, why = choose_cache_dir({"NUMBA_CACHE_DIR": str(tmp_path)}, tmp_path, writable=lambda p: False)
+    assert directory is None and str(tmp_path) in why  # Numba reads the variable itself
+
+
+def test_writable_package_keeps_numbas_default(tmp_path):
+    directory, why = choose_cache_dir({}, tmp_path, writable=lambda p: True)
+    assert directory is None and "__pycache__" in why
+
+
+def test_read_only_package_caches_under_the_user_cache(tmp_path):
+    env = {"XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    directory, why = choose_cache_dir(env, Path("/usr/lib/python3/refllm/kernels"), writable=lambda p: False)
+    assert directory == str(tmp_path / "xdg" / "refllm" / "numba") and "read-only" in why
+
+
+def _run_kernel(env: dict) -> subprocess.CompletedProcess:
+    code = (
+        "import numpy as np\n"
+        "from refllm.kernels import numba_backend as nb\n"
+        "print(nb.silu(np.array([0.0, 1.0], np.float32))[1])\n"
+    )
+    return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_numba_cache_dir_is_honoured_and_reused(tmp_path):
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
+    first = _run_kernel(env)
+    assert first.returncode == 0, first.stderr
+    assert abs(float(first.stdout) - 0.7310586) < 1e-6
+    cached = list(tmp_path.rglob("*.nbi"))
+    assert cached, "no Numba index file written under NUMBA_CACHE_DIR"
+    second = _run_kernel(env)  # loads from the cache written above
+    assert second.returncode == 0 and second.stdout == first.stdout

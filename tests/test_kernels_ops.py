@@ -1,0 +1,92 @@
+"""Numba small ops (refllm/kernels/numba_ops.py via numba_backend) against the NumPy reference ops.
+
+The reference functions in refllm/kernels/reference.py are themselves checked
+against llama.cpp and HF transformers by the golden-logit tests; here each
+Numba op must agree with its reference on random data, every shape class.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from refllm.kernels import numba_backend as nb
+from refllm.kernels import reference as ref
+
+rng = np.random.default_rng(0)
+
+
+def randn(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def close(a, b, tol=2e-5):
+    np.testing.assert_allclose(a, b, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("shape", [(1, 576), (7, 640), (5, 4, 256)])
+def test_rms_norm(shape):
+    x, weight = randn(*shape), randn(shape[-1])
+    close(nb.rms_norm(x, weight, 1e-6), ref.rms_norm(x, weight, 1e-6))
+
+
+@pytest.mark.parametrize("op", ["silu", "gelu_tanh"])
+def test_activations(op):
+    x = randn(3, 1536) * 4
+    close(getattr(nb, op)(x), getattr(ref, op)(x))
+
+
+def test_softmax():
+    x = randn(4, 9, 33) * 10
+    close(nb.softmax(x), ref.softmax(x))
+    close(nb.softmax(x, axis=0), ref.softmax(x, axis=0))
+
+
+@pytest.mark.parametrize("neox", [False, True])
+@pytest.mark.parametrize("rotated_dims", [64, 32])  # whole head, or a partial rotation
+def test_rope(neox, rotated_dims):
+    x = randn(6, 9, 64)
+    positions = np.array([0, 1, 2, 100, 4000, 8191])
+    inv_freq = (1e5 ** (-np.arange(0, rotated_dims, 2) / rotated_dims)).astype(np.float32)
+    close(nb.rope(x, positions, inv_freq, neox, 1.0), ref.rope(x, positions, inv_freq, neox, 1.0), tol=1e-4)
+    close(nb.rope(x, positions, inv_freq, neox, 0.5), ref.rope(x, positions, inv_freq, neox, 0.5), tol=1e-4)
+
+
+@pytest.mark.parametrize("n_new", [1, 3, 20])  # decode, a short batch, prefill (parallel kernel)
+@pytest.mark.parametrize("window", [None, 5])
+@pytest.mark.parametrize("heads,kv_heads,hd", [(9, 3, 64), (4, 1, 256)])
+def test_attention_over_the_cache(n_new, window, heads, kv_heads, hd):
+    n_past = 17
+    n_ctx = n_past + n_new
+    q = randn(n_new, heads, hd)
+    k_cache, v_cache = randn(n_ctx, kv_heads, hd), randn(n_ctx, kv_heads, hd)
+    positions = np.arange(n_past, n_ctx)
+    scale = 1 / np.sqrt(hd)
+    close(
+        nb.attention(q, k_cache, v_cache, positions, scale, window),
+        ref.attention(q, k_cache, v_cache, positions, scale, window),
+    )
+
+
+def test_backend_bundle_has_every_op():
+    from dataclasses import fields
+
+    assert nb.BACKEND.name == "numba"
+    for field in fields(ref.Backend):
+        if field.name != "name":
+            assert callable(getattr(nb.BACKEND, field.name))
+    assert ref.get_backend("numba") is nb.BACKEND
+
+
+def test_compile_notice_shows_once_when_a_first_call_is_slow(monkeypatch, capsys):
+    import time
+
+    monkeypatch.setattr(nb, "NOTICE_AFTER_S", 0.01)
+    monkeypatch.setattr(nb, "_notice_shown", False)
+
+    def slow_kernel():
+        time.sleep(0.2)
+
+    nb._run(slow_kernel)
+    nb._run(slow_kernel)  # now known: no notice, no timer
+    assert capsys.readouterr().err.count("compiling Numba kernels") == 1
