@@ -164,7 +164,10 @@ def build_plan(
         return plan
     cfg = transformer.config
     plan.n_ctx_train = cfg.n_ctx_train
-    plan.num_ctx = int(num_ctx or cfg.n_ctx_train)
+    from refllm.sample.options import DEFAULT_NUM_CTX
+
+    # Ollama's rule, as refllm.generate applies it: num_ctx (default 4096), at most the training context.
+    plan.num_ctx = min(int(num_ctx or DEFAULT_NUM_CTX), cfg.n_ctx_train)
 
     # Weights, grouped by GGML type.
     by_type: dict[str, list] = {}

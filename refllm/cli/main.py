@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "refllm.cli.run",
     "refllm.cli.serve",
     "refllm.cli.store",
+    "refllm.cli.plan",
 ]
 
 
