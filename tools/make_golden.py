@@ -109,6 +109,38 @@ def tokenizer_corpus() -> list[str]:
     return unique
 
 
+FUZZ_ALPHABET = (
+    "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" * 3
+    + " " * 40 + "\t\n\r" * 6 + ".,;:!?'\"()[]{}<>|/\\-_+=*&^%$#@~`"
+    + "\u00a0\u2002\u2003\u2009\u200b\u3000\u2028\u0085"  # unusual spaces
+    + "éèêëàâäôöûüçñßøåæœÉÀÇÑ" + "αβγδεζηθλμπσΩ" + "абвгдежзийклмнопрст" + "אבגדהוזחט" + "ابتثجحخدذرزسشصضطظعغفقكلمنهوي"
+    + "的一是不了人我在有他这中大来上国个到说们为子和你地出道也时年" + "あいうえおかきくけこアイウエオ한국어텍스트"
+    + "०१२३४५६७८९" + "٠١٢٣٤٥٦٧٨٩" + "０１２３４５６７８９" + "ⅠⅡⅢ½¼²³"
+    + "\u0301\u0308\u0327\u064b\u093f\u0e31"  # combining marks
+    + "😀😂👍🏽❤️🔥🎉🇫🇷👨‍👩‍👧" + "→←∑∫≤≥≠∞°©®™€£¥§¶•…—–«»“”‘’"
+)
+FUZZ_WORDS = ["<|im_start|>", "<|im_end|>", "<start_of_turn>", "<end_of_turn>", "<bos>", "<eos>", "</s>", "<div>",
+              "</div>", "[multimodal]", "<0x0A>", "  ", "   ", "\n\n", "\n\n\n", "\t\t", "'s", "'ll", "n't",
+              "https://", "1234", "3.14", "the", " the", "▁", "Ġ", "<unk>", "<pad>"]
+
+
+def fuzz_corpus(n: int = 300, seed: int = 1234) -> list[str]:
+    """Random strings (fixed seed): characters from many scripts, odd spaces, and special-token look-alikes."""
+    import random
+
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        parts = []
+        for _ in range(rng.randint(1, 12)):
+            if rng.random() < 0.2:
+                parts.append(rng.choice(FUZZ_WORDS))
+            else:
+                parts.append("".join(rng.choice(FUZZ_ALPHABET) for _ in range(rng.randint(1, 8))))
+        out.append("".join(parts))
+    return out
+
+
 def special_corpus() -> list[str]:
     """Strings tokenized with parse_special=True (chat-formatted text)."""
     return [
@@ -160,6 +192,13 @@ class LlamaCppServer:
         return self.post("/detokenize", {"tokens": ids})["content"]
 
 
+def _with_detokenized(case: dict, detokenized: str) -> dict:
+    """Store llama.cpp's detokenized text only where it differs from the input (no round trip)."""
+    if detokenized != case["text"]:
+        case["detokenized"] = detokenized
+    return case
+
+
 def make_tokens(args) -> int:
     import xllamacpp
     import refllm.packaged_models as packaged
@@ -172,7 +211,12 @@ def make_tokens(args) -> int:
         cases = []
         for text in corpus:
             ids = server.tokenize(text, add_special=False, parse_special=False)
-            cases.append({"text": text, "ids": ids, "detokenized": server.detokenize(ids)})
+            cases.append(_with_detokenized({"text": text, "ids": ids}, server.detokenize(ids)))
+        fuzz = []
+        for text in fuzz_corpus():
+            ids = server.tokenize(text, add_special=False, parse_special=False)
+            case = {"text": text, "ids": ids, "ids_special": server.tokenize(text, add_special=True, parse_special=True)}
+            fuzz.append(_with_detokenized(case, server.detokenize(ids)))
         with_specials = [
             {"text": text, "ids": server.tokenize(text, add_special=True, parse_special=True)} for text in specials
         ]
@@ -186,13 +230,14 @@ def make_tokens(args) -> int:
             "model": name,
             "gguf": path.name,
             "reference": f"llama.cpp via xllamacpp {xllamacpp.__version__}",
-            "plain": cases,  # add_special=False, parse_special=False
+            "plain": cases,  # add_special=False, parse_special=False; "detokenized" only where != text
+            "fuzz": fuzz,  # random strings: ids (as plain), ids_special (add_special=True, parse_special=True)
             "special": with_specials,  # add_special=True, parse_special=True
             "bos": with_bos,  # add_special=True, parse_special=False
         }
         target = GOLDEN_TOKENS / f"{name}.json"
-        target.write_text(json.dumps(out, ensure_ascii=False, indent=0) + "\n", encoding="utf-8")
-        print(f"{target}: {len(cases)} plain, {len(with_specials)} special, {len(with_bos)} bos cases")
+        target.write_text(_json_one_case_per_line(out), encoding="utf-8")
+        print(f"{target}: {len(cases)} plain, {len(fuzz)} fuzz, {len(with_specials)} special, {len(with_bos)} bos cases")
     _update_manifest("tokens", {
         "engine": "llama.cpp (xllamacpp in-process server: /tokenize, /detokenize)",
         "xllamacpp_version": xllamacpp.__version__,
@@ -294,6 +339,21 @@ def make_chat(args) -> int:
         "command": "python tools/make_golden.py chat",
     })
     return 0
+
+
+def _json_one_case_per_line(data: dict) -> str:
+    """JSON with each case on its own line: small, and diffs show which string changed."""
+    lines = ["{"]
+    items = list(data.items())
+    for n, (key, value) in enumerate(items):
+        comma = "," if n < len(items) - 1 else ""
+        if isinstance(value, list):
+            lines.append(f"{json.dumps(key)}: [")
+            lines += [json.dumps(case, ensure_ascii=False) + ("," if i < len(value) - 1 else "") for i, case in enumerate(value)]
+            lines.append("]" + comma)
+        else:
+            lines.append(f"{json.dumps(key)}: {json.dumps(value, ensure_ascii=False)}{comma}")
+    return "\n".join(lines + ["}"]) + "\n"
 
 
 def _update_manifest(section: str, entry: dict) -> None:
