@@ -53,10 +53,10 @@ CHUNK_BLOCKS = 64
 DEQUANT_TYPES = [
     T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
     T.IQ4_NL, T.IQ4_XS, T.IQ1_S, T.IQ1_M, T.IQ2_XXS, T.IQ2_XS, T.IQ2_S, T.IQ3_XXS,
-    T.IQ3_S, T.TQ1_0, T.TQ2_0, T.MXFP4,
+    T.IQ3_S, T.TQ1_0, T.TQ2_0, T.MXFP4, T.NVFP4, T.Q1_0,
 ]  # fmt: skip
 QUANT_TYPES = [T.Q4_0, T.Q4_1, T.Q5_0, T.Q5_1, T.Q8_0, T.Q2_K, T.Q3_K, T.Q4_K, T.Q5_K, T.Q6_K,
-               T.TQ1_0, T.TQ2_0, T.MXFP4, T.IQ4_NL, T.IQ4_XS]  # fmt: skip
+               T.TQ1_0, T.TQ2_0, T.MXFP4, T.IQ4_NL, T.IQ4_XS, T.NVFP4, T.Q1_0]  # fmt: skip
 
 
 def ggml_library() -> ctypes.CDLL:

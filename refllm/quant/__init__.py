@@ -25,7 +25,7 @@ import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
 
 from refllm.errors import InvalidRequest, RefllmError, UnsupportedModel
-from refllm.quant import floats, iquants, kquants, legacy, mxfp4, ternary
+from refllm.quant import floats, fp4, iquants, kquants, legacy, ternary
 from refllm.quant import quantizers
 
 __all__ = [
@@ -75,7 +75,9 @@ DEQUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.IQ3_S: iquants.dequantize_iq3_s,
     T.TQ1_0: ternary.dequantize_tq1_0,
     T.TQ2_0: ternary.dequantize_tq2_0,
-    T.MXFP4: mxfp4.dequantize_mxfp4,
+    T.MXFP4: fp4.dequantize_mxfp4,
+    T.NVFP4: fp4.dequantize_nvfp4,
+    T.Q1_0: ternary.dequantize_q1_0,
 }
 
 QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
@@ -97,6 +99,8 @@ QUANTIZERS: dict[T, Callable[[np.ndarray], np.ndarray]] = {
     T.MXFP4: quantizers.quantize_mxfp4,
     T.IQ4_NL: quantizers.quantize_iq4_nl,
     T.IQ4_XS: quantizers.quantize_iq4_xs,
+    T.NVFP4: quantizers.quantize_nvfp4,
+    T.Q1_0: quantizers.quantize_q1_0,
 }
 
 SUPPORTED_DEQUANT_TYPES: tuple[T, ...] = tuple(DEQUANTIZERS)

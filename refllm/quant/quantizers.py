@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from refllm.quant.iquants import IQ4_NL_VALUES
-from refllm.quant.mxfp4 import FP4_VALUES, e8m0_to_half_scale
+from refllm.quant.fp4 import FP4_VALUES, e8m0_to_half_scale, ue4m3_to_half_scale
 
 # Below this a group counts as all zeros (ggml's GROUP_MAX_EPS).
 GROUP_MAX_EPS = np.float32(1e-15)
@@ -530,10 +530,64 @@ def quantize_mxfp4(x: np.ndarray) -> np.ndarray:
     _, exponent = np.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
     # e = floor(log2(amax)) - 2 + 127, exactly (no log2f rounding near powers of 2)
     e = np.where(amax > 0, np.clip(exponent - 1 - 2 + 127, 0, 255), 0).astype(np.uint8)
-    half_scale = e8m0_to_half_scale(e)[:, None, None]  # [n, 1, 1]
-    errors = np.abs(FP4_VALUES * half_scale - x[:, :, None])  # [n, 32, 16]
-    q = errors.argmin(axis=2).astype(np.uint8)  # [n, 32]
+    q = nearest_fp4(x, e8m0_to_half_scale(e)[:, None])  # [n, 32]
     return np.concatenate([e[:, None], pack_nibbles(q)], axis=1)
+
+
+def nearest_fp4(x: np.ndarray, half_scale: np.ndarray) -> np.ndarray:
+    """Index of the FP4 value nearest to each weight (the first one on ties).
+
+    x: [n, k], half_scale: [n, 1] -> [n, k] uint8
+    """
+    errors = np.abs(FP4_VALUES * half_scale[:, :, None] - x[:, :, None])  # [n, k, 16]
+    return errors.argmin(axis=2).astype(np.uint8)
+
+
+def fp32_to_ue4m3(x: np.ndarray) -> np.ndarray:
+    """Positive float32 -> UE4M3 byte, as ggml_fp32_to_ue4m3 does it: keep 3
+    mantissa bits rounded on the 4th (a carry bumps the exponent), saturate at
+    448 (code 0x7E), and below 2^-6 use the subnormal code round(x * 2^9).
+    [...] float32 -> [...] uint8
+    """
+    x = np.minimum(x, np.float32(448))
+    bits = x.view(np.uint32)
+    exponent = ((bits >> 23) & 0xFF).astype(np.int32) - 127 + 7  # the UE4M3 exponent
+
+    subnormal = np.minimum(np.trunc(x * np.float32(512) + np.float32(0.5)), 7).astype(np.int32)
+    subnormal = np.where(subnormal < 1, 0, subnormal)
+
+    mantissa = ((bits >> 20) & 0x7).astype(np.int32) + ((bits >> 19) & 1).astype(np.int32)
+    carry = mantissa > 7
+    rounded_exponent = exponent + carry
+    normal = np.where(rounded_exponent >= 15, 0x7E, (rounded_exponent << 3) | np.where(carry, 0, mantissa))
+
+    code = np.where(exponent <= 0, subnormal, np.where(exponent >= 15, 0x7E, normal))
+    return np.where(x > 0, code, 0).astype(np.uint8)
+
+
+def quantize_nvfp4(x: np.ndarray) -> np.ndarray:
+    """[n, 64] float32 -> [n, 36] uint8 (llama.cpp's quantize_row_nvfp4_ref).
+
+    Per 16 weights: scale code = UE4M3(max|x| / 6), so the largest E2M1 value (6)
+    lands near max|x|; each weight then takes the nearest FP4 value.
+    """
+    n = x.shape[0]
+    sub = x.reshape(n * 4, 16)
+    codes = fp32_to_ue4m3(np.abs(sub).max(axis=1) / np.float32(6))  # [n*4]
+    q = nearest_fp4(sub, ue4m3_to_half_scale(codes)[:, None])  # [n*4, 16]
+    packed = (q[:, :8] | (q[:, 8:] << 4)).reshape(n, 32)
+    return np.concatenate([codes.reshape(n, 4), packed], axis=1)
+
+
+def quantize_q1_0(x: np.ndarray) -> np.ndarray:
+    """[n, 128] float32 -> [n, 18] uint8 (llama.cpp's quantize_row_q1_0_ref).
+
+    d = mean |x| (summed left to right); each bit is 1 where x >= 0.
+    """
+    d = sum_in_order(np.abs(x)) / np.float32(128)  # [n]
+    bits = (x >= 0).astype(np.uint8).reshape(-1, 16, 8)  # [n, byte, bit]
+    packed = (bits << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)  # [n, 16]
+    return np.concatenate([f16_bytes(d), packed], axis=1)
 
 
 # --------------------------------------------------------------------------- IQ4_NL, IQ4_XS

@@ -1,4 +1,8 @@
-"""Ternary formats (weights in {-1, 0, +1} times a scale): TQ1_0, TQ2_0.
+"""Ternary formats (weights in {-1, 0, +1} times a scale): TQ1_0, TQ2_0;
+and the binary one (weights +-d): Q1_0.
+
+    Q1_0  (18 B, 128 weights)  | d f16 | qs[16] |
+        one sign bit per weight: bit j % 8 of byte j // 8;  w = +d if set, else -d
 
     TQ2_0 (66 B)  | qs[64] | d f16 |
         2 bits per weight, the k-quant 2-bit packing: in half h (0, 1), weight
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from refllm.quant.bits import f16_field
+from refllm.quant.bits import bits_of, f16_field
 from refllm.quant.kquants import two_bit_halves
 
 POWERS_OF_3 = np.array([1, 3, 9, 27, 81], dtype=np.uint8)
@@ -48,3 +52,11 @@ def dequantize_tq2_0(blocks: np.ndarray) -> np.ndarray:
     q = two_bit_halves(blocks[:, 0:64])  # [n, 256] in 0..3
     d = f16_field(blocks, 64)  # [n, 1]
     return d * (q.astype(np.float32) - 1)
+
+
+def dequantize_q1_0(blocks: np.ndarray) -> np.ndarray:
+    """[n, 18] uint8 -> [n, 128] float32."""
+    n = blocks.shape[0]
+    bits = bits_of(blocks[:, 2:18, None], 1)[..., 0].reshape(n, 128)  # [n, 128]: bit j%8 of byte j//8
+    d = f16_field(blocks, 0)  # [n, 1]
+    return d * (bits.astype(np.float32) * 2 - 1)
