@@ -8,7 +8,11 @@ llama.cpp aborts the whole process on some errors.  A model passes when
 
 * xllamacpp's in-process server loads it and greedily completes 4 tokens from a
   tokenized prompt with finite log-probabilities, and
-* (if llama_cpp is importable) llama.cpp evaluates the prompt and every logit is finite.
+* (if llama_cpp is importable) llama.cpp evaluates the prompt, every logit is finite, and the
+  logits agree (mean KL below 0.01 nats) with llama.cpp's logits for an F32 "twin": the same
+  model with every tensor dequantized by gguf-py.  That proves llama.cpp reads the random
+  blocks exactly as gguf-py decodes them; what is left is llama.cpp quantizing activations
+  (to Q8_0/Q8_K) inside its quantized dot products.
 
 Prints one line per (arch, type) and a summary table; exit code 1 if any failed.
 """
@@ -25,6 +29,7 @@ from pathlib import Path
 
 TOOLS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TOOLS))
+sys.path.insert(1, str(TOOLS.parent))  # refllm, from a checkout that is not pip-installed
 from make_tiny_models import ARCHITECTURES, WEIGHT_TYPES, tiny_model_filename, write_tiny_model  # noqa: E402
 
 PROMPT = "Hello world, this is a test of the tiny model."
@@ -50,20 +55,67 @@ def check_with_xllamacpp(path: Path) -> str:
     return f"xllamacpp ok ({' '.join(str(t['id']) for t in content)})"
 
 
-def check_with_llama_cpp(path: Path) -> str:
-    try:
-        import llama_cpp
-    except ImportError:
-        return "llama_cpp not installed"
+def llama_cpp_logits(path: Path):
+    import llama_cpp
     import numpy as np
 
     llm = llama_cpp.Llama(model_path=str(path), n_ctx=64, logits_all=True, verbose=False, n_threads=1)
     tokens = llm.tokenize(PROMPT.encode(), add_bos=True)
     llm.eval(tokens)
-    logits = np.asarray(llm.scores[: len(tokens)])  # [n_tokens, n_vocab]
+    return np.asarray(llm.scores[: len(tokens)], dtype=np.float64)  # [n_tokens, n_vocab]
+
+
+def write_f32_twin(source: Path, target: Path) -> Path:
+    """The same model with every tensor dequantized to F32 by gguf-py."""
+    import gguf
+    import numpy as np
+
+    from make_tiny_models import CONFIGS, add_hyperparameters, add_tokenizer
+    from refllm.gguf import read
+
+    model = read(source)
+    arch = model.architecture
+    writer = gguf.GGUFWriter(target, arch)
+    add_hyperparameters(writer, CONFIGS[arch], "F32")
+    add_tokenizer(writer, arch)
+    for name, t in model.tensors.items():
+        rows = t.raw.reshape(t.shape[0], -1) if len(t.shape) == 2 else t.raw  # [rows, bytes per row]
+        values = gguf.quants.dequantize(rows, t.ggml_type).reshape(t.shape)
+        writer.add_tensor(name, np.ascontiguousarray(values, dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return target
+
+
+def mean_kl(p_logits, q_logits) -> float:
+    """Mean over positions of KL(softmax(p) || softmax(q)), in nats."""
+    import numpy as np
+
+    log_p = p_logits - p_logits.max(-1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(-1, keepdims=True))
+    log_q = q_logits - q_logits.max(-1, keepdims=True)
+    log_q -= np.log(np.exp(log_q).sum(-1, keepdims=True))
+    return float((np.exp(log_p) * (log_p - log_q)).sum(-1).mean())
+
+
+def check_with_llama_cpp(path: Path) -> str:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return "llama_cpp not installed"
+    import numpy as np
+
+    logits = llama_cpp_logits(path)
     if not np.isfinite(logits).all():
         raise RuntimeError("llama_cpp: non-finite logits")
-    return f"llama_cpp ok (logit std {logits.std():.3f})"
+    with tempfile.TemporaryDirectory() as tmp:
+        twin_logits = llama_cpp_logits(write_f32_twin(path, Path(tmp) / "twin.gguf"))
+    kl = mean_kl(twin_logits, logits)
+    if not kl < 0.01:
+        raise RuntimeError(f"llama_cpp: logits differ from the gguf-py-dequantized F32 twin (KL {kl:.4f} nats)")
+    return f"llama_cpp ok (logit std {logits.std():.3f}, KL vs F32 twin {kl:.5f} nats)"
 
 
 def check_one(path: Path) -> int:
