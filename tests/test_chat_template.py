@@ -243,3 +243,16 @@ def test_safe_chat_ids_equal_llama_cpp_style_when_nothing_is_injected(smollm2):
     prompt = smollm2.apply_chat_template(messages)
     tok = smollm2.tokenizer
     assert tok.encode_chat(prompt, [m["content"] for m in messages]) == tok.encode(prompt, add_special=True, parse_special=True)
+
+
+def test_go_template_follows_ollama_execute():
+    """Ollama's template.Execute: a template that never prints .Response gets it appended; the last
+    turn is cut right after {{ .Response }} (later nodes dropped, even inside branches); consecutive
+    messages of one role are joined by a blank line."""
+    history = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"}]
+    assert GoChatTemplate("{{ .Prompt }}").render(history) == "U1A1U2"
+    source = "{{ if .Prompt }}[{{ .Prompt }}]{{ end }}<a>{{ .Response }}</a>{{ if .System }}S{{ else }}N{{ end }}|"
+    assert GoChatTemplate(source).render(history) == "[U1]<a>A1</a>N|[U2]<a>"
+    assert GoChatTemplate(source).render(history, add_generation_prompt=False) == "[U1]<a>A1</a>N|[U2]<a></a>N|"
+    merged = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
+    assert GoChatTemplate("{{ range .Messages }}{{ .Role }}={{ .Content }};{{ end }}").render(merged) == "user=a\n\nb;"

@@ -41,28 +41,31 @@ _TOKEN = re.compile(
     )""",
     re.VERBOSE,
 )
-RESPONSE_MARK = "\x00refllm-response\x00"  # stands for .Response in the last turn, cut there
 
 
 @dataclass
 class _Block:
     kind: str  # "if", "range", "with"
     dot: str  # the Jinja expression "." means inside this block
+    dropped: bool = False  # opened after the cut at {{ .Response }}: left out whole
 
 
 @dataclass
 class _Translator:
+    cut_at_response: bool = False  # Ollama's last turn: drop everything after {{ .Response }}
     literals: list[str] = field(default_factory=list)
     out: list[str] = field(default_factory=list)
     blocks: list[_Block] = field(default_factory=list)
     counter: int = 0
+    cutting: bool = False  # past the {{ .Response }} action
+    prints_response: bool = False  # some action prints .Response
 
     @property
     def dot(self) -> str:
         return self.blocks[-1].dot if self.blocks else "_root"
 
     def literal(self, text: str) -> None:
-        if text:
+        if text and not self.cutting:
             self.literals.append(text)
             self.out.append("{{ _lit[%d] }}" % (len(self.literals) - 1))
 
@@ -141,12 +144,23 @@ class _Translator:
             return  # comment
         tokens = _tokenize(body)
         head = tokens[0][1] if tokens and tokens[0][0] == "ident" else None
-        if head == "if":
+        if head in ("if", "range", "with") and self.cutting:
+            self.blocks.append(_Block(head, self.dot, dropped=True))
+        elif head == "if":
             self.out.append("{%% if %s %%}" % self.expression(tokens[1:]))
             self.blocks.append(_Block("if", self.dot))
+        elif head == "range":
+            self.range(tokens[1:])
+        elif head == "with":
+            self.counter += 1
+            name = f"_with{self.counter}"
+            self.out.append("{%% set %s = %s %%}{%% if %s %%}" % (name, self.expression(tokens[1:]), name))
+            self.blocks.append(_Block("with", name))
         elif head == "else":
             if not self.blocks:
                 raise ChatTemplateError("Go template: 'else' outside if/range/with")
+            if self.cutting:
+                return  # Ollama empties the else branches after the cut
             if len(tokens) > 1 and tokens[1] == ("ident", "if"):
                 self.out.append("{%% elif %s %%}" % self.expression(tokens[2:]))
             else:
@@ -155,20 +169,20 @@ class _Translator:
             if not self.blocks:
                 raise ChatTemplateError("Go template: 'end' without if/range/with")
             block = self.blocks.pop()
-            self.out.append("{% endfor %}" if block.kind == "range" else "{% endif %}")
-        elif head == "range":
-            self.range(tokens[1:])
-        elif head == "with":
-            self.counter += 1
-            name = f"_with{self.counter}"
-            self.out.append("{%% set %s = %s %%}{%% if %s %%}" % (name, self.expression(tokens[1:]), name))
-            self.blocks.append(_Block("with", name))
+            if not block.dropped:
+                self.out.append("{% endfor %}" if block.kind == "range" else "{% endif %}")
         elif head in ("define", "template", "block", "break", "continue"):
             raise ChatTemplateError(f"Go template: '{head}' is not supported")
-        elif len(tokens) >= 2 and tokens[0][0] == "var" and tokens[1] == ("punct", ":="):
-            self.out.append("{%% set v_%s = %s %%}" % (tokens[0][1][1:], self.expression(tokens[2:])))
-        else:
-            self.out.append("{{ %s }}" % self.expression(tokens))
+        else:  # an action that prints (or assigns) a value
+            if self.cutting:
+                return
+            if len(tokens) >= 2 and tokens[0][0] == "var" and tokens[1] == ("punct", ":="):
+                self.out.append("{%% set v_%s = %s %%}" % (tokens[0][1][1:], self.expression(tokens[2:])))
+            else:
+                self.out.append("{{ %s }}" % self.expression(tokens))
+            if any(kind == "field" and "Response" in text.split(".") for kind, text in tokens):
+                self.prints_response = True
+                self.cutting = self.cut_at_response
 
     def range(self, tokens: list[tuple[str, str]]) -> None:
         self.counter += 1
@@ -231,12 +245,15 @@ _FUNCTIONS = {
 }
 
 
-def go_to_jinja(source: str) -> tuple[str, list[str]]:
-    """Translate a Go template; returns (Jinja source, literal texts it refers to as _lit[i])."""
+def go_to_jinja(source: str, cut_at_response: bool = False) -> tuple[str, list[str]]:
+    """Translate a Go template; returns (Jinja source, literal texts it refers to as _lit[i]).
+
+    As Ollama does, a template that never prints ``.Response`` gets ``{{ .Response }}``
+    appended; with ``cut_at_response`` everything after that action is left out.
+    """
     if not isinstance(source, str):
         raise ChatTemplateError(f"template must be text, got {type(source).__name__}")
-    translator = _Translator()
-    pending = ""  # literal text before the next action, trimmed per {{- / -}}
+    translator = _Translator(cut_at_response=cut_at_response)
     pos, trim_next = 0, False
     for match in _ACTION.finditer(source):
         text = source[pos : match.start()]
@@ -244,8 +261,7 @@ def go_to_jinja(source: str) -> tuple[str, list[str]]:
             text = text.lstrip()
         if match.group(1):
             text = text.rstrip()
-        translator.literal(pending + text)
-        pending = ""
+        translator.literal(text)
         translator.action(match.group(2))
         trim_next = bool(match.group(3))
         pos = match.end()
@@ -255,34 +271,42 @@ def go_to_jinja(source: str) -> tuple[str, list[str]]:
     translator.literal(tail.lstrip() if trim_next else tail)
     if translator.blocks:
         raise ChatTemplateError(f"Go template: missing {{{{ end }}}} for '{translator.blocks[-1].kind}'")
+    if not translator.prints_response:
+        translator.action(".Response")
     return "".join(translator.out), translator.literals
 
 
 class GoChatTemplate:
-    """A Modelfile TEMPLATE (or the raw ``{{ .Prompt }}``) with ChatTemplate's ``render``."""
+    """A Modelfile TEMPLATE (or the raw ``{{ .Prompt }}``) with ChatTemplate's ``render``.
+
+    Rendering follows Ollama's ``template.Execute``: messages are collated first (consecutive
+    messages of one role joined by a blank line, all system texts joined into .System).
+    """
 
     def __init__(self, source: str, name: str = "modelfile"):
         self.source, self.name = source, name
-        jinja_source, self._literals = go_to_jinja(source)
-        self._compiled = compile_template(jinja_source, hf_whitespace=False)
+        full_source, self._literals = go_to_jinja(source)
+        cut_source, self._cut_literals = go_to_jinja(source, cut_at_response=True)
+        self._full = compile_template(full_source, hf_whitespace=False)
+        self._cut = compile_template(cut_source, hf_whitespace=False)
         self.uses_messages = ".Messages" in source
 
-    def _execute(self, data: dict) -> str:
-        return render_bounded(self._compiled, {"_root": data, "_lit": self._literals})
+    def _execute(self, data: dict, cut: bool = False) -> str:
+        if cut:
+            return render_bounded(self._cut, {"_root": data, "_lit": self._cut_literals})
+        return render_bounded(self._full, {"_root": data, "_lit": self._literals})
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
                **extra) -> str:
-        messages = normalize_messages(messages)
+        system, messages = _collate(normalize_messages(messages))
         if self.uses_messages:
-            system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
-            prompt = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-            data = {"System": system, "Prompt": prompt, "Response": RESPONSE_MARK if add_generation_prompt else "",
-                    "Messages": [_go_message(m) for m in messages], "Tools": tools or []}
-            return self._execute(data).split(RESPONSE_MARK)[0]
+            data = {"System": system, "Messages": [_go_message(m) for m in messages], "Tools": tools or [],
+                    "Response": ""}
+            return self._execute(data)
         return self._render_turns(messages, add_generation_prompt)
 
     def _render_turns(self, messages: list[dict], add_generation_prompt: bool) -> str:
-        """Ollama's way for templates without .Messages: one execution per system/user/assistant turn."""
+        """Templates without .Messages: one execution per system/prompt/response turn."""
         out: list[str] = []
         turn = {"System": "", "Prompt": "", "Response": ""}
         for message in messages:
@@ -292,22 +316,29 @@ class GoChatTemplate:
                     out.append(self._execute(turn))
                     turn = {"System": "", "Prompt": "", "Response": ""}
                 turn["System"] = content
-            elif role == "assistant":
-                turn["Response"] = content
-            else:  # user (and tool results, as prompts)
+            elif role == "user":
                 if turn["Response"]:
                     out.append(self._execute(turn))
                     turn = {"System": "", "Prompt": "", "Response": ""}
                 turn["Prompt"] = content
-        if add_generation_prompt:
-            # the model continues after .Response: cut the template there (an assistant prefix is kept)
-            response = turn["Response"]
-            rendered = self._execute(dict(turn, Response=RESPONSE_MARK))
-            head, mark, _ = rendered.partition(RESPONSE_MARK)
-            out.append(head + response if mark else rendered)
-        elif any(turn.values()):
-            out.append(self._execute(turn))
+            elif role == "assistant":
+                turn["Response"] = content
+            # other roles (tool results) have no place in these templates; Ollama skips them too
+        # the last turn stops right after {{ .Response }}: the model writes what comes next
+        out.append(self._execute(turn, cut=add_generation_prompt))
         return "".join(out)
+
+
+def _collate(messages: list[dict]) -> tuple[str, list[dict]]:
+    """Ollama's collate: all system texts joined; consecutive same-role messages merged (not tool results)."""
+    system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
+    collated: list[dict] = []
+    for message in messages:
+        if collated and collated[-1]["role"] == message["role"] and message["role"] != "tool":
+            collated[-1] = dict(collated[-1], content=collated[-1]["content"] + "\n\n" + message["content"])
+        else:
+            collated.append(message)
+    return system, collated
 
 
 def _go_message(message: dict) -> dict:
