@@ -61,12 +61,16 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 
 
 def sum_in_order(values: np.ndarray) -> np.ndarray:
-    """Row sums added left to right in float32, as C's ``for`` loop does.
+    """Sum over the FIRST axis in float32, row 0 + row 1 + ...: [k, m] -> [m].
 
-    (``ndarray.sum`` adds in a different order; the scale searches compare
-    sums, so the order decides ties.)  [m, k] -> [m]
+    This is C's ``for (i = 0; i < k; ++i) sum += v[i]`` for m groups at once:
+    NumPy reduces the first axis of a C-contiguous array one row at a time
+    (a vectorised add per row), whereas ``sum(axis=-1)`` adds pairwise.  The
+    scale searches compare sums, so the order decides their near-ties.  That
+    is why the searches below hold each group as a column of a [k, m] array
+    (weight index first) and transpose back at the end.
     """
-    return np.cumsum(values, axis=1, dtype=np.float32)[:, -1]
+    return np.add.reduce(np.ascontiguousarray(values), axis=0, dtype=np.float32)
 
 
 def signed_extreme(values: np.ndarray) -> np.ndarray:
@@ -162,12 +166,13 @@ def fit_scale_and_min(
     -> scale [m], offset [m] (= -min >= 0), levels [m, k] uint8
     """
     f32 = np.float32
+    x, weights = x.T.copy(), weights.T.copy()  # [k, m]: weight index first (see sum_in_order)
 
     def penalty(diff: np.ndarray) -> np.ndarray:
         return np.abs(diff) if use_mad else diff * diff
 
-    low = np.minimum(x.min(axis=1), f32(0))  # [m], never above 0
-    high = x.max(axis=1)  # [m]
+    low = np.minimum(x.min(axis=0), f32(0))  # [m], never above 0
+    high = x.max(axis=0)  # [m]
     flat = high == low  # all weights equal (to 0 or to a negative value)
     sum_w = sum_in_order(weights)
     sum_x = sum_in_order(weights * x)
@@ -175,12 +180,12 @@ def fit_scale_and_min(
     with np.errstate(divide="ignore", invalid="ignore"):
         iscale = f32(nmax) / (high - low)
         scale = f32(1) / iscale
-        levels = np.clip(np.rint(iscale[:, None] * (x - low[:, None])), 0, nmax)  # [m, k]
-        best_error = sum_in_order(weights * penalty(scale[:, None] * levels + low[:, None] - x))
+        levels = np.clip(np.rint(iscale * (x - low)), 0, nmax)  # [k, m]
+        best_error = sum_in_order(weights * penalty(scale * levels + low - x))
 
         for step in range(nstep + 1):
             iscale = (f32(rmin) + f32(rdelta) * f32(step) + f32(nmax)) / (high - low)
-            trial = np.clip(np.rint(iscale[:, None] * (x - low[:, None])), 0, nmax)  # [m, k]
+            trial = np.clip(np.rint(iscale * (x - low)), 0, nmax)  # [k, m]
             sum_l = sum_in_order(weights * trial)
             sum_l2 = sum_in_order(weights * trial * trial)
             sum_xl = sum_in_order(weights * trial * x)
@@ -190,16 +195,16 @@ def fit_scale_and_min(
             positive = trial_min > 0  # a min above 0 is not allowed: refit the scale alone
             trial_scale = np.where(positive, sum_xl / sum_l2, trial_scale)
             trial_min = np.where(positive, f32(0), trial_min)
-            error = sum_in_order(weights * penalty(trial_scale[:, None] * trial + trial_min[:, None] - x))
+            error = sum_in_order(weights * penalty(trial_scale * trial + trial_min - x))
             better = (det > 0) & (error < best_error)
-            levels = np.where(better[:, None], trial, levels)
+            levels = np.where(better, trial, levels)
             best_error = np.where(better, error, best_error)
             scale = np.where(better, trial_scale, scale)
             low = np.where(better, trial_min, low)
 
     scale = np.where(flat, f32(0), scale).astype(np.float32)
-    levels = np.where(flat[:, None], 0, levels).astype(np.uint8)
-    return scale, (-low).astype(np.float32), levels
+    levels = np.where(flat, 0, levels).astype(np.uint8)  # [k, m]
+    return scale, (-low).astype(np.float32), levels.T
 
 
 def fit_symmetric_scale(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,10 +219,11 @@ def fit_symmetric_scale(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
     f32 = np.float32
     extreme = signed_extreme(x)[:, 0]  # [m]
     zero = np.abs(extreme) < GROUP_MAX_EPS
-    weights = x * x  # [m, k]
+    x = x.T.copy()  # [k, m]: weight index first (see sum_in_order)
+    weights = x * x  # [k, m]
 
     def levels_and_sums(iscale):
-        level = np.clip(np.rint(iscale[:, None] * x), -nmax, nmax - 1)  # [m, k]
+        level = np.clip(np.rint(iscale * x), -nmax, nmax - 1)  # [k, m]
         return level, sum_in_order(weights * x * level), sum_in_order(weights * level * level)
 
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -229,13 +235,13 @@ def fit_symmetric_scale(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarra
                 continue
             trial, sumlx, suml2 = levels_and_sums(-(f32(nmax) + f32(0.1) * f32(step)) / extreme)
             better = (suml2 > 0) & (sumlx * sumlx > best * suml2)
-            level = np.where(better[:, None], trial, level)
+            level = np.where(better, trial, level)
             scale = np.where(better, sumlx / suml2, scale)
             best = np.where(better, scale * sumlx, best)
 
     scale = np.where(zero, f32(0), scale).astype(np.float32)
-    levels = np.where(zero[:, None], 0, level + nmax).astype(np.uint8)
-    return scale, levels
+    levels = np.where(zero, 0, level + nmax).astype(np.uint8)  # [k, m]
+    return scale, levels.T
 
 
 # --------------------------------------------------------------------------- k-quants
@@ -267,7 +273,7 @@ def _fit_sub_blocks_of_32(x: np.ndarray, nmax: int, rmin: float, nstep: int):
     sub = x.reshape(n * 8, 32)  # [n * 8 sub-blocks, 32]
 
     # 1. best (scale, min) per sub-block, weighting each weight by rms + |x|
-    rms = np.sqrt(sum_in_order(sub * sub)[:, None] / f32(32))  # [n*8, 1]
+    rms = np.sqrt(sum_in_order((sub * sub).T)[:, None] / f32(32))  # [n*8, 1]
     scale, minimum, levels = fit_scale_and_min(sub, rms + np.abs(sub), nmax=nmax, rmin=rmin, nstep=nstep)
     scale, minimum, levels = scale.reshape(n, 8), minimum.reshape(n, 8), levels.reshape(n, 8, 32)
 
@@ -365,9 +371,10 @@ def fit_q3_scale(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
     m, k = x.shape
     extreme = signed_extreme(x)[:, 0]  # [m]
     zero = np.abs(extreme) < GROUP_MAX_EPS
+    x = x.T.copy()  # [k, m]: weight index first (see sum_in_order)
     with np.errstate(divide="ignore", invalid="ignore"):
-        level = np.clip(np.rint((f32(-nmax) / extreme)[:, None] * x), -nmax, nmax - 1)  # [m, k]
-    level = np.where(zero[:, None], f32(0), level).astype(np.float32)
+        level = np.clip(np.rint((f32(-nmax) / extreme) * x), -nmax, nmax - 1)  # [k, m]
+    level = np.where(zero, f32(0), level).astype(np.float32)
     weights = x * x
     sumlx = sum_in_order(weights * x * level)
     suml2 = sum_in_order(weights * level * level)
@@ -376,7 +383,7 @@ def fit_q3_scale(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
     for _ in range(5):
         changed = np.zeros(m, dtype=bool)
         for i in range(k):
-            w, xi, li = weights[:, i], x[:, i], level[:, i]
+            w, xi, li = weights[i], x[i], level[i]  # weight i of every group: [m]
             slx = sumlx - w * xi * li
             sl2 = suml2 - w * li * li
             # on huge inputs these float32 products overflow to inf, as they do in C
@@ -386,7 +393,7 @@ def fit_q3_scale(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
                 new_sl2 = sl2 + w * new_l * new_l
                 better_fit = new_slx * new_slx * suml2 > sumlx * sumlx * new_sl2
             accept = active & (slx > 0) & (new_l != li) & (new_sl2 > 0) & better_fit
-            level[:, i] = np.where(accept, new_l, li)
+            level[i] = np.where(accept, new_l, li)
             sumlx = np.where(accept, new_slx, sumlx)
             suml2 = np.where(accept, new_sl2, suml2)
             changed |= accept
@@ -396,8 +403,8 @@ def fit_q3_scale(x: np.ndarray, nmax: int = 4) -> tuple[np.ndarray, np.ndarray]:
 
     with np.errstate(divide="ignore", invalid="ignore"):
         scale = np.where(suml2 > 0, sumlx / suml2, f32(0)).astype(np.float32)
-    levels = np.where(zero[:, None], 0, level + nmax).astype(np.uint8)
-    return np.where(zero, f32(0), scale), levels
+    levels = np.where(zero, 0, level + nmax).astype(np.uint8)  # [k, m]
+    return np.where(zero, f32(0), scale), levels.T
 
 
 def pack_q3_k_scales(scale6: np.ndarray) -> np.ndarray:
@@ -584,7 +591,7 @@ def quantize_q1_0(x: np.ndarray) -> np.ndarray:
 
     d = mean |x| (summed left to right); each bit is 1 where x >= 0.
     """
-    d = sum_in_order(np.abs(x)) / np.float32(128)  # [n]
+    d = sum_in_order(np.abs(x).T) / np.float32(128)  # [n]
     bits = (x >= 0).astype(np.uint8).reshape(-1, 16, 8)  # [n, byte, bit]
     packed = (bits << np.arange(8, dtype=np.uint8)).sum(axis=2, dtype=np.uint8)  # [n, 16]
     return np.concatenate([f16_bytes(d), packed], axis=1)
@@ -607,10 +614,11 @@ def nearest_iq4_level(scaled: np.ndarray) -> np.ndarray:
 def _iq4_fit(x: np.ndarray, inverse_scale: np.ndarray):
     """Levels for x * inverse_scale and the x^2-weighted least-squares sums.
 
-    x: [m, k], inverse_scale: [m] -> levels [m, k], sumqx [m], sumq2 [m]
+    x: [k, m] (weight index first, see sum_in_order), inverse_scale: [m]
+    -> levels [k, m], sumqx [m], sumq2 [m]
     """
-    levels = nearest_iq4_level(inverse_scale[:, None] * x)
-    q = IQ4_NL_VALUES[levels]  # [m, k]
+    levels = nearest_iq4_level(inverse_scale * x)
+    q = IQ4_NL_VALUES[levels]  # [k, m]
     weights = x * x
     return levels, sum_in_order(weights * q * x), sum_in_order(weights * q * q)
 
@@ -626,7 +634,8 @@ def quantize_iq4_nl(x: np.ndarray) -> np.ndarray:
     zero = np.abs(extreme) < GROUP_MAX_EPS
     with np.errstate(divide="ignore", invalid="ignore"):
         first_d = extreme / f32(-127)
-        levels, sumqx, sumq2 = _iq4_fit(x, f32(1) / first_d)
+        levels, sumqx, sumq2 = _iq4_fit(x.T.copy(), f32(1) / first_d)
+        levels = levels.T  # [n, 32]
         d = np.where(sumq2 > 0, sumqx / sumq2, f32(0))
     d = np.where(zero, f32(0), d)
     levels = np.where(zero[:, None], 0, levels).astype(np.uint8)  # (ggml leaves these bytes unset)
@@ -645,6 +654,7 @@ def quantize_iq4_xs(x: np.ndarray) -> np.ndarray:
     sub = x.reshape(n * 8, 32)
     extreme = signed_extreme(sub)[:, 0]  # [n*8]
     zero = np.abs(extreme) < GROUP_MAX_EPS
+    sub = sub.T.copy()  # [32, n*8]: weight index first
     with np.errstate(divide="ignore", invalid="ignore"):
         _, sumqx, sumq2 = _iq4_fit(sub, f32(1) / (-extreme / f32(-127)))
         d = np.where(sumq2 > 0, sumqx / sumq2, f32(0))
