@@ -9,6 +9,7 @@ loads and runs them is checked by tools/check_tiny_models_llamacpp.py (see its r
 from __future__ import annotations
 
 import hashlib
+import json
 import sys
 
 import gguf
@@ -44,6 +45,9 @@ def sha256(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+GOLDEN_DIGESTS = json.loads(make.GOLDEN_DIGESTS.read_text())["sha256"]
+
+
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, tiny_model):
     first = tiny_model("qwen3", "Q4_K")
     again = make.write_tiny_model(tmp_path / "again.gguf", "qwen3", "Q4_K", seed=0)
@@ -72,6 +76,12 @@ def test_bad_arguments_are_refused(tmp_path):
 @pytest.mark.parametrize("arch", make.ARCHITECTURES)
 def test_model_is_valid_and_complete(tiny_model, arch, qtype):
     path = tiny_model(arch, qtype)
+    # Golden data (logits from llama.cpp) are made from these files: they must not drift.
+    assert sha256(path) == GOLDEN_DIGESTS[path.name], (
+        f"{path.name} differs from the recorded one (a numpy or gguf-py upgrade, or a generator change?): "
+        "regenerate golden/tiny_models.json (tools/make_tiny_models.py --write-digests) and the golden "
+        "data made from the tiny models"
+    )
     f = assert_same_as_gguf_py(path)  # refllm and gguf-py read identical metadata and tensor tables
     cfg = make.CONFIGS[arch]
     meta = f.metadata

@@ -40,6 +40,9 @@ and exercise every code path.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.metadata
+import json
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -382,17 +385,37 @@ def tiny_model_filename(arch: str, qtype: str, seed: int = 0) -> str:
     return f"tiny-{arch}-{qtype}" + (f"-s{seed}" if seed else "") + ".gguf"
 
 
+GOLDEN_DIGESTS = REPO / "golden" / "tiny_models.json"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("outdir", type=Path)
     parser.add_argument("--arch", nargs="+", default=list(ARCHITECTURES), choices=ARCHITECTURES)
     parser.add_argument("--types", nargs="+", default=list(WEIGHT_TYPES), choices=WEIGHT_TYPES, metavar="TYPE")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--write-digests", action="store_true",
+                        help=f"record every file's sha256 in {GOLDEN_DIGESTS.relative_to(REPO)} (tests check them)")
     args = parser.parse_args(argv)
+    digests = {}
     for arch in args.arch:
         for qtype in args.types:
             path = write_tiny_model(args.outdir / tiny_model_filename(arch, qtype, args.seed), arch, qtype, args.seed)
-            print(f"{path}  {path.stat().st_size / 1e6:.2f} MB")
+            digests[path.name] = sha256_file(path)
+            print(f"{path}  {path.stat().st_size / 1e6:.2f} MB  sha256 {digests[path.name][:16]}")
+    if args.write_digests:
+        record = {
+            "command": "python tools/make_tiny_models.py OUTDIR --write-digests",
+            "seed": args.seed,
+            "versions": {"numpy": np.__version__, "gguf": importlib.metadata.version("gguf")},
+            "sha256": digests,
+        }
+        GOLDEN_DIGESTS.write_text(json.dumps(record, indent=1) + "\n")
+        print(f"wrote {GOLDEN_DIGESTS}")
     return 0
 
 
