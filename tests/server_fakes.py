@@ -27,6 +27,9 @@ class ByteTokenizer:
     def encode(self, text: str, add_special: bool = True, parse_special: bool = False) -> list[int]:
         return ([BOS] if add_special else []) + list(text.encode("utf-8"))
 
+    def encode_chat(self, prompt: str, contents=()) -> list[int]:
+        return self.encode(prompt)
+
     def token_bytes(self, token_id: int, special: bool = True) -> bytes:
         return bytes([token_id]) if token_id < 256 else (b"<s>" if token_id == BOS else b"</s>")
 
@@ -141,17 +144,21 @@ FAKE_NAMES = {"fake": "fake:latest", "fake:latest": "fake:latest", "slow": "slow
               "other": "other:latest", "other:latest": "other:latest"}
 
 
-def fake_engine(gguf_path: Path, settings: EngineSettings | None = None, delay_s: float = 0.05) -> tuple[Engine, dict]:
+def fake_engine(gguf_path: Path, settings: EngineSettings | None = None, delay_s: float = 0.05,
+                every_name_is_fake: bool = False) -> tuple[Engine, dict]:
     """An engine whose models are FakeModels ("slow" sleeps ``delay_s`` per forward call).
 
-    ``gguf_path`` is a real GGUF file the listing routes can describe. Returns the engine and
-    a dict name -> the FakeModel instances it loaded (most recent last).
+    ``gguf_path`` is a real GGUF file the listing routes can describe. Other names resolve
+    through the real store and catalog, or, with ``every_name_is_fake``, to a FakeModel too.
+    Returns the engine and a dict name -> the FakeModel instances it loaded (most recent last).
     """
     loaded: dict[str, list[FakeModel]] = {}
 
     def resolver(name: str) -> ModelRecipe:
         from refllm.engine.engine import default_resolver
 
+        if every_name_is_fake:
+            return ModelRecipe(name, Path(gguf_path), source="catalog")
         if name not in FAKE_NAMES:
             return default_resolver(name)  # the real store and catalog, for the listing routes
         return ModelRecipe(FAKE_NAMES[name], Path(gguf_path), source="catalog")

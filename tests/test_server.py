@@ -127,6 +127,13 @@ def test_ollama_generate_raw_and_system(oclient):
     assert oclient.generate(model="fake", prompt="hi", system="be brief", options=GREEDY).response == expected
 
 
+def test_ollama_generate_with_a_template(oclient):
+    template = "{{ if .System }}<{{ .System }}>{{ end }}Q: {{ .Prompt }} A:"
+    expected, _ = reference("<sys>Q: hi A:", max_new=10)
+    answer = oclient.generate(model="fake", prompt="hi", system="sys", template=template, options={**GREEDY, "num_predict": 10})
+    assert answer.response == expected
+
+
 def test_ollama_generate_streaming(oclient):
     expected, _ = reference(chat_prompt(("user", "stream me")))
     chunks = list(oclient.generate(model="fake", prompt="stream me", options=GREEDY, stream=True))
@@ -315,7 +322,8 @@ def test_openai_client_errors(aclient):
     ("/api/generate", {"model": "fake", "prompt": "hi", "top_logprobs": 99, "logprobs": True}, 400, "top_logprobs"),
     ("/api/generate", {"model": "../../etc/passwd", "prompt": "hi"}, 400, "model"),
     ("/api/generate", {"model": "/tmp/x.gguf", "prompt": "hi"}, 400, "model"),
-    ("/api/generate", {"model": "fake", "prompt": "hi", "template": "{{ .Prompt }}"}, 400, "template"),
+    ("/api/generate", {"model": "fake", "prompt": "hi", "template": 5}, 400, "template"),
+    ("/api/generate", {"model": "fake", "prompt": "hi", "template": "{{ if .Prompt }}"}, 400, "template"),
     ("/api/generate", {"model": "nope", "prompt": "hi"}, 404, "nope"),
     ("/api/chat", {"model": "fake", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ("/api/chat", {"model": "fake", "messages": "hi"}, 400, "messages"),

@@ -59,6 +59,7 @@ class GenerationRequest:
     prompt: str | list[dict]  # a completion prompt, or chat messages [{"role", "content"}, ...]
     raw: bool = False  # True: the prompt goes to the model as is, no chat template
     system: str | None = None
+    template: str | None = None  # Ollama's per-request TEMPLATE override (Go template syntax)
     images: list = field(default_factory=list)
     options: dict = field(default_factory=dict)  # Ollama option names: temperature, num_predict, stop, ...
     logprobs: bool = False
@@ -154,10 +155,14 @@ def default_resolver(name: str) -> ModelRecipe:
 
 
 def default_loader(recipe: ModelRecipe):
-    from refllm.model.loaded import Model
     from refllm.gguf import read
+    from refllm.model.loaded import Model
+    from refllm.tokenizer.chat import chat_template_for
 
-    return Model(read(recipe.gguf_path), name=recipe.name)
+    model = Model(read(recipe.gguf_path), name=recipe.name)
+    if recipe.template:  # the Modelfile's TEMPLATE replaces the GGUF's chat template
+        model.chat_template = chat_template_for(model.gguf, model.tokenizer, override=recipe.template)
+    return model
 
 
 class GenerationStream:
@@ -384,11 +389,18 @@ def _generation_events(loaded: LoadedModel, slot: int, request: GenerationReques
     """Run ``model.generate(..., stream=True)`` in the slot's session; yield Piece ... Finished."""
     options = {**loaded.recipe.params, **request.options}  # request options override the model's defaults
     system = request.system if request.system is not None else loaded.recipe.system
-    prompt = request.prompt
+    prompt, raw = request.prompt, request.raw
     if isinstance(prompt, list):  # chat: the model's stored messages, then the conversation
         prompt = [*loaded.recipe.messages, *prompt]
+    if request.template and not raw:  # a per-request template: render here, hand the model the text
+        from refllm.tokenizer.go_template import GoChatTemplate
+
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if system and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": system}, *messages]
+        prompt, raw, system = GoChatTemplate(request.template).render(messages, add_generation_prompt=True), True, None
     model = loaded.model
-    output = model.generate(prompt, raw=request.raw, stream=True, system=system, images=request.images or None,
+    output = model.generate(prompt, raw=raw, stream=True, system=system, images=request.images or None,
                             logprobs=request.logprobs, top_logprobs=request.top_logprobs,
                             session=loaded.session(slot), options=options)
     try:

@@ -114,10 +114,13 @@ def pull(name: str) -> Iterator[dict]:
 
 
 def _from_reference(value: object) -> str:
-    """``FROM`` over HTTP: a model name or a blob digest, never a path on the server."""
+    """``FROM`` over HTTP: a store or catalog model, or an uploaded blob's digest; never a path on the server."""
     if isinstance(value, str) and value.lower().startswith(("sha256:", "sha256-")):
         return normalize_digest(value)
-    return validate_model_name(value, "from")
+    name = validate_model_name(value, "from")
+    if store.resolve(name).source not in ("store", "catalog"):  # 404 when it is nothing at all
+        raise InvalidRequest(f"field 'from': {name!r} is not a model in the store or the catalog")
+    return name
 
 
 def modelfile_from_request(body: dict) -> store.Modelfile:

@@ -144,7 +144,6 @@ def generate():
     name = validate_model_name(body.get("model"))
     reject_not_yet(body)
     reject_unsupported(body, "suffix", "fill-in-the-middle prompts are not supported by refllm's models")
-    reject_unsupported(body, "template", "per-request Go templates are not supported; the model's chat template is used (or raw: true)")
     reject_unsupported(body, "context", "the deprecated 'context' token list is not supported; send the conversation to /api/chat")
     prompt = optional(body, "prompt", str, "")
     images = images_field(body.get("images"), "images")
@@ -152,6 +151,7 @@ def generate():
     stream = optional(body, "stream", bool, True)
     job = GenerationRequest(
         model=name, prompt=prompt, raw=optional(body, "raw", bool, False), system=optional(body, "system", str),
+        template=optional(body, "template", str),
         images=images, options=options_field(body), logprobs=logprobs, top_logprobs=top_logprobs,
         keep_alive=body.get("keep_alive"),
     )
