@@ -5,6 +5,7 @@ Every expected id comes from llama.cpp (xllamacpp); the tests only read the stor
 
 from __future__ import annotations
 
+import copy
 import json
 
 import numpy as np
@@ -65,6 +66,16 @@ def test_random_strings_identical_to_llama_cpp(models, golden, name):
     assert _mismatches(tokenizer, fuzz, False, False) == []
     specials = [{"text": c["text"], "ids": c["ids_special"]} for c in fuzz]
     assert _mismatches(tokenizer, specials, True, True) == []
+
+
+@pytest.mark.parametrize("pre", ["llama3", "megrez", "mellum", "default"])
+def test_other_pre_tokenizers_identical_to_llama_cpp(models, pre):
+    """llama3 (LLAMA3 regex, ignore_merges), megrez (QWEN2), mellum (GPT2), missing key (DEFAULT): llama.cpp ran
+    SmolLM2's vocabulary with tokenizer.ggml.pre patched; we build the same vocabulary with that pre."""
+    data = json.loads((GOLDEN / "tokens" / f"smollm2_pre_{pre}.json").read_text(encoding="utf-8"))
+    vocab = copy.copy(models["smollm2"].tokenizer.vocab)
+    vocab.pre = pre
+    assert _mismatches(Tokenizer(vocab), data["plain"], False, False) == []
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -199,6 +199,48 @@ def _with_detokenized(case: dict, detokenized: str) -> dict:
     return case
 
 
+# Other gpt2 pre-tokenizers, checked on SmolLM2's vocabulary: a copy of its GGUF with the 6-byte value of
+# tokenizer.ggml.pre ("smollm") patched in place -- same length, so nothing else in the file moves.
+# "default" is what llama.cpp uses when the key is missing: the key itself is renamed.
+PRE_VARIANTS = {
+    "llama3": (b"smollm", b"llama3"),  # llama.cpp LLAMA3 (ignore_merges)
+    "megrez": (b"smollm", b"megrez"),  # llama.cpp QWEN2
+    "mellum": (b"smollm", b"mellum"),  # llama.cpp GPT2
+    "default": (b"tokenizer.ggml.pre", b"tokenizer.ggml.prX"),  # key missing -> DEFAULT
+}
+
+
+def _patched_copy(source: Path, old: bytes, new: bytes, target: Path) -> None:
+    data = bytearray(source.read_bytes())
+    header = bytes(data[:65536])
+    key = b"tokenizer.ggml.pre"
+    at = header.find(old, header.find(key)) if old != key else header.find(key)
+    if at < 0 or len(old) != len(new):
+        raise SystemExit(f"cannot patch {old!r} in {source}")
+    data[at : at + len(old)] = new
+    target.write_bytes(bytes(data))
+
+
+def make_pre_variants(corpus: list[str]) -> None:
+    import tempfile
+
+    import refllm.packaged_models as packaged
+
+    source = packaged.smollm2_path()
+    for name, (old, new) in PRE_VARIANTS.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"smollm2-pre-{name}.gguf"
+            _patched_copy(source, old, new, path)
+            server = LlamaCppServer(path)
+            cases = [{"text": t, "ids": server.tokenize(t, add_special=False, parse_special=False)} for t in corpus]
+            del server
+        out = {"model": "smollm2", "pre": name, "gguf": f"{source.name} with {old.decode()} -> {new.decode()}",
+               "reference": "llama.cpp via xllamacpp", "plain": cases}
+        target = GOLDEN_TOKENS / f"smollm2_pre_{name}.json"
+        target.write_text(_json_one_case_per_line(out), encoding="utf-8")
+        print(f"{target}: {len(cases)} cases")
+
+
 def make_tokens(args) -> int:
     import xllamacpp
     import refllm.packaged_models as packaged
@@ -238,6 +280,7 @@ def make_tokens(args) -> int:
         target = GOLDEN_TOKENS / f"{name}.json"
         target.write_text(_json_one_case_per_line(out), encoding="utf-8")
         print(f"{target}: {len(cases)} plain, {len(fuzz)} fuzz, {len(with_specials)} special, {len(with_bos)} bos cases")
+    make_pre_variants(corpus + fuzz_corpus(100, seed=99))
     _update_manifest("tokens", {
         "engine": "llama.cpp (xllamacpp in-process server: /tokenize, /detokenize)",
         "xllamacpp_version": xllamacpp.__version__,

@@ -45,7 +45,8 @@ TEKKEN_REGEX = (
 # tokenizer.ggml.pre -> the regexes llama.cpp applies, in order.
 PRE_TOKENIZER_REGEXES: dict[str, tuple[str, ...]] = {
     "default": (r"[\p{P}\$\+<=>\^~\|]+", GPT2_REGEX, r"\p{N}+", r"[0-9][0-9][0-9]"),
-    **{name: (GPT2_REGEX,) for name in ("gpt-2", "phi-2", "mpt", "olmo", "jina-es", "jina-de", "roberta-bpe", "exaone4")},
+    **{name: (GPT2_REGEX,) for name in ("gpt-2", "phi-2", "mpt", "olmo", "mellum", "jina-es", "jina-de", "roberta-bpe",
+                                        "exaone4")},
     **{name: (r"\p{N}", GPT2_REGEX) for name in ("smollm", "starcoder", "refact", "command-r", "codeshell", "exaone", "minerva-7b")},
     **{name: (LLAMA3_REGEX,) for name in LLAMA3_STYLE_PRE - {"tekken"}},
     "tekken": (TEKKEN_REGEX,),
