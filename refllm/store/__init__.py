@@ -23,7 +23,7 @@ import os
 from pathlib import Path
 
 from refllm.errors import ModelNotFound
-from refllm.store.blobs import DigestMismatch, Progress, StoreError, _no_progress
+from refllm.store.blobs import DigestMismatch, Progress, StoreError, no_progress
 from refllm.store.modelfile import Modelfile, ModelfileError, parse_modelfile
 from refllm.store.names import InvalidModelName, ModelName, is_valid_name, parse_name
 from refllm.store.store import DownloadError, QUANTIZE_CHOICES, ResolvedModel, Store
@@ -96,7 +96,7 @@ def show(name: str) -> dict:
         return open_store().show(name)
 
 
-def verify(name: str, progress: Progress = _no_progress) -> list[str]:
+def verify(name: str, progress: Progress = no_progress) -> list[str]:
     with _disk_errors("verify"):
         return open_store().verify(name, progress)
 
@@ -112,12 +112,12 @@ def delete(name: str) -> list[str]:
 
 
 def create(name: str, modelfile: str | Modelfile, quantize: str | None = None,
-           progress: Progress = _no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
+           progress: Progress = no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
     with _disk_errors("create"):
         return open_store().create(name, modelfile, quantize=quantize, progress=progress, base_dir=base_dir)
 
 
-def pull(source: str, name: str | None = None, progress: Progress = _no_progress,
+def pull(source: str, name: str | None = None, progress: Progress = no_progress,
          expected_digest: str | None = None) -> ResolvedModel:
     with _disk_errors("pull"):
         return open_store().pull(source, name=name, progress=progress, expected_digest=expected_digest)
@@ -128,6 +128,6 @@ def has_blob(digest: str) -> bool:
         return open_store().has_blob(digest)
 
 
-def write_blob(digest: str, stream, progress: Progress = _no_progress) -> str:
+def write_blob(digest: str, stream, progress: Progress = no_progress) -> str:
     with _disk_errors("writing the blob"):
         return open_store().write_blob(digest, stream, progress)

