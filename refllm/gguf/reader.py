@@ -35,6 +35,7 @@ from __future__ import annotations
 import array
 import mmap
 import os
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,11 +301,21 @@ class _Cursor:
         return StringArray(self.buf, np.frombuffer(offsets, dtype=np.int64))
 
 
+# Type ids ggml once had and dropped (old 4-bit formats, then the CPU-repacked layouts that
+# llama.cpp now builds at load time instead of storing).  Files that use them must be re-converted.
+REMOVED_GGML_TYPES = {4: "Q4_2", 5: "Q4_3", 31: "Q4_0_4_4", 32: "Q4_0_4_8", 33: "Q4_0_8_8",
+                      36: "IQ4_NL_4_4", 37: "IQ4_NL_4_8", 38: "IQ4_NL_8_8"}  # fmt: skip
+
+
 def _ggml_type(type_id: int, path: Path, field: str, offset: int) -> GGMLQuantizationType:
+    if type_id in REMOVED_GGML_TYPES:
+        name = REMOVED_GGML_TYPES[type_id]
+        message = f"ggml type {type_id} ({name}) was removed from ggml; re-convert the model"
+        raise UnknownGGMLType(path, field, offset, message)
     try:
         ggml_type = GGMLQuantizationType(type_id)
     except ValueError:
-        raise UnknownGGMLType(path, field, offset, f"unknown or removed ggml type id {type_id}") from None
+        raise UnknownGGMLType(path, field, offset, f"unknown ggml type id {type_id}") from None
     if ggml_type not in GGML_QUANT_SIZES:
         raise UnknownGGMLType(path, field, offset, f"ggml type {ggml_type.name} has no known block size")
     return ggml_type
@@ -314,6 +325,8 @@ def read(path: str | os.PathLike) -> GGUFFile:
     """Open a GGUF file: parse header, metadata and tensor table; map the data."""
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a directory, a pipe, a device: never open it
+            raise GGUFError(path, "file", 0, "not a regular file")
         with open(path, "rb") as f:
             file_size = os.fstat(f.fileno()).st_size
             if file_size == 0:
@@ -380,17 +393,20 @@ def read(path: str | os.PathLike) -> GGUFFile:
         for d in dims:
             n_elements *= d
             if d == 0 or n_elements > file_size * 64:  # no format packs more than 64 elements per byte
-                raise InvalidTensorInfo(path, field + " dims", entry_at, f"dims {dims} are empty or too large for the file")
+                message = f"dims {dims} are empty or too large for the file"
+                raise InvalidTensorInfo(path, field + " dims", entry_at, message)
         block_size, _ = GGML_QUANT_SIZES[ggml_type]
         if dims[0] % block_size:
-            raise InvalidTensorInfo(path, field + " dims", entry_at, f"row length {dims[0]} is not a multiple of the {ggml_type.name} block size {block_size}")
+            message = f"row length {dims[0]} is not a multiple of the {ggml_type.name} block size {block_size}"
+            raise InvalidTensorInfo(path, field + " dims", entry_at, message)
         shape = tuple(reversed(dims))
         n_bytes = tensor_nbytes(shape, ggml_type)
         if rel_offset % alignment:
             raise InvalidTensorInfo(path, field + " offset", entry_at, f"offset {rel_offset} is not aligned to {alignment}")
         start = data_offset + rel_offset
         if start + n_bytes > file_size:
-            raise InvalidTensorInfo(path, field + " offset", entry_at, f"data [{start}, {start + n_bytes}) lies outside the file ({file_size} bytes)")
+            message = f"data [{start}, {start + n_bytes}) lies outside the file ({file_size} bytes)"
+            raise InvalidTensorInfo(path, field + " offset", entry_at, message)
         spans.append((start, start + n_bytes, name))
         tensors[name] = TensorInfo(name, shape, ggml_type, start, n_bytes, buf[start : start + n_bytes])
 
