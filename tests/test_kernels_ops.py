@@ -89,4 +89,4 @@ def test_compile_notice_shows_once_when_a_first_call_is_slow(monkeypatch, capsys
 
     nb._run(slow_kernel)
     nb._run(slow_kernel)  # now known: no notice, no timer
-    assert capsys.readouterr().err.count("compiling Numba kernels") == 1
+    assert capsys.readouterr().err.count("compiling kernels") == 1

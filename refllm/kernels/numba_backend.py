@@ -54,7 +54,7 @@ def supports(ggml_type) -> bool:
 _compiled: set = set()
 _notice_lock = threading.Lock()
 _notice_shown = False
-NOTICE_AFTER_S = 0.5
+NOTICE_AFTER_S = 1.0
 
 
 @contextmanager
@@ -66,7 +66,7 @@ def _compile_notice():
         with _notice_lock:
             if not _notice_shown:
                 _notice_shown = True
-                print("refllm: compiling Numba kernels (first run only, cached afterwards)...", file=sys.stderr, flush=True)
+                print("refllm: compiling kernels (first run only; cached afterwards)...", file=sys.stderr, flush=True)
 
     timer = threading.Timer(NOTICE_AFTER_S, show)
     timer.daemon = True
