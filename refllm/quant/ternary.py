@@ -54,9 +54,15 @@ def dequantize_tq2_0(blocks: np.ndarray) -> np.ndarray:
     return d * (q.astype(np.float32) - 1)
 
 
+# [256, 8]: for each byte, +1 where bit j is set and -1 where it is clear
+PLUS_MINUS_OF_BYTE = np.where(bits_of(np.arange(256, dtype=np.uint8)[:, None], 1)[:, :, 0] == 1, 1, -1).astype(
+    np.float32
+)
+
+
 def dequantize_q1_0(blocks: np.ndarray) -> np.ndarray:
     """[n, 18] uint8 -> [n, 128] float32."""
     n = blocks.shape[0]
-    bits = bits_of(blocks[:, 2:18, None], 1)[..., 0].reshape(n, 128)  # [n, 128]: bit j%8 of byte j//8
+    signs = PLUS_MINUS_OF_BYTE[blocks[:, 2:18]].reshape(n, 128)  # [n, 16 bytes x 8 bits]
     d = f16_field(blocks, 0)  # [n, 1]
-    return d * (bits.astype(np.float32) * 2 - 1)
+    return d * signs
