@@ -4,17 +4,33 @@ One small NumPy function per format, each a readable reference that the
 Numba kernels are checked against:
 
     dequantize_<type>(blocks: [n_blocks, type_size] uint8) -> [n_blocks, block_size] float32
+    quantize_<type>(values: [n_blocks, block_size] float32) -> [n_blocks, type_size] uint8
+
+Where each format lives (every module draws its block layouts in its docstring):
+
+    floats.py      F32, F16, BF16                                  dequantize, quantize
+    legacy.py      Q4_0, Q4_1, Q5_0, Q5_1, Q8_0                    dequantize
+    kquants.py     Q2_K, Q3_K, Q4_K, Q5_K, Q6_K                    dequantize
+    iquants.py     IQ4_NL, IQ4_XS, IQ1_S, IQ1_M, IQ2_XXS, IQ2_XS,  dequantize
+                   IQ2_S, IQ3_XXS, IQ3_S   (grids: iq_grids.py)
+    ternary.py     TQ1_0, TQ2_0, Q1_0                              dequantize
+    fp4.py         MXFP4, NVFP4                                    dequantize
+    quantizers.py  every block type above except the grid i-quants (IQ1_*, IQ2_*, IQ3_*):
+                   llama.cpp's reference quantizers, byte for byte
+    testing.py     random valid blocks and machine-independent test values
 
 Public API:
 
     dequantize(raw, ggml_type, shape)   whole tensor -> float32 array of ``shape``
-    dequantize_rows(tensor, rows)       only the chosen rows of a (2-D) tensor
-    quantize(array, ggml_type)          float32 -> raw block bytes
+    dequantize_rows(tensor, rows)       only the chosen rows of a tensor
+    quantize(array, ggml_type)          float32 -> raw block bytes (flat uint8)
     DEQUANTIZERS, QUANTIZERS            GGMLQuantizationType -> per-block function
     SUPPORTED_DEQUANT_TYPES, SUPPORTED_QUANT_TYPES
 
+``ggml_type`` may be a GGMLQuantizationType, its integer id or its name.
 Shapes are in NumPy order: ``shape[-1]`` is the contiguous axis (ggml's ne0),
-and every row is a whole number of blocks.
+and every row is a whole number of blocks.  Bad input raises
+UnsupportedQuantType (an UnsupportedModel), QuantDataError or InvalidRequest.
 """
 
 from __future__ import annotations
