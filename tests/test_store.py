@@ -130,6 +130,13 @@ def test_store_names_resolve_before_files_and_catalog(pulled, tmp_path, tiny_mod
         store.resolve(str(tmp_path / "missing.gguf"))
 
 
+def test_create_from_a_catalog_model_not_yet_pulled(models_dir, smollm2_gguf):
+    model = store.create("fromcatalog", "FROM smollm2:135m\nPARAMETER num_ctx 1024\n")
+    assert model.params == {"num_ctx": 1024}
+    assert model.gguf_path.name == f"sha256-{sha256_hex(smollm2_gguf)}"
+    assert [m["details"]["parent_model"] for m in store.list_models()] == ["smollm2:135m"]
+
+
 def test_create_from_a_file_copies_it(models_dir, tiny_model):
     source = tiny_model("llama", "Q8_0")
     model = store.create("tiny", "FROM ./" + source.name + "\n", base_dir=source.parent)

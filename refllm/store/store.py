@@ -414,7 +414,7 @@ class Store:
         entry = find_catalog_entry(source)
         if entry is not None:
             staged_path = self._stage_gguf(staged, _catalog_file(entry, progress), allow_hardlink=True, progress=progress)
-            return ResolvedModel(name=""), staged_path, entry.name
+            return ResolvedModel(name="", gguf_path=staged_path), staged_path, entry.name
         raise ModelNotFound(f"FROM {source}: not a model in the store, a file, a directory or a catalog model")
 
     def _stage_quantized(self, staged: _Staged, source: Path, quantize: str, progress: Progress) -> Path:
