@@ -171,3 +171,16 @@ def fake_engine(gguf_path: Path, settings: EngineSettings | None = None, delay_s
         return model
 
     return Engine(settings or EngineSettings(), resolver=resolver, loader=loader, reap_interval_s=0.2), loaded
+
+
+def http_status(url: str, method: str, path: str, body: bytes | None = None) -> int:
+    """The status code of one raw request (HEAD and blob uploads, which the clients hide)."""
+    import urllib.parse
+    from http.client import HTTPConnection
+
+    parts = urllib.parse.urlsplit(url)
+    conn = HTTPConnection(parts.hostname, parts.port, timeout=30)
+    conn.request(method, path, body=body)
+    status = conn.getresponse().status
+    conn.close()
+    return status

@@ -198,3 +198,22 @@ def test_embeddings_are_unit_length_and_truncate(engine):
     with pytest.raises(InvalidRequest, match="context length"):
         eng.embed("fake", ["x" * 300], truncate=False)
     assert len(eng.embed("fake", ["x" * 300]).embeddings[0]) == 8
+
+
+def test_a_models_stored_system_and_parameters_apply(smollm2_gguf):
+    from pathlib import Path
+
+    from refllm.engine import Engine, ModelRecipe
+    from server_fakes import FakeModel
+
+    recipe = ModelRecipe("styled:latest", Path(smollm2_gguf), params={"num_predict": 3, "temperature": 0}, system="S")
+    model = FakeModel()
+    engine = Engine(resolver=lambda name: recipe, loader=lambda r: model)
+    try:
+        finished = engine.generate(GenerationRequest("styled", [{"role": "user", "content": "hi"}])).collect()
+        assert finished.eval_count == 3 and finished.done_reason == "length"
+        assert finished.prompt_tokens == len("[system]S\n[user]hi\n[assistant]") + 1  # the stored SYSTEM came first
+        own = engine.generate(GenerationRequest("styled", "hi", system="mine", options={"num_predict": 1})).collect()
+        assert own.eval_count == 1 and own.prompt_tokens == len("[system]mine\n[user]hi\n[assistant]") + 1
+    finally:
+        engine.close()

@@ -522,3 +522,37 @@ def test_error_mid_stream_is_sent_in_band(server, url):
         assert "the model failed" in json.loads(events[-3][6:])["error"]["message"] and events[-2] == "data: [DONE]"
     finally:
         model.forward = original
+
+
+def test_refllm_serve_command(tmp_path):
+    """``refllm serve`` in its own process: address from the flags, the API key from the environment."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "REFLLM_MODELS": str(tmp_path), "REFLLM_API_KEY": "k", "REFLLM_HOST": "127.0.0.1:1"}
+    process = subprocess.Popen([sys.executable, "-m", "refllm", "serve", "--port", str(port)], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if http(url, "GET", "/")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.2)
+        assert http(url, "GET", "/api/tags")[0] == 401
+        status, _, payload = http(url, "GET", "/api/tags", headers={"Authorization": "Bearer k"})
+        assert status == 200 and "smollm2:135m" in [m["name"] for m in json.loads(payload)["models"]]
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert f"http://127.0.0.1:{port}" in output and "Traceback" not in output
+
+    bad = subprocess.run([sys.executable, "-m", "refllm", "serve", "--port", "70000"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "port" in bad.stderr and "Traceback" not in bad.stderr

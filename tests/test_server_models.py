@@ -101,3 +101,34 @@ def test_model_management(oclient, aclient, smollm2_gguf):
     with pytest.raises(ollama.ResponseError) as err:
         oclient.delete("my-copy:v1")
     assert err.value.status_code == 404
+
+
+def test_blob_upload_create_and_run(oclient, server, tiny_model):
+    """A GGUF uploaded as a blob becomes a model whose SYSTEM and PARAMETERs every request gets."""
+    import hashlib
+
+    from server_fakes import http_status
+
+    path = tiny_model("llama")
+    digest = "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+    assert http_status(server[0], "HEAD", f"/api/blobs/{digest}") == 404
+    assert oclient.create_blob(path) == digest
+    assert http_status(server[0], "HEAD", f"/api/blobs/{digest}") == 200
+    assert http_status(server[0], "POST", f"/api/blobs/sha256:{'0' * 64}", b"not what the digest says") == 400
+
+    statuses = list(oclient.create(model="tiny:test", files={"tiny.gguf": digest}, system="You are tiny.",
+                                   parameters={"num_predict": 3, "temperature": 0}, stream=True))
+    assert statuses[-1].status == "success"
+    shown = oclient.show("tiny:test")
+    assert "You are tiny." in shown.modelfile and "num_predict" in shown.parameters
+    answer = oclient.chat(model="tiny:test", messages=[{"role": "user", "content": "hi"}])
+    assert answer.eval_count == 3 and answer.done_reason == "length"  # the stored PARAMETER applied
+    assert oclient.chat(model="tiny:test", messages=[{"role": "user", "content": "hi"}], options={"num_predict": 1}).eval_count == 1
+    oclient.delete("tiny:test")
+
+    with pytest.raises(ollama.ResponseError) as err:
+        oclient.create(model="bad:test", from_="/etc/passwd")
+    assert err.value.status_code == 400
+    with pytest.raises(ollama.ResponseError) as err:
+        oclient.pull("no-such-model")
+    assert err.value.status_code == 404

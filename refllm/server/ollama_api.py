@@ -245,9 +245,14 @@ def delete():
 
 
 def progress_response(statuses, stream: bool) -> Response:
-    """Store progress as NDJSON, or (``stream: false``) only the final status."""
+    """Store progress as NDJSON, or (``stream: false``) only the final status.
+
+    The first status is awaited before answering, so an early error (unknown model, bad
+    Modelfile) still gets its HTTP status; a later one is sent in-band.
+    """
     if stream:
-        return ndjson_response(statuses)
+        first = next(statuses)
+        return ndjson_response(_prepend(first, statuses))
     last = {"status": "success"}
     for last in statuses:
         pass
@@ -275,3 +280,8 @@ def blobs(digest: str):
         return Response(status=200 if catalog.has_blob(digest) else 404)
     catalog.save_blob(digest, request.stream)
     return Response(status=201)
+
+
+def _prepend(first: dict, rest):
+    yield first
+    yield from rest
