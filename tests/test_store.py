@@ -267,6 +267,9 @@ class _Payload(http.server.BaseHTTPRequestHandler):
         self.server.ranges.append(ranged)
         if ranged and self.server.honour_range:
             start = int(ranged.removeprefix("bytes=").split("-")[0])
+            if start >= len(data):
+                self.send_error(416)  # as real servers answer a range past the end
+                return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         else:
@@ -324,6 +327,16 @@ def test_pull_url_resumes_with_range(models_dir, http_server):
     assert sha256_hex(model.gguf_path) == hashlib.sha256(http_server.payload).hexdigest()
 
 
+def test_pull_url_whose_partial_file_is_already_complete(models_dir, http_server):
+    url = url_of(http_server)
+    store.open_store()
+    part = models_dir / "partial" / (hashlib.sha256(url.encode()).hexdigest()[:32] + ".part")
+    part.write_bytes(http_server.payload)  # killed after the last byte, before the blob was committed
+    model = store.pull(url, name="complete")
+    assert http_server.ranges == [f"bytes={len(http_server.payload)}-"]
+    assert sha256_hex(model.gguf_path) == hashlib.sha256(http_server.payload).hexdigest()
+
+
 def test_pull_url_restarts_when_the_server_ignores_range(models_dir, http_server):
     url = url_of(http_server)
     store.open_store()
@@ -340,6 +353,13 @@ def test_pull_url_errors(models_dir, http_server):
     with pytest.raises(DownloadError):
         store.pull("http://127.0.0.1:9/nothing-listens.gguf")
     assert store.list_models() == []
+
+
+def test_pull_local_file_with_a_wrong_digest_stores_nothing(models_dir, tiny_model):
+    with pytest.raises(DigestMismatch):
+        store.pull(str(tiny_model("llama", "Q8_0")), expected_digest="sha256:" + "2" * 64)
+    assert store.list_models() == [] and blob_files(models_dir) == set()
+    assert list((models_dir / "tmp").iterdir()) == []
 
 
 def test_pull_local_file_and_reject_non_gguf(models_dir, tmp_path, tiny_model):
