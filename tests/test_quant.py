@@ -216,6 +216,16 @@ def test_quantize_matches_llamacpp_reference(golden, ggml_type):
 
 
 @pytest.mark.parametrize("ggml_type", LLAMACPP_QUANT_TYPES, ids=lambda t: t.name)
+def test_quantize_one_block_at_a_time_matches_llamacpp(golden, ggml_type):
+    """The same bytes when each block is quantized alone (no batch-size effects)."""
+    block_size, type_size = GGML_QUANT_SIZES[ggml_type]
+    x, expected = golden["quant_input"][0], golden[f"quant_{ggml_type.name}"][0]
+    for b in range(0, x.size // block_size, 7):
+        block = x[b * block_size : (b + 1) * block_size]
+        assert np.array_equal(quantize(block, ggml_type), expected[b * type_size : (b + 1) * type_size]), b
+
+
+@pytest.mark.parametrize("ggml_type", LLAMACPP_QUANT_TYPES, ids=lambda t: t.name)
 @pytest.mark.parametrize("kind", ["normal", "uniform", "sparse", "outliers"])
 def test_quantize_matches_llamacpp_on_256k_values(golden, ggml_type, kind):
     """256K values per kind (1024 super-blocks): the golden file keeps SHA-256 hashes of

@@ -63,14 +63,16 @@ def round_half_away(x: np.ndarray) -> np.ndarray:
 def sum_in_order(values: np.ndarray) -> np.ndarray:
     """Sum over the FIRST axis in float32, row 0 + row 1 + ...: [k, m] -> [m].
 
-    This is C's ``for (i = 0; i < k; ++i) sum += v[i]`` for m groups at once:
-    NumPy reduces the first axis of a C-contiguous array one row at a time
-    (a vectorised add per row), whereas ``sum(axis=-1)`` adds pairwise.  The
-    scale searches compare sums, so the order decides their near-ties.  That
-    is why the searches below hold each group as a column of a [k, m] array
-    (weight index first) and transpose back at the end.
+    This is C's ``for (i = 0; i < k; ++i) sum += v[i]`` for m groups at once,
+    one vectorised add per row.  (``ndarray.sum`` may add pairwise, in another
+    order; the scale searches compare sums, so the order decides near-ties.)
+    That is why the searches below hold each group as a column of a [k, m]
+    array (weight index first) and transpose back at the end.
     """
-    return np.add.reduce(np.ascontiguousarray(values), axis=0, dtype=np.float32)
+    total = values[0].astype(np.float32, copy=True)
+    for row in values[1:]:
+        total += row
+    return total
 
 
 def signed_extreme(values: np.ndarray) -> np.ndarray:
