@@ -78,6 +78,17 @@ def test_other_pre_tokenizers_identical_to_llama_cpp(models, pre):
     assert _mismatches(Tokenizer(vocab), data["plain"], False, False) == []
 
 
+def test_sentencepiece_space_prefix_identical_to_llama_cpp(models):
+    """The Llama 2 / Mistral path: Gemma's vocabulary with add_space_prefix=true (a "▁" before the text and
+    after every special token), plain and with specials parsed; llama.cpp ran the patched GGUF."""
+    data = json.loads((GOLDEN / "tokens" / "gemma3_space_prefix.json").read_text(encoding="utf-8"))
+    vocab = copy.copy(models["gemma3"].tokenizer.vocab)
+    vocab.add_space_prefix = True
+    tokenizer = Tokenizer(vocab)
+    assert _mismatches(tokenizer, data["plain"], False, False) == []
+    assert _mismatches(tokenizer, data["special"], True, True) == []
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_parse_special_ids_identical_to_llama_cpp(models, golden, name):
     assert _mismatches(models[name].tokenizer, golden[name]["special"], True, True) == []

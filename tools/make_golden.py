@@ -210,15 +210,40 @@ PRE_VARIANTS = {
 }
 
 
-def _patched_copy(source: Path, old: bytes, new: bytes, target: Path) -> None:
+def _patched_copy(source: Path, old: bytes, new: bytes, target: Path, after: bytes = b"tokenizer.ggml.pre") -> None:
+    """Copy a GGUF, replacing the first ``old`` at or after the key ``after`` (same length: nothing moves)."""
     data = bytearray(source.read_bytes())
-    header = bytes(data[:65536])
-    key = b"tokenizer.ggml.pre"
-    at = header.find(old, header.find(key)) if old != key else header.find(key)
+    start = data.find(after, 0, 1 << 26)  # the metadata (with the vocabulary) comes first
+    at = data.find(old, start, start + 64 + len(old)) if start >= 0 else -1
     if at < 0 or len(old) != len(new):
         raise SystemExit(f"cannot patch {old!r} in {source}")
     data[at : at + len(old)] = new
     target.write_bytes(bytes(data))
+
+
+BOOL_FALSE, BOOL_TRUE = b"\x07\x00\x00\x00\x00", b"\x07\x00\x00\x00\x01"  # GGUF value type 7 (bool) + value
+
+
+def make_space_prefix_variant(corpus: list[str], specials: list[str]) -> None:
+    """Gemma 3's vocabulary with add_space_prefix=true: the SentencePiece path Llama 2 / Mistral GGUFs take."""
+    import tempfile
+
+    import refllm.packaged_models as packaged
+
+    source = packaged.gemma3_path()
+    key = b"tokenizer.ggml.add_space_prefix"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "gemma3-space-prefix.gguf"
+        _patched_copy(source, key + BOOL_FALSE, key + BOOL_TRUE, path, after=key)
+        server = LlamaCppServer(path)
+        plain = [{"text": t, "ids": server.tokenize(t, add_special=False, parse_special=False)} for t in corpus]
+        special = [{"text": t, "ids": server.tokenize(t, add_special=True, parse_special=True)} for t in specials]
+        del server
+    out = {"model": "gemma3", "gguf": f"{source.name} with tokenizer.ggml.add_space_prefix = true",
+           "reference": "llama.cpp via xllamacpp", "plain": plain, "special": special}
+    target = GOLDEN_TOKENS / "gemma3_space_prefix.json"
+    target.write_text(_json_one_case_per_line(out), encoding="utf-8")
+    print(f"{target}: {len(plain)} plain, {len(special)} special cases")
 
 
 def make_pre_variants(corpus: list[str]) -> None:
@@ -281,6 +306,7 @@ def make_tokens(args) -> int:
         target.write_text(_json_one_case_per_line(out), encoding="utf-8")
         print(f"{target}: {len(cases)} plain, {len(fuzz)} fuzz, {len(with_specials)} special, {len(with_bos)} bos cases")
     make_pre_variants(corpus + fuzz_corpus(100, seed=99))
+    make_space_prefix_variant(corpus + fuzz_corpus(100, seed=7), specials + fuzz_corpus(50, seed=8))
     _update_manifest("tokens", {
         "engine": "llama.cpp (xllamacpp in-process server: /tokenize, /detokenize)",
         "xllamacpp_version": xllamacpp.__version__,
