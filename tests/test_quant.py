@@ -215,6 +215,21 @@ def test_quantize_matches_llamacpp_reference(golden, ggml_type):
         assert np.array_equal(quantize(x, ggml_type), expected)
 
 
+@pytest.mark.parametrize("n_groups", [1, 2, 7])
+def test_sum_in_order_adds_left_to_right_like_c(n_groups):
+    """The scale searches' sums must follow C's float32 loop, whatever the batch size."""
+    from refllm.quant.quantizers import sum_in_order
+
+    values = (reproducible_values(32 * n_groups, "outliers", seed=n_groups) * 1000).reshape(32, n_groups)
+    expected = []
+    for group in range(n_groups):
+        total = np.float32(0)
+        for v in values[:, group]:
+            total = np.float32(total + v)
+        expected.append(total)
+    assert np.array_equal(sum_in_order(values), np.array(expected, dtype=np.float32))
+
+
 @pytest.mark.parametrize("ggml_type", LLAMACPP_QUANT_TYPES, ids=lambda t: t.name)
 def test_quantize_one_block_at_a_time_matches_llamacpp(golden, ggml_type):
     """The same bytes when each block is quantized alone (no batch-size effects)."""
