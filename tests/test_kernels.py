@@ -6,7 +6,7 @@ must equal reference-weights @ x to float32 rounding, over the shape classes
 the forward pass uses: one row, odd row counts, many rows, and the prefill
 batch path of ``numba_backend.linear``.  The reference is ``refllm.quant``
 where it covers the type, else gguf-py's ``gguf.quants`` (llama.cpp's Python
-port, bit-exact with ggml).
+port, bit-exact with ggml); random blocks come from ``refllm.quant.testing``.
 """
 
 from __future__ import annotations
@@ -19,33 +19,15 @@ from gguf import quants as gguf_quants
 from refllm.gguf import TensorInfo
 from refllm.kernels import numba_backend
 from refllm.kernels.quantized import F16_TO_F32, KERNELS
-
-# Byte offsets of the f16 scales inside one block (everything else may be any bits).
-F16_FIELDS = {
-    "Q4_0": [0], "Q4_1": [0, 2], "Q5_0": [0], "Q5_1": [0, 2], "Q8_0": [0],
-    "Q2_K": [80, 82], "Q3_K": [108], "Q4_K": [0, 2], "Q5_K": [0, 2], "Q6_K": [208],
-    "IQ4_NL": [0], "IQ4_XS": [0],
-}  # fmt: skip
+from refllm.quant.testing import random_blocks
 
 SHAPES = [(1, 256), (7, 512), (33, 768), (300, 256)]  # one row, odd counts, many rows
 
 
 def random_weight(type_name: str, m: int, k: int, seed: int = 0) -> np.ndarray:
-    """uint8 [m, row_bytes] of valid random blocks of ``type_name``."""
-    rng = np.random.default_rng(seed)
-    if type_name == "F32":
-        return rng.standard_normal((m, k)).astype(np.float32).view(np.uint8)
-    if type_name == "F16":
-        return rng.standard_normal((m, k)).astype(np.float16).view(np.uint8)
-    if type_name == "BF16":
-        bits = rng.standard_normal((m, k)).astype(np.float32).view(np.uint32) >> 16
-        return bits.astype(np.uint16).view(np.uint8)
-    block_size, type_size = GGML_QUANT_SIZES[T[type_name]]
-    blocks = rng.integers(0, 256, (m * k // block_size, type_size), dtype=np.uint8)
-    for offset in F16_FIELDS[type_name]:
-        scales = rng.uniform(-0.05, 0.05, blocks.shape[0]).astype(np.float16)
-        blocks[:, offset : offset + 2] = scales.view(np.uint8).reshape(-1, 2)
-    return blocks.reshape(m, -1)
+    """uint8 [m, row_bytes] of valid random blocks of ``type_name`` (finite scales)."""
+    block_size, _ = GGML_QUANT_SIZES[T[type_name]]
+    return random_blocks(T[type_name], m * k // block_size, np.random.default_rng(seed)).reshape(m, -1)
 
 
 def reference_weights(type_name: str, raw: np.ndarray, m: int, k: int) -> np.ndarray:
