@@ -58,6 +58,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # lets the script run from a checkout that is not pip-installed
     sys.path.insert(0, str(REPO))
 
+from refllm.quant.testing import F16_SCALE_OFFSETS  # noqa: E402  (where each block type keeps its scales)
+
 ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
 
 # Every type the foundation reads for the matmul weights, in the order of the issue.
@@ -223,41 +225,27 @@ def add_tokenizer(writer: gguf.GGUFWriter, arch: str) -> None:
 # Types gguf-py can quantize: we quantize Gaussian noise.
 QUANTIZABLE = {"F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "TQ1_0", "TQ2_0", "MXFP4"}
 
-# Types we fill with random valid blocks: where each f16 scale field sits in one block, and its
-# size relative to the block's scale (read off each block's layout; e.g. Q6_K = ql[128] qh[64]
-# scales[16] d:f16, so d is at byte 208).  The K-quants with a minimum (x = d*sc*q - dmin*m) get
-# dmin = mean(q) * d, which keeps random weights centred on zero.
-F16_SCALE_FIELDS: dict[str, tuple[tuple[int, float], ...]] = {
-    "Q2_K": ((80, 1.0), (82, 1.5)),  # scales[16] qs[64] d dmin; q in 0..3
-    "Q3_K": ((108, 1.0),),  # hmask[32] qs[64] scales[12] d
-    "Q4_K": ((0, 1.0), (2, 7.5)),  # d dmin scales[12] qs[128]; q in 0..15
-    "Q5_K": ((0, 1.0), (2, 15.5)),  # d dmin scales[12] qh[32] qs[128]; q in 0..31
-    "Q6_K": ((208, 1.0),),  # ql[128] qh[64] scales[16] d
-    "IQ4_NL": ((0, 1.0),),  # d qs[16]
-    "IQ4_XS": ((0, 1.0),),  # d scales_h:u16 scales_l[4] qs[128]
-    "IQ1_S": ((0, 1.0),),  # d qs[32] qh:u16[8]
-    "IQ2_XXS": ((0, 1.0),),  # d qs:u16[32]
-    "IQ2_XS": ((0, 1.0),),  # d qs:u16[32] scales[8]
-    "IQ2_S": ((0, 1.0),),  # d qs[64] qh[8] scales[8]
-    "IQ3_XXS": ((0, 1.0),),  # d qs[96]
-    "IQ3_S": ((0, 1.0),),  # d qs[64] qh[8] signs[32] scales[4]
-    "IQ1_M": (),  # qs[32] qh[16] scales:u16[4]; its f16 scale is the top nibble of each scales u16
-}
+# Types we fill with random valid blocks.  Where each block keeps its f16 scale fields comes
+# from refllm.quant.testing (e.g. Q6_K = ql[128] qh[64] scales[16] d:f16, so d is at byte 208).
+# The K-quants with a minimum (x = d*sc*q - dmin*m) get dmin = mean(q) * d, which keeps the
+# random weights centred on zero.
+DMIN_OVER_D = {"Q2_K": 1.5, "Q4_K": 7.5, "Q5_K": 15.5}  # mean of q in 0..3, 0..15, 0..31
 IQ1_M_SCALES_OFFSET = 48
 
 
 def set_block_scales(blocks: np.ndarray, qtype: str, scales: np.ndarray) -> None:
     """Write one f16 scale per block into ``blocks`` ([n_blocks, type_size] uint8), in place."""
-    if qtype == "IQ1_M":  # the 16 bits of its f16 scale are spread over the top nibbles of 4 u16
+    if qtype == "IQ1_M":  # qs[32] qh[16] scales:u16[4]: its f16 scale is the top nibble of each u16
         bits = scales.astype(np.float16).view(np.uint16)  # [n_blocks]
         sc = blocks[:, IQ1_M_SCALES_OFFSET : IQ1_M_SCALES_OFFSET + 8].copy().view("<u2")  # [n_blocks, 4]
         for i in range(4):
             sc[:, i] = (sc[:, i] & 0x0FFF) | (((bits >> (4 * i)) & 0xF) << 12)
         blocks[:, IQ1_M_SCALES_OFFSET : IQ1_M_SCALES_OFFSET + 8] = sc.view(np.uint8)
         return
-    for offset, factor in F16_SCALE_FIELDS[qtype]:
-        field = (scales * factor).astype(np.float16).view(np.uint8).reshape(-1, 2)  # [n_blocks, 2]
-        blocks[:, offset : offset + 2] = field
+    d_offset, *dmin_offset = F16_SCALE_OFFSETS[T[qtype]]
+    fields = [(d_offset, scales)] + [(o, scales * DMIN_OVER_D[qtype]) for o in dmin_offset]
+    for offset, values in fields:
+        blocks[:, offset : offset + 2] = values.astype(np.float16).view(np.uint8).reshape(-1, 2)  # [n_blocks, 2]
 
 
 @cache
