@@ -294,7 +294,11 @@ class ProgressBar:
             fraction = min(1.0, (completed or 0) / total)
             filled = int(fraction * self.WIDTH)
             bar = "█" * filled + " " * (self.WIDTH - filled)
-            self.stream.write(f"\r{status} {fraction:4.0%} ▕{bar}▏ {human_bytes(completed or 0)}/{human_bytes(total)}  ")
+            if event.get("unit"):  # a count of things (tensors), not bytes
+                amount = f"{completed or 0}/{total} {event['unit']}"
+            else:
+                amount = f"{human_bytes(completed or 0)}/{human_bytes(total)}"
+            self.stream.write(f"\r{status} {fraction:4.0%} ▕{bar}▏ {amount}  ")
             self.stream.flush()
             self._open = True
 

@@ -11,7 +11,8 @@ directory (``REFLLM_MODELS``, default ``~/.refllm/models``):
     model = store.resolve("pirate")                # ResolvedModel(gguf_path, params, system, template, messages, license)
 
 Progress callbacks receive Ollama's progress objects:
-``{"status": "downloading", "digest": ..., "total": ..., "completed": ...}``.
+``{"status": "downloading", "digest": ..., "total": ..., "completed": ...}`` (bytes; with
+``"unit": "tensors"`` the counts are tensors, while quantizing or converting).
 Errors are ``RefllmError`` subclasses: ``ModelNotFound`` (404), ``InvalidRequest`` and
 ``ModelfileError`` (400), ``StoreError`` (500), ``DownloadError`` (502).
 """

@@ -159,7 +159,7 @@ def convert_safetensors_to_gguf(directory: Path, out: Path, progress: Progress =
         name = gguf_tensor_name(hf_name)
         if name is None:
             continue
-        progress({"status": f"converting {hf_name}", "total": len(tensors), "completed": index})
+        progress({"status": "converting to GGUF", "total": len(tensors), "completed": index, "unit": "tensors"})
         if name.endswith("attn_q.weight"):
             array = rope_rows_for_gguf(array, n_head)
         elif name.endswith("attn_k.weight"):

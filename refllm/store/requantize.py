@@ -70,11 +70,11 @@ def requantize_gguf(source: Path, out: Path, quantize: str, progress: Progress =
     writer.write_ti_data_to_file()
 
     # 2) the data, tensor by tensor, in the table's order
+    status = f"quantizing to {quantize.upper()}"
     for index, (name, new_type) in enumerate(plan):
-        progress({"status": f"quantizing {name} to {new_type.name}", "total": len(plan), "completed": index})
-        data = convert_tensor(model.tensors[name], new_type)
-        writer.write_tensor_data(data)
-    progress({"status": "quantizing", "total": len(plan), "completed": len(plan)})
+        progress({"status": status, "total": len(plan), "completed": index, "unit": "tensors"})
+        writer.write_tensor_data(convert_tensor(model.tensors[name], new_type))
+    progress({"status": status, "total": len(plan), "completed": len(plan), "unit": "tensors"})
     writer.close()
 
 
