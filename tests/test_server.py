@@ -148,6 +148,19 @@ def test_ollama_num_predict_gives_done_reason_length(oclient):
     assert response.done_reason == "length" and response.eval_count == 3
 
 
+def test_seed_reproduces_sampled_output_and_stop_cuts_it(oclient, aclient):
+    sampled = {"temperature": 1.5, "top_k": 0, "top_p": 1.0, "seed": 42, "num_predict": 12}
+    first = oclient.generate(model="fake", prompt="hello", options=sampled).response
+    assert oclient.generate(model="fake", prompt="hello", options=sampled).response == first
+    expected, _ = reference(chat_prompt(("user", "hello")))
+    stop = expected[3:5]
+    cut = oclient.generate(model="fake", prompt="hello", options={**GREEDY, "stop": [stop]})
+    assert cut.response == expected[: expected.index(stop)] and cut.done_reason == "stop"
+    completion = aclient.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hello"}],
+                                                 temperature=0, stop=stop, seed=1)
+    assert completion.choices[0].message.content == expected[: expected.index(stop)]
+
+
 def test_ollama_chat(oclient):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "more"}]
     expected, _ = reference(chat_prompt(("user", "hi"), ("assistant", "yo"), ("user", "more")))
@@ -232,7 +245,7 @@ def test_openai_chat(aclient):
     expected, steps = reference(chat_prompt(("system", "sys"), ("user", "hello")))
     completion = aclient.chat.completions.create(
         model="fake", messages=[{"role": "developer", "content": "sys"}, {"role": "user", "content": "hello"}],
-        temperature=0, frequency_penalty=0, logprobs=True, top_logprobs=2, extra_body={"options": {}})
+        temperature=0, frequency_penalty=0, logprobs=True, top_logprobs=2)
     choice = completion.choices[0]
     assert choice.message.content == expected and choice.finish_reason == "stop" and choice.index == 0
     assert completion.object == "chat.completion" and completion.id.startswith("chatcmpl-")

@@ -127,6 +127,19 @@ class LoadedModel:
     users: int = 0  # requests waiting for or holding a slot; a model with users is never unloaded
     loaded_at: float = field(default_factory=time.time)
     sessions: dict[int, Any] = field(default_factory=dict)  # slot -> refllm.generate.Session (its own KV cache)
+    ready: bool = False  # tokenizer, chat template and weights built (once, under ready_lock)
+    ready_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def ensure_ready(self) -> int:
+        """Build the model's lazy parts once, whichever slot asks first; return the ns it took."""
+        with self.ready_lock:
+            if self.ready:
+                return 0
+            started = time.perf_counter_ns()
+            for part in ("tokenizer", "chat_template", "transformer"):  # cached properties of refllm's Model
+                getattr(self.model, part, None)
+            self.ready = True
+            return time.perf_counter_ns() - started
 
     def session(self, slot: int):
         """The slot's KV cache and the tokens in it; the next request in this slot reuses their common prefix."""
@@ -172,7 +185,8 @@ class GenerationStream:
     closes the model's generator, which stops generating, and frees the slot.
     """
 
-    def __init__(self, events: Iterator, release: Callable[[], None]):
+    def __init__(self, first, events: Iterator, release: Callable[[], None]):
+        self._pending = [first]  # the event the engine already pulled (to raise request errors early)
         self._events = events
         self._release = release
         self._closed = False
@@ -183,6 +197,8 @@ class GenerationStream:
     def __next__(self):
         if self._closed:
             raise StopIteration
+        if self._pending:
+            return self._pending.pop()
         try:
             return next(self._events)
         except StopIteration:
@@ -342,12 +358,13 @@ class Engine:
         try:
             if request.images:
                 raise InvalidRequest(f"model '{loaded.name}' is text-only: it does not accept images")
+            load_ns += loaded.ensure_ready()
             events = _generation_events(loaded, slot, request, load_ns, started)
             first = next(events)  # surfaces request errors as exceptions, before the response starts
         except BaseException:
             release()
             raise
-        return GenerationStream(_prepend(first, events), release)
+        return GenerationStream(first, events, release)
 
     # -- embeddings
 
@@ -358,31 +375,11 @@ class Engine:
         started = time.perf_counter_ns()
         loaded, slot, load_ns = self._take_slot(name, keep_alive)
         try:
+            load_ns += loaded.ensure_ready()
             vectors, n_tokens = embed_texts(loaded.model, inputs, truncate=truncate, dimensions=dimensions, options=options or {})
         finally:
             self._release_slot(loaded, slot)
         return EmbedResult(vectors, n_tokens, load_ns, time.perf_counter_ns() - started)
-
-
-def _prepend(first, rest: Iterator) -> Iterator:
-    class _Chain:
-        """``first`` then ``rest``; ``close()`` reaches the model's generator."""
-
-        def __init__(self):
-            self.pending = [first]
-
-        def __iter__(self):
-            return self
-
-        def __next__(self):
-            if self.pending:
-                return self.pending.pop()
-            return next(rest)
-
-        def close(self):
-            rest.close()
-
-    return _Chain()
 
 
 def _generation_events(loaded: LoadedModel, slot: int, request: GenerationRequest, load_ns: int, started_ns: int) -> Iterator:

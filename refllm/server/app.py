@@ -41,7 +41,6 @@ class ServerSettings:
     api_key: str | None = None  # REFLLM_API_KEY: required as "Authorization: Bearer <key>" when set
     origins: list[str] = field(default_factory=list)  # REFLLM_ORIGINS: extra allowed browser origins
     max_body_bytes: int = MAX_BODY_BYTES
-    threads: int = 16  # waitress worker threads (queued requests wait in one each)
 
 
 def _origin_allowed(origin: str, patterns: list[str]) -> bool:

@@ -36,6 +36,16 @@ def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
     )
 
 
+def worker_threads(engine_settings: EngineSettings, limit: int = 128) -> int:
+    """Waitress threads: one per running or queued request (a queued request waits in a thread).
+
+    Past ``limit`` threads, further requests wait in waitress's own backlog instead of
+    getting the queue's 503: set REFLLM_MAX_QUEUE below that for a strict bound.
+    """
+    running = engine_settings.num_parallel * engine_settings.max_loaded_models
+    return max(16, min(limit, running + engine_settings.max_queue + 8))
+
+
 def make_server(app, host: str, port: int, threads: int = 16):
     """A waitress server bound to host:port (port 0 picks a free one)."""
     return create_server(app, host=host, port=port, threads=threads, ident="refllm", channel_timeout=300,
@@ -47,7 +57,7 @@ def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> N
     engine = Engine(engine_settings)
     app = create_app(engine, server_settings)
     try:
-        server = make_server(app, server_settings.host, server_settings.port, server_settings.threads)
+        server = make_server(app, server_settings.host, server_settings.port, worker_threads(engine_settings))
     except OSError as e:
         engine.close()
         raise ServeError(f"cannot listen on {server_settings.host}:{server_settings.port}: {e.strerror or e}") from None
