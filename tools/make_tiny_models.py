@@ -27,6 +27,11 @@ differ either):
     qwen3    256     2       4       2       128     512   q_norm/k_norm, tied output
     gemma3   256     2       4       2       128     512   q/k norms, post-norms, sliding window 32
 
+gemma3 note: llama.cpp (like HF) makes every 6th layer a global-attention layer, so both tiny
+layers are sliding-window layers, and those use llama.cpp's fixed local RoPE base 10000:
+``gemma3.rope.freq_base`` (1e6, for global layers) has no effect on these models (measured:
+identical logits with any freq_base).  The 32-token window is easy to exceed in a test.
+
 Weights: every matrix (token embedding, attention, feed-forward, output) is
 stored in the requested type; norms and biases are F32.  For types gguf-py can
 quantize (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, TQ1_0, TQ2_0, MXFP4) the
