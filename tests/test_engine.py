@@ -217,3 +217,21 @@ def test_a_models_stored_system_and_parameters_apply(smollm2_gguf):
         assert own.eval_count == 1 and own.prompt_tokens == len("[system]mine\n[user]hi\n[assistant]") + 1
     finally:
         engine.close()
+
+
+def test_a_changed_model_definition_is_reloaded(smollm2_gguf):
+    from pathlib import Path
+
+    from refllm.engine import Engine, ModelRecipe
+    from server_fakes import FakeModel
+
+    recipes = {"v": ModelRecipe("m:latest", Path(smollm2_gguf), params={"num_predict": 2})}
+    loads = []
+    engine = Engine(resolver=lambda name: recipes["v"], loader=lambda r: loads.append(r) or FakeModel())
+    try:
+        assert engine.generate(GenerationRequest("m", "hi")).collect().eval_count == 2
+        recipes["v"] = ModelRecipe("m:latest", Path(smollm2_gguf), params={"num_predict": 1})  # e.g. /api/create again
+        assert engine.generate(GenerationRequest("m", "hi")).collect().eval_count == 1
+        assert len(loads) == 2
+    finally:
+        engine.close()

@@ -307,6 +307,9 @@ class Engine:
         load_ns = 0
         with self._lock:
             loaded = self._loaded.get(recipe.name)
+            if loaded is not None and loaded.recipe != recipe and loaded.users == 0:
+                self._drop(loaded)  # the name now means something else (re-created, copied over): reload
+                loaded = None
             if loaded is None:
                 self._make_room()
                 started = time.perf_counter_ns()
