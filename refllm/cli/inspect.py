@@ -105,12 +105,18 @@ def format_description(description: dict[str, Any], license_lines: int = 4) -> s
 # --------------------------------------------------------------------------- metadata and tensors
 
 
+def element_type(array: np.ndarray | StringArray | list) -> str:
+    """What a metadata array holds: "string", "array" (nested) or a NumPy dtype name ("int32")."""
+    if isinstance(array, StringArray):
+        return "string"
+    return "array" if isinstance(array, list) else array.dtype.name
+
+
 def json_value(value: Any, verbose: bool = False) -> Any:
     """A metadata value as JSON: numbers and strings as they are, long arrays summarized."""
     if isinstance(value, (np.ndarray, StringArray, list)):
         if len(value) > ARRAY_SUMMARY_LIMIT and not verbose:
-            element = "string" if isinstance(value, StringArray) else "array" if isinstance(value, list) else value.dtype.name
-            return {"type": element, "length": len(value)}
+            return {"type": element_type(value), "length": len(value)}
         if isinstance(value, np.ndarray):
             return value.tolist()
         return [json_value(v, verbose) for v in value]
