@@ -350,6 +350,17 @@ FEATURE_TEMPLATES = [
     # tool calls with dict arguments, tool results
     "{% for m in messages %}{{ m.role }}:{% if m.tool_calls %}{% for c in m.tool_calls %}{{ c.function.name }}"
     "({{ c.function.arguments | tojson }}){% endfor %}{% else %}{{ m.content }}{% endif %};{% endfor %}",
+    # macros, string methods, tests, selectattr/map, items, loop.last, dict literals
+    "{%- macro show(m) -%}<{{ m.role }}>{{ m.content.strip().split(' ') | join('_') }}</{{ m.role }}>{%- endmacro -%}\n"
+    "{%- set system = messages | selectattr('role', 'equalto', 'system') | map(attribute='content') | list -%}\n"
+    "{%- if system %}SYS={{ system[0] }}{% endif %}\n"
+    "{%- for m in messages if m.role != 'system' %}{{ show(m) }}{% if not loop.last %}|{% endif %}{% endfor %}\n"
+    "{%- if tools is defined and tools is not none %}{% for k, v in tools[0].function.items() %}{{ k }};{% endfor %}{% endif %}\n"
+    "{{- {'a': 1, 'b': [1, 2]} | tojson }}{{ messages[1].content.startswith('  What') }}{{ 'x' if undefined_var is undefined }}",
+    # whitespace control with dashes mixed with trim_blocks, nested loops, loop.index/length, replace/title
+    "{% for m in messages -%}\n  {%- for c in m.content[:3] %}[{{ c }}]{% endfor %}\n"
+    "  {{ loop.index }}/{{ loop.length }} {{ m.role | replace('a', 'A') | title }}\n{% endfor -%}\n"
+    "{%- if add_generation_prompt %}\n  GEN\n{% endif %}\n",
 ]
 
 
