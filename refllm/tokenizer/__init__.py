@@ -7,10 +7,14 @@
     tok.decoder().push(id) -> newly completed text           (streaming)
 
     from refllm.tokenizer.chat import chat_template_for
-    chat_template_for(gguf_file, tok).render(messages, tools=None, add_generation_prompt=True)
+    prompt = chat_template_for(gguf_file, tok).render(messages, tools=None, add_generation_prompt=True)
+    ids = tok.encode_chat(prompt, [m["content"] for m in messages])   # markers typed by users stay text
 
 Modules: vocab (GGUF metadata) -> specials (split on special tokens) -> bpe (gpt2 byte-level)
-/ spm (SentencePiece-style) -> tokenizer (encode/decode) ; chat (templates).
+/ spm (SentencePiece-style) -> tokenizer (encode/decode) ; chat (Jinja templates, sandboxed)
+-> go_template (Ollama Modelfile TEMPLATE).
+
+Every id is checked against llama.cpp (golden/tokens/, written by tools/make_golden.py).
 """
 
 from refllm.tokenizer.tokenizer import IncrementalDecoder, Tokenizer, tokenizer_from_gguf

@@ -18,7 +18,14 @@ llama.cpp's algorithm (``llm_tokenizer_spm_session``), for one fragment of plain
 No merge list is stored: any pair of tokens whose concatenation is a token can merge.
 That is exactly BPE with the merges "left right -> left+right" for every token split
 into two tokens, ranked by the merged token's score, which is what we hand to HF
-``tokenizers`` (its Rust BPE with byte fallback then runs the loop above).
+``tokenizers`` (its Rust BPE with byte fallback then runs the loop above). Equal
+scores (GGUFs that store none) fall back to the token id, SentencePiece's training
+order; llama.cpp breaks such ties by position, which could differ only where two
+different equal-score tokens compete for the same characters.
+
+Gemma's user-defined tokens made of spaces ("   "), newlines and tabs never reach this
+code: like llama.cpp, ``specials.py`` splits them off the raw text first, so they need
+no re-spelling as "▁" runs.
 """
 
 from __future__ import annotations
