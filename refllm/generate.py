@@ -81,10 +81,6 @@ class GenerationResult:
     eval_duration: int = 0  # ns
     total_duration: int = 0  # ns, the whole call
 
-    @property
-    def done(self) -> bool:
-        return True
-
 
 @dataclass
 class Session:
