@@ -93,7 +93,10 @@ class _Translator:
         kind, name = tokens[0]
         if kind == "ident" and name in _FUNCTIONS:
             args = self.operands(tokens[1:]) + ([piped] if piped is not None else [])
-            return _FUNCTIONS[name](args)
+            minimum, translate = _FUNCTIONS[name]
+            if len(args) < minimum:
+                raise ChatTemplateError(f"Go template: '{name}' needs {minimum} argument(s)")
+            return translate(args)
         if kind == "ident" and name not in ("true", "false", "nil"):
             raise ChatTemplateError(f"Go template: function '{name}' is not supported")
         operands = self.operands(tokens)
@@ -216,32 +219,29 @@ def _tokenize(body: str) -> list[tuple[str, str]]:
     return tokens
 
 
-def _need(name: str, args: list[str], n: int) -> None:
-    if len(args) < n:
-        raise ChatTemplateError(f"Go template: '{name}' needs {n} argument(s)")
+# Go's builtin functions -> Jinja expressions; each gets its (already translated) arguments.
+def _go_eq(a):  # eq x y z: x == y or x == z
+    return "(" + " or ".join(f"{a[0]} == {other}" for other in a[1:]) + ")"
 
 
-def _compare(op: str):
-    def build(args):
-        _need(op, args, 2)
-        return f"({args[0]} {op} {args[1]})"
-    return build
+def _go_slice(a):  # slice x i j: x[i:j]
+    return f"{a[0]}[{a[1] if len(a) > 1 else ''}:{a[2] if len(a) > 2 else ''}]"
 
 
-_FUNCTIONS = {
-    "eq": lambda a: (_need("eq", a, 2), "(" + " or ".join(f"{a[0]} == {b}" for b in a[1:]) + ")")[1],
-    "ne": _compare("!="),
-    "lt": _compare("<"),
-    "le": _compare("<="),
-    "gt": _compare(">"),
-    "ge": _compare(">="),
-    "and": lambda a: (_need("and", a, 1), "(" + " and ".join(a) + ")")[1],
-    "or": lambda a: (_need("or", a, 1), "(" + " or ".join(a) + ")")[1],
-    "not": lambda a: (_need("not", a, 1), f"(not {a[0]})")[1],
-    "len": lambda a: (_need("len", a, 1), f"({a[0]} | length)")[1],
-    "index": lambda a: (_need("index", a, 2), a[0] + "".join(f"[{i}]" for i in a[1:]))[1],
-    "slice": lambda a: (_need("slice", a, 1), f"{a[0]}[{a[1] if len(a) > 1 else ''}:{a[2] if len(a) > 2 else ''}]")[1],
-    "json": lambda a: (_need("json", a, 1), f"({a[0]} | tojson)")[1],
+_FUNCTIONS = {  # name -> (minimum number of arguments, translation)
+    "eq": (2, _go_eq),
+    "ne": (2, lambda a: f"({a[0]} != {a[1]})"),
+    "lt": (2, lambda a: f"({a[0]} < {a[1]})"),
+    "le": (2, lambda a: f"({a[0]} <= {a[1]})"),
+    "gt": (2, lambda a: f"({a[0]} > {a[1]})"),
+    "ge": (2, lambda a: f"({a[0]} >= {a[1]})"),
+    "and": (1, lambda a: "(" + " and ".join(a) + ")"),
+    "or": (1, lambda a: "(" + " or ".join(a) + ")"),
+    "not": (1, lambda a: f"(not {a[0]})"),
+    "len": (1, lambda a: f"({a[0]} | length)"),
+    "index": (2, lambda a: a[0] + "".join(f"[{i}]" for i in a[1:])),
+    "slice": (1, _go_slice),
+    "json": (1, lambda a: f"({a[0]} | tojson)"),
 }
 
 
