@@ -139,6 +139,8 @@ def test_bad_messages_are_clear_errors(smollm2, bad):
     ("{% set ns = namespace(_x=1) %}", "underscore"),
     ("{{ 'x' * 1000000000 }}", "repetition too large"),
     ("{{ 2 ** 100000000 }}", "exponent too large"),
+    ("{% set ns = namespace(v=['x'] * 1000) %}{% for i in range(40) %}{% set ns.v = ns.v + ns.v %}{% endfor %}",
+     "value too large"),
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recursed"),
     ("{{ messages[0].content.nonexistent_method() }}", "no attribute"),
     ("{{ messages[0].content + 1 }}", "TypeError"),

@@ -113,15 +113,21 @@ def _normalize_tool_call(call: Any, index: int) -> dict:
 
 
 class _BoundedSandbox(jinja2.sandbox.ImmutableSandboxedEnvironment):
-    """HF's sandbox, plus a cap on ``'x' * n`` and ``a ** b`` so one expression can't eat the memory."""
+    """HF's sandbox, plus caps on ``'x' * n``, ``a ** b`` and ``list + list`` so that one
+    expression (or a loop doubling a value) can't eat the memory before the time limit hits."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "+"})
 
     def call_binop(self, context, operator, left, right):
         if operator == "**":
             if isinstance(right, int) and abs(right) > 1024:
                 raise jinja2.sandbox.SecurityError("exponent too large in chat template")
             return left**right
+        if operator == "+":
+            if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                if len(left) + len(right) > MAX_RENDER_CHARS:
+                    raise jinja2.sandbox.SecurityError("value too large in chat template")
+            return left + right
         for sequence, count in ((left, right), (right, left)):
             if isinstance(sequence, (str, list, tuple)) and isinstance(count, int):
                 if len(sequence) * max(count, 0) > MAX_REPEAT_CHARS:
