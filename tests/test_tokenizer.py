@@ -51,6 +51,19 @@ def test_golden_covers_the_corpus(golden, name):
     assert "" in texts and any("<|im_start|>" in t for t in texts) and any(len(t) >= 300 for t in texts)
 
 
+def test_golden_files_match_the_tool(golden):
+    """golden/tokens/ holds exactly the strings tools/make_golden.py generates (no stale file), and the
+    tool imports without the reference engines."""
+    from conftest import load_tool
+
+    tool = load_tool("make_golden")
+    assert {"tokens", "chat", "logits"} <= set(tool.SUBCOMMANDS)
+    for name in MODELS:
+        assert [c["text"] for c in golden[name]["plain"]] == tool.tokenizer_corpus()
+        assert [c["text"] for c in golden[name]["fuzz"]] == tool.fuzz_corpus()
+        assert [c["text"] for c in golden[name]["special"]] == tool.special_corpus()
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_plain_text_ids_identical_to_llama_cpp(models, golden, name):
     """add_special=False, parse_special=False on every corpus string: 100% identical."""
