@@ -20,6 +20,11 @@ from refllm.server.app import ServerSettings, create_app
 log = logging.getLogger("refllm.server")
 
 
+# Waitress reads a whole body before the app sees it; only blob uploads (model files) may be
+# this large, every other route is cut at ServerSettings.max_body_bytes (16 MiB) by the app.
+MAX_UPLOAD_BYTES = 64 * 1024**3
+
+
 class ServeError(RefllmError):
     """The server cannot start (address in use, bad address, ...)."""
 
@@ -49,7 +54,8 @@ def worker_threads(engine_settings: EngineSettings, limit: int = 128) -> int:
 def make_server(app, host: str, port: int, threads: int = 16):
     """A waitress server bound to host:port (port 0 picks a free one)."""
     return create_server(app, host=host, port=port, threads=threads, ident="refllm", channel_timeout=300,
-                         connection_limit=200, clear_untrusted_proxy_headers=True)
+                         connection_limit=200, clear_untrusted_proxy_headers=True,
+                         max_request_body_size=MAX_UPLOAD_BYTES)
 
 
 def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> None:
@@ -99,8 +105,11 @@ class ServerThread:
         return f"http://{self.host}:{self._server.effective_port}"
 
     def stop(self) -> None:
+        from waitress import wasyncore
+
         self._stopping = True
-        self._server.close()
+        self._server.task_dispatcher.shutdown(timeout=2)
+        wasyncore.close_all(self._server._map)  # the listening socket and any kept-alive client connection
         self._thread.join(timeout=5)
 
     def __enter__(self) -> str:
