@@ -109,12 +109,17 @@ def generate(
     top_logprobs: int = 0,
     session: Session | None = None,
     options: Options | dict | None = None,
+    constraint: Any = None,
     **more_options: Any,
 ) -> GenerationResult | Iterator[Chunk | GenerationResult]:
     """Generate from ``model``. Options use Ollama's names, as ``options=`` and/or keywords.
 
     Returns a ``GenerationResult``; with ``stream=True`` an iterator of ``Chunk``s ending with
     the ``GenerationResult``. Bad input raises ``InvalidRequest`` before any work is done.
+
+    ``constraint``: a grammar (``refllm.constrain.TokenConstraint``) that restricts every
+    sampled token: ``mask(logits)`` before sampling, ``advance(token)`` after, and
+    generation stops once ``finished``.
     """
     if isinstance(options, Options):
         opts = options.updated(more_options)
@@ -134,7 +139,7 @@ def generate(
             f"the prompt is {len(prompt_ids)} tokens but the context (num_ctx) is {num_ctx}: "
             f"shorten the prompt or raise num_ctx (this model allows up to {model.n_ctx_train})"
         )
-    events = _run(model, prompt_ids, opts, num_ctx, session or Session(), logprobs or top_logprobs > 0, top_logprobs, started, load_duration)
+    events = _run(model, prompt_ids, opts, num_ctx, session or Session(), logprobs or top_logprobs > 0, top_logprobs, started, load_duration, constraint)
     if stream:
         return events
     for event in events:
@@ -146,7 +151,7 @@ def generate(
 # --------------------------------------------------------------------------- the loop
 
 
-def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logprobs, top_n, started, load_duration):
+def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logprobs, top_n, started, load_duration, constraint=None):
     tokenizer = model.tokenizer
     end_ids = set(tokenizer.eog_ids)
     sampler = Sampler(opts, model.n_vocab)
@@ -171,7 +176,8 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
     eval_count = 0
     done_reason = "length"
     while len(generated) < max_new:
-        token = sampler.sample(logits, context, num_ctx)
+        allowed = logits if constraint is None else constraint.mask(logits)  # grammar: forbidden tokens -> -inf
+        token = sampler.sample(allowed, context, num_ctx)
         eval_count += 1
         if token in end_ids:
             done_reason = "stop"
@@ -180,6 +186,8 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
             lp = token_logprob(logits, token, top_n, tokenizer.token_bytes)  # raw logits, before any sampler
             all_logprobs.append(lp)
             pending_logprobs.append(lp)
+        if constraint is not None:
+            constraint.advance(token)
         generated.append(token)
         context.append(token)
         pending_ids.append(token)
@@ -189,7 +197,7 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
             text_parts.append(released)
             yield Chunk(released, pending_ids, pending_logprobs)
             pending_ids, pending_logprobs = [], []
-        if stops.stopped:
+        if stops.stopped or (constraint is not None and constraint.finished):
             done_reason = "stop"
             break
         if len(generated) >= max_new or len(session.tokens) >= num_ctx:
