@@ -24,6 +24,7 @@ import threading
 import time
 from contextlib import contextmanager
 
+import numba
 import numpy as np
 
 from refllm.gguf import TensorInfo
@@ -42,6 +43,11 @@ TILE_WEIGHTS = 1 << 20
 MATVEC_MAX_TOKENS = 2
 # From this many query tokens on, attention runs one (token, head) per thread.
 PARALLEL_ATTENTION_MIN_TOKENS = 8
+# A matvec over fewer weights than this runs on one thread.  Waking a second
+# thread costs microseconds on an idle machine but milliseconds on a busy one
+# (measured here, 1536 x 768 Q4_1: 0.15 ms on 1 thread, 16-28 ms on 2 while
+# other processes held the second core); a big matrix (the output head) wins.
+PARALLEL_MIN_WEIGHTS = 1 << 21
 
 
 def supports(ggml_type) -> bool:
@@ -87,6 +93,28 @@ def _run(kernel, *args):
     return result
 
 
+# --------------------------------------------------------------------------- threads
+
+_max_threads = numba.config.NUMBA_NUM_THREADS  # for the big kernels; see set_threads
+_thread_state = threading.local()  # Numba's thread count is per calling thread
+
+
+def set_threads(n: int | None) -> int:
+    """Threads for the big kernels (default: NUMBA_NUM_THREADS, i.e. all cores). Returns the count."""
+    global _max_threads
+    if n is not None:
+        _max_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
+    return _max_threads
+
+
+def _use_threads(n_weights: int) -> None:
+    """One thread for small work, all for big; only calls Numba when the count changes."""
+    wanted = _max_threads if n_weights >= PARALLEL_MIN_WEIGHTS else 1
+    if getattr(_thread_state, "threads", None) != wanted:
+        numba.set_num_threads(wanted)
+        _thread_state.threads = wanted
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -106,6 +134,7 @@ def matvec(w: TensorInfo, x: np.ndarray) -> np.ndarray:
     rows = _rows(w)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(rows.shape[0], dtype=np.float32)  # [m]
+    _use_threads(rows.shape[0] * x.shape[0])
     _run(matvec_kernel, rows, x, y, F16_TO_F32, inner)
     return y
 
@@ -117,6 +146,7 @@ def dequantize_rows(w: TensorInfo, rows: np.ndarray) -> np.ndarray:
         rows = rows.view()
         rows.flags.writeable = False
     out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
+    _use_threads(out.size)
     _run(dequantize_kernel, rows, out, F16_TO_F32, inner)
     return out
 
@@ -202,6 +232,8 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
     n, heads, _ = q.shape
     out = np.empty((n, heads, v_cache.shape[2]), dtype=np.float32)
     kernel = numba_ops.attention_decode if n < PARALLEL_ATTENTION_MIN_TOKENS else numba_ops.attention_prefill
+    if kernel is numba_ops.attention_prefill:
+        _use_threads(PARALLEL_MIN_WEIGHTS)
     _run(
         kernel,
         np.ascontiguousarray(q, dtype=np.float32),

@@ -58,11 +58,9 @@ def peak_rss_mb() -> float:
 def set_threads(threads: int | None) -> int:
     """Numba's thread count.  (BLAS reads OPENBLAS_NUM_THREADS at start-up: ``refllm bench``
     and tools/bench_vs_llamacpp.py run each measurement in a fresh process with both set.)"""
-    import numba
+    from refllm.kernels.numba_backend import set_threads as set_kernel_threads
 
-    if threads is not None:
-        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    return numba.get_num_threads()
+    return set_kernel_threads(threads)
 
 
 def measure_in_subprocess(model_ref, n_prompt: int, n_gen: int, threads: int, backend: str = "numba", timeout: float = 900) -> SpeedResult:
