@@ -569,3 +569,39 @@ def test_refllm_serve_command(tmp_path):
 
     bad = subprocess.run([sys.executable, "-m", "refllm", "serve", "--port", "70000"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "port" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_disconnect_stops_a_non_streaming_request_and_a_queued_one(smollm2_gguf):
+    from server_fakes import fake_engine
+
+    engine, loaded = fake_engine(smollm2_gguf, EngineSettings(num_parallel=1, max_queue=4), delay_s=0.02)
+    with ServerThread(create_app(engine)) as url:
+        parts = urllib.parse.urlsplit(url)
+
+        def send(body: dict) -> socket.socket:
+            sock = socket.create_connection((parts.hostname, parts.port), timeout=30)
+            data = json.dumps(body).encode()
+            sock.sendall(b"POST /api/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: " + str(len(data)).encode() + b"\r\n\r\n" + data)
+            return sock
+
+        busy = send({"model": "slow", "prompt": "go", "stream": False, "options": {"num_predict": 300}})
+        deadline = time.time() + 10
+        while not loaded.get("slow:latest") and time.time() < deadline:
+            time.sleep(0.01)
+        lm = [m for m in engine.running() if m.name == "slow:latest"][0]
+        queued = send({"model": "slow", "prompt": "later", "stream": False, "options": {"num_predict": 300}})
+        while lm.queue.waiting < 1 and time.time() < deadline:
+            time.sleep(0.01)
+        queued.close()  # gives up while waiting in line
+        while lm.queue.waiting and time.time() < deadline:
+            time.sleep(0.01)
+        assert lm.queue.waiting == 0 and lm.queue.running == 1
+
+        model = loaded["slow:latest"][0]
+        busy.close()  # gives up while its answer is being generated
+        time.sleep(1.0)
+        calls = model.forward_calls
+        time.sleep(0.3)
+        assert model.forward_calls == calls < 150 and lm.queue.idle
+    engine.close()

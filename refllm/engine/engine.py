@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 
 from refllm.engine.keep_alive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from refllm.engine.names import validate_model_name
-from refllm.engine.queue import RequestQueue, ServerBusy
+from refllm.engine.queue import ClientGone, RequestQueue, ServerBusy
 from refllm.errors import InvalidRequest, ModelNotFound
 
 
@@ -65,6 +65,7 @@ class GenerationRequest:
     logprobs: bool = False
     top_logprobs: int = 0
     keep_alive: object = None  # as given by the client; parsed by parse_keep_alive
+    output: Any = None  # refllm.chat.turn.OutputRules: format, tools, tool_choice, think (None: free text)
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Piece:
 
     text: str
     logprobs: list[LogprobEntry] = field(default_factory=list)
+    thinking: str = ""  # reasoning text (refllm.thinking), apart from the answer
+    tool_calls: list = field(default_factory=list)  # refllm.chat.tools.ToolCall, each once, when complete
 
 
 @dataclass
@@ -105,6 +108,8 @@ class Finished:
     load_duration: int = 0
     total_duration: int = 0
     logprobs: list[LogprobEntry] = field(default_factory=list)
+    thinking: str = ""
+    tool_calls: list = field(default_factory=list)
 
 
 @dataclass
@@ -185,10 +190,11 @@ class GenerationStream:
     closes the model's generator, which stops generating, and frees the slot.
     """
 
-    def __init__(self, first, events: Iterator, release: Callable[[], None]):
+    def __init__(self, first, events: Iterator, release: Callable[[], None], cancelled: Callable[[], bool] | None = None):
         self._pending = [first]  # the event the engine already pulled (to raise request errors early)
         self._events = events
         self._release = release
+        self._cancelled = cancelled  # the client disconnected? (checked between events)
         self._closed = False
 
     def __iter__(self):
@@ -199,6 +205,9 @@ class GenerationStream:
             raise StopIteration
         if self._pending:
             return self._pending.pop()
+        if self._cancelled is not None and self._cancelled():
+            self.close()
+            raise ClientGone("the client disconnected")
         try:
             return next(self._events)
         except StopIteration:
@@ -331,10 +340,10 @@ class Engine:
                 if loaded.keep_alive_s == 0:
                     self._drop(loaded)
 
-    def _take_slot(self, name: str, keep_alive: object) -> tuple[LoadedModel, int, int]:
+    def _take_slot(self, name: str, keep_alive: object, cancelled: Callable[[], bool] | None = None) -> tuple[LoadedModel, int, int]:
         loaded, load_ns = self._checkout_model(name, keep_alive)
         try:
-            slot = loaded.queue.acquire(self.settings.queue_timeout_s)
+            slot = loaded.queue.acquire(self.settings.queue_timeout_s, cancelled)
         except BaseException:
             self._checkin_model(loaded)
             raise
@@ -346,10 +355,14 @@ class Engine:
 
     # -- generation
 
-    def generate(self, request: GenerationRequest) -> GenerationStream:
-        """Start one generation. Errors in the request (bad options, too long, ...) raise here, before any output."""
+    def generate(self, request: GenerationRequest, cancelled: Callable[[], bool] | None = None) -> GenerationStream:
+        """Start one generation. Errors in the request (bad options, too long, ...) raise here, before any output.
+
+        ``cancelled()``, when given, tells whether the client is gone: a request then leaves the
+        queue, or its generation stops, at the next check.
+        """
         started = time.perf_counter_ns()
-        loaded, slot, load_ns = self._take_slot(request.model, request.keep_alive)
+        loaded, slot, load_ns = self._take_slot(request.model, request.keep_alive, cancelled)
         released = False
 
         def release() -> None:
@@ -367,7 +380,7 @@ class Engine:
         except BaseException:
             release()
             raise
-        return GenerationStream(first, events, release)
+        return GenerationStream(first, events, release, cancelled)
 
     # -- embeddings
 
@@ -400,15 +413,22 @@ def _generation_events(loaded: LoadedModel, slot: int, request: GenerationReques
             messages = [{"role": "system", "content": system}, *messages]
         prompt, raw, system = GoChatTemplate(request.template).render(messages, add_generation_prompt=True), True, None
     model = loaded.model
-    output = model.generate(prompt, raw=raw, stream=True, system=system, images=request.images or None,
+    from refllm.chat.turn import plan_turn
+
+    turn = plan_turn(model, prompt, raw=raw, system=system, rules=request.output)  # format, tools, thinking
+    output = model.generate(turn.prompt, raw=turn.raw, stream=True, system=turn.system, images=request.images or None,
                             logprobs=request.logprobs, top_logprobs=request.top_logprobs,
-                            session=loaded.session(slot), options=options)
+                            session=loaded.session(slot), options=options, constraint=turn.constraint)
     try:
         for item in output:
             if isinstance(item, str):  # a refllm.generate.Chunk: text plus .logprobs
-                yield Piece(str(item), [_logprob_entry(lp) for lp in item.logprobs])
+                piece = turn.split(str(item))  # -> content, thinking, completed tool calls
+                yield Piece(piece.content, [_logprob_entry(lp) for lp in item.logprobs], piece.thinking, piece.tool_calls)
             else:  # the GenerationResult, last
-                yield _finished(item, load_ns, started_ns)
+                rest = turn.finish()
+                if rest:
+                    yield Piece(rest.content, [], rest.thinking, rest.tool_calls)
+                yield turn.finished(_finished(item, load_ns, started_ns))
                 return
     finally:
         output.close()

@@ -12,7 +12,9 @@ Each slot is one independent generation (its own KV cache): requests never share
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
+from typing import Callable
 
 from refllm.errors import RefllmError
 
@@ -21,6 +23,15 @@ class ServerBusy(RefllmError):
     """The request queue is full (or every loaded model is busy): try again later."""
 
     http_status = 503
+
+
+class ClientGone(RefllmError):
+    """The client went away; nothing is left to answer (nginx's 499 in the logs)."""
+
+    http_status = 499
+
+
+POLL_S = 0.25  # how often a waiting request looks at its deadline and its client
 
 
 class RequestQueue:
@@ -46,8 +57,12 @@ class RequestQueue:
         with self._changed:
             return not self._line and len(self._free_slots) == self.num_parallel
 
-    def acquire(self, timeout: float | None = None) -> int:
-        """Wait for a slot in arrival order; return its index. Raises ``ServerBusy`` when the line is full."""
+    def acquire(self, timeout: float | None = None, cancelled: Callable[[], bool] | None = None) -> int:
+        """Wait for a slot in arrival order; return its index.
+
+        Raises ``ServerBusy`` when the line is full (or after ``timeout`` seconds), and
+        ``ClientGone`` as soon as ``cancelled()`` says the client has disconnected.
+        """
         with self._changed:
             if self._free_slots and not self._line:
                 return self._free_slots.pop(0)
@@ -55,10 +70,14 @@ class RequestQueue:
                 raise ServerBusy(f"server busy: {len(self._line)} requests already waiting (REFLLM_MAX_QUEUE={self.max_queue}), try again later")
             ticket = object()
             self._line.append(ticket)
+            deadline = None if timeout is None else time.monotonic() + timeout
             try:
-                my_turn = self._changed.wait_for(lambda: self._line[0] is ticket and self._free_slots, timeout)
-                if not my_turn:
-                    raise ServerBusy("server busy: timed out waiting for a free slot")
+                while not (self._line[0] is ticket and self._free_slots):
+                    if cancelled is not None and cancelled():
+                        raise ClientGone("the client disconnected while waiting in the queue")
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise ServerBusy("server busy: timed out waiting for a free slot")
+                    self._changed.wait(POLL_S)
             except BaseException:
                 self._line.remove(ticket)
                 self._changed.notify_all()

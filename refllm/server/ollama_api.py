@@ -12,21 +12,29 @@ import time
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
+from refllm.chat.tools import check_tool_choice, check_tools
+from refllm.chat.turn import OutputRules
+from refllm.constrain.schema import ollama_format
 from refllm.engine.keep_alive import parse_keep_alive
 from refllm.errors import InvalidRequest
 from refllm.server import catalog
 from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, required, string_list
 from refllm.server.model_info import rfc3339
 from refllm.server.streams import ndjson_response
+from refllm.thinking import check_think
 
 ollama_api = Blueprint("ollama_api", __name__)
 
 MAX_TOP_LOGPROBS = 20
-NOT_YET = "structured outputs, tools and thinking are not implemented yet"
 
 
 def engine() -> Engine:
     return current_app.extensions["refllm.engine"]
+
+
+def client_gone():
+    """Waitress's check for a closed client connection (None under other WSGI servers)."""
+    return request.environ.get("waitress.client_disconnected")
 
 
 def now() -> str:
@@ -48,10 +56,26 @@ def logprob_fields(body: dict) -> tuple[bool, int]:
     return logprobs, top
 
 
-def reject_not_yet(body: dict) -> None:
-    reject_unsupported(body, "format", NOT_YET)
-    reject_unsupported(body, "tools", NOT_YET)
-    reject_unsupported(body, "think", NOT_YET)
+def output_rules(body: dict, tools_allowed: bool) -> OutputRules:
+    """``format``, ``tools`` (+ refllm's ``tool_choice``, which Ollama ignores) and ``think``."""
+    if not tools_allowed:
+        reject_unsupported(body, "tools", "tools need /api/chat")
+    tools = check_tools(body.get("tools")) if tools_allowed else []
+    rules = OutputRules(format=ollama_format(body.get("format")), tools=tools,
+                        tool_choice=check_tool_choice(body.get("tool_choice"), tools), think=check_think(body.get("think")))
+    if rules.format is not None and rules.forced_tool:
+        raise InvalidRequest("fields 'format' and a forced 'tool_choice' cannot be combined")
+    return rules
+
+
+def message_fields(piece, text_key: str) -> dict:
+    """Generated text, thinking and tool calls (a ``Piece`` or ``Finished``) as Ollama's fields."""
+    fields = {text_key: piece.text}
+    if piece.thinking:
+        fields["thinking"] = piece.thinking
+    if piece.tool_calls:
+        fields["tool_calls"] = [call.ollama(i) for i, call in enumerate(piece.tool_calls)]
+    return fields
 
 
 def images_field(value, where: str) -> list[str]:
@@ -77,9 +101,16 @@ def chat_messages(body: dict) -> tuple[list[dict], list[str]]:
             content = ""
         if not isinstance(content, str):
             raise InvalidRequest(f"messages[{i}].content must be a string")
-        reject_unsupported(message, "tool_calls", NOT_YET)
         images += images_field(message.get("images"), f"messages[{i}].images")
-        clean.append({"role": role, "content": content})
+        entry = {"role": role, "content": content}
+        if message.get("tool_calls") is not None:
+            if role != "assistant" or not isinstance(message["tool_calls"], list):
+                raise InvalidRequest(f"messages[{i}].tool_calls must be an array on an assistant message")
+            entry["tool_calls"] = message["tool_calls"]
+        for key in ("tool_name", "tool_call_id", "name"):
+            if isinstance(message.get(key), str):
+                entry[key] = message[key]
+        clean.append(entry)
     return clean, images
 
 
@@ -112,12 +143,12 @@ def load_or_unload(name: str, keep_alive, body_key: str, empty) -> Response:
 
 
 def run_generation(job: GenerationRequest, stream: bool, wrap) -> Response:
-    """Start the generation, then answer as NDJSON or as one object; ``wrap(text)`` shapes the text field."""
-    events = engine().generate(job)
+    """Start the generation, then answer as NDJSON or as one object; ``wrap(piece)`` shapes the text fields."""
+    events = engine().generate(job, client_gone())
     name = job.model
     if not stream:
         finished = events.collect()
-        body = {"model": name, "created_at": now(), **wrap(finished.text), **final_fields(finished)}
+        body = {"model": name, "created_at": now(), **wrap(finished), **final_fields(finished)}
         if job.logprobs:
             body["logprobs"] = ollama_logprobs(finished)
         return jsonify(body)
@@ -126,9 +157,9 @@ def run_generation(job: GenerationRequest, stream: bool, wrap) -> Response:
         try:
             for event in events:
                 if isinstance(event, Finished):
-                    yield {"model": name, "created_at": now(), **wrap(""), **final_fields(event)}
-                elif event.text or event.logprobs:
-                    chunk = {"model": name, "created_at": now(), **wrap(event.text), "done": False}
+                    yield {"model": name, "created_at": now(), **wrap(Piece("")), **final_fields(event)}
+                elif event.text or event.logprobs or event.thinking or event.tool_calls:
+                    chunk = {"model": name, "created_at": now(), **wrap(event), "done": False}
                     if job.logprobs:
                         chunk["logprobs"] = ollama_logprobs(event)
                     yield chunk
@@ -142,7 +173,7 @@ def run_generation(job: GenerationRequest, stream: bool, wrap) -> Response:
 def generate():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_not_yet(body)
+    rules = output_rules(body, tools_allowed=False)
     reject_unsupported(body, "suffix", "fill-in-the-middle prompts are not supported by refllm's models")
     reject_unsupported(body, "context", "the deprecated 'context' token list is not supported; send the conversation to /api/chat")
     prompt = optional(body, "prompt", str, "")
@@ -153,30 +184,30 @@ def generate():
         model=name, prompt=prompt, raw=optional(body, "raw", bool, False), system=optional(body, "system", str),
         template=optional(body, "template", str),
         images=images, options=options_field(body), logprobs=logprobs, top_logprobs=top_logprobs,
-        keep_alive=body.get("keep_alive"),
+        keep_alive=body.get("keep_alive"), output=rules,
     )
     parse_keep_alive(job.keep_alive)  # a bad keep_alive is a 400 even on the load-only path
     if not prompt and not images:
         return load_or_unload(name, job.keep_alive, "response", "")
-    return run_generation(job, stream, lambda text: {"response": text})
+    return run_generation(job, stream, lambda piece: message_fields(piece, "response"))
 
 
 @ollama_api.post("/api/chat")
 def chat():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_not_yet(body)
+    rules = output_rules(body, tools_allowed=True)
     messages, images = chat_messages(body)
     logprobs, top_logprobs = logprob_fields(body)
     stream = optional(body, "stream", bool, True)
     job = GenerationRequest(
         model=name, prompt=messages, images=images, options=options_field(body),
-        logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"),
+        logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"), output=rules,
     )
     parse_keep_alive(job.keep_alive)
     if not messages:
         return load_or_unload(name, job.keep_alive, "message", {"role": "assistant", "content": ""})
-    return run_generation(job, stream, lambda text: {"message": {"role": "assistant", "content": text}})
+    return run_generation(job, stream, lambda piece: {"message": {"role": "assistant", **message_fields(piece, "content")}})
 
 
 # -- embeddings

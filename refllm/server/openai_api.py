@@ -14,17 +14,21 @@ import time
 import uuid
 
 import numpy as np
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
+from refllm.chat.tools import check_tool_choice, check_tools
+from refllm.chat.turn import OutputRules
+from refllm.constrain.schema import openai_response_format
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
 from refllm.errors import InvalidRequest, ModelNotFound
 from refllm.server import catalog
 from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
 from refllm.server.streams import sse_response
+from refllm.thinking import check_think
 
 openai_api = Blueprint("openai_api", __name__)
 
-NOT_YET = "structured outputs, tools and reasoning are not implemented yet"
+NOT_FOR_COMPLETIONS = "tools, response formats and reasoning need /v1/chat/completions or /v1/responses"
 MAX_TOP_LOGPROBS = 20
 
 
@@ -32,11 +36,18 @@ def engine() -> Engine:
     return current_app.extensions["refllm.engine"]
 
 
+def client_gone():
+    """Waitress's check for a closed client connection (None under other WSGI servers)."""
+    return request.environ.get("waitress.client_disconnected")
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def finish_reason(finished: Finished) -> str:
+    if finished.tool_calls:
+        return "tool_calls"
     return "length" if finished.done_reason == "length" else "stop"
 
 
@@ -71,17 +82,39 @@ def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
     return options
 
 
-def reject_not_yet(body: dict) -> None:
-    reject_unsupported(body, "tools", NOT_YET)
-    reject_unsupported(body, "functions", NOT_YET)
-    tool_choice = body.get("tool_choice")
-    if tool_choice not in (None, "none", "auto"):
-        raise InvalidRequest(f"field 'tool_choice' is not supported: {NOT_YET}")
-    reject_unsupported(body, "reasoning_effort", NOT_YET)
-    reject_unsupported(body, "reasoning", NOT_YET)
-    response_format = body.get("response_format")
-    if response_format is not None and response_format != {"type": "text"}:
-        raise InvalidRequest(f"field 'response_format' is not supported: {NOT_YET}")
+def reject_for_completions(body: dict) -> None:
+    for name in ("tools", "functions", "tool_choice", "reasoning_effort", "reasoning"):
+        reject_unsupported(body, name, NOT_FOR_COMPLETIONS)
+    if body.get("response_format") not in (None, {"type": "text"}):
+        raise InvalidRequest(f"field 'response_format' is not supported: {NOT_FOR_COMPLETIONS}")
+
+
+def output_rules(body: dict, response_format, reasoning_effort) -> OutputRules:
+    """``tools``/``tool_choice``/``parallel_tool_calls``, the response format and the reasoning effort."""
+    reject_unsupported(body, "functions", "the deprecated 'functions' field: send 'tools'")
+    tools = check_tools(body.get("tools"))
+    if reasoning_effort is not None and reasoning_effort not in ("low", "medium", "high", "none", "minimal"):
+        raise InvalidRequest("the reasoning effort must be one of none, minimal, low, medium, high")
+    think = None if reasoning_effort is None else (False if reasoning_effort in ("none", "minimal") else check_think(reasoning_effort))
+    rules = OutputRules(format=response_format, tools=tools, tool_choice=check_tool_choice(body.get("tool_choice"), tools),
+                        parallel_tool_calls=optional(body, "parallel_tool_calls", bool, True), think=think)
+    if rules.format is not None and rules.forced_tool:
+        raise InvalidRequest("a JSON response format and a forced 'tool_choice' cannot be combined")
+    return rules
+
+
+def chat_message_tool_fields(message: dict, i: int) -> dict:
+    """An assistant message's ``tool_calls`` and a tool message's ``tool_call_id``, kept for the template."""
+    fields = {}
+    calls = message.get("tool_calls")
+    if calls is not None:
+        if message.get("role") != "assistant" or not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise InvalidRequest(f"messages[{i}].tool_calls must be an array of tool calls on an assistant message")
+        fields["tool_calls"] = calls
+    for key in ("tool_call_id", "name"):
+        if isinstance(message.get(key), str):
+            fields[key] = message[key]
+    return fields
 
 
 def image_from_url(url: object, where: str) -> str:
@@ -104,10 +137,9 @@ def openai_messages(body: dict) -> tuple[list[dict], list[str]]:
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidRequest(f"messages[{i}].role must be one of system, developer, user, assistant, tool")
-        reject_unsupported(message, "tool_calls", NOT_YET)
         text, message_images = content_text(message.get("content"), f"messages[{i}].content")
         images += message_images
-        clean.append({"role": role, "content": text})
+        clean.append({"role": role, "content": text, **chat_message_tool_fields(message, i)})
     return clean, images
 
 
@@ -154,7 +186,7 @@ def chat_logprobs(entries) -> dict:
 def chat_completions():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_not_yet(body)
+    rules = output_rules(body, openai_response_format(body.get("response_format")), optional(body, "reasoning_effort", str))
     messages, images = openai_messages(body)
     logprobs = optional(body, "logprobs", bool, False)
     top_logprobs = integer_in(body, "top_logprobs", 0, MAX_TOP_LOGPROBS, 0)
@@ -164,13 +196,18 @@ def chat_completions():
     include_usage = stream_options(body)
     job = GenerationRequest(model=name, prompt=messages, images=images,
                                 options=sampling_options(body, ("max_tokens", "max_completion_tokens")),
-                                logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"))
-    events = engine().generate(job)
+                                logprobs=logprobs, top_logprobs=top_logprobs, keep_alive=body.get("keep_alive"), output=rules)
+    events = engine().generate(job, client_gone())
     response_id, created = new_id("chatcmpl"), int(time.time())
     head = {"id": response_id, "object": "chat.completion", "created": created, "model": name, "system_fingerprint": "fp_refllm"}
     if not stream:
         finished = events.collect()
-        choice = {"index": 0, "message": {"role": "assistant", "content": finished.text, "refusal": None},
+        message = {"role": "assistant", "content": finished.text or (None if finished.tool_calls else ""), "refusal": None}
+        if finished.thinking:
+            message["reasoning_content"] = finished.thinking
+        if finished.tool_calls:
+            message["tool_calls"] = [call.openai() for call in finished.tool_calls]
+        choice = {"index": 0, "message": message,
                   "finish_reason": finish_reason(finished), "logprobs": chat_logprobs(finished.logprobs) if logprobs else None}
         return jsonify({**head, "choices": [choice], "usage": usage(finished)})
 
@@ -183,6 +220,7 @@ def chat_completions():
         return None, data
 
     def sse_events():
+        n_calls = 0
         try:
             yield chunk({"role": "assistant", "content": ""})
             for event in events:
@@ -190,8 +228,14 @@ def chat_completions():
                     yield chunk({}, finish_reason(event))
                     if include_usage:
                         yield None, {**head, "object": "chat.completion.chunk", "choices": [], "usage": usage(event)}
-                elif event.text or event.logprobs:
+                    continue
+                if event.thinking:
+                    yield chunk({"reasoning_content": event.thinking})
+                if event.text or event.logprobs:
                     yield chunk({"content": event.text}, piece=event)
+                for call in event.tool_calls:  # each call whole, once complete (as llama.cpp's server sends them)
+                    yield chunk({"tool_calls": [call.openai(n_calls)]})
+                    n_calls += 1
         finally:
             events.close()
 
@@ -218,7 +262,7 @@ def completion_logprobs(entries, start_offset: int = 0) -> dict:
 def completions():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_not_yet(body)
+    reject_for_completions(body)
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         prompt = prompt[0]
@@ -233,7 +277,7 @@ def completions():
     include_usage = stream_options(body)
     job = GenerationRequest(model=name, prompt=prompt, options=sampling_options(body, ("max_tokens",)),
                                 logprobs=n_logprobs is not None, top_logprobs=n_logprobs or 0, keep_alive=body.get("keep_alive"))
-    events = engine().generate(job)
+    events = engine().generate(job, client_gone())
     head = {"id": new_id("cmpl"), "object": "text_completion", "created": int(time.time()), "model": name, "system_fingerprint": "fp_refllm"}
     if not stream:
         finished = events.collect()
@@ -353,7 +397,7 @@ def responses():
     stream = optional(body, "stream", bool, False)
     job = GenerationRequest(model=name, prompt=messages, images=images,
                                 options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"))
-    events = engine().generate(job)
+    events = engine().generate(job, client_gone())
     response_id, message_id, created = new_id("resp"), new_id("msg"), int(time.time())
 
     def response_object(status: str, text: str | None, finished: Finished | None) -> dict:

@@ -55,7 +55,8 @@ def make_server(app, host: str, port: int, threads: int = 16):
     """A waitress server bound to host:port (port 0 picks a free one)."""
     return create_server(app, host=host, port=port, threads=threads, ident="refllm", channel_timeout=300,
                          connection_limit=200, clear_untrusted_proxy_headers=True,
-                         max_request_body_size=MAX_UPLOAD_BYTES)
+                         max_request_body_size=MAX_UPLOAD_BYTES,
+                         channel_request_lookahead=1)  # keep reading: a client that hangs up is noticed
 
 
 def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> None:
