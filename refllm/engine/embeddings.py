@@ -40,12 +40,11 @@ def normalize(vector: np.ndarray, dimensions: int | None = None) -> np.ndarray:
 
 
 def context_length(model, options: dict) -> int:
-    n_ctx = options.get("num_ctx")
-    if n_ctx is not None:
-        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
-            raise InvalidRequest("option num_ctx must be a positive integer")
-        return n_ctx
-    return int(getattr(model, "n_ctx_train", 0) or 2048)
+    """``num_ctx`` from the (validated) options, capped at the model's training context."""
+    from refllm.sample import Options
+
+    num_ctx = Options.from_dict(options).num_ctx  # unknown or mistyped options: InvalidRequest
+    return min(num_ctx, int(getattr(model, "n_ctx_train", 0) or num_ctx))
 
 
 def embed_texts(model, texts: list[str], *, truncate: bool = True, dimensions: int | None = None,
