@@ -25,9 +25,11 @@ first); we report NumPy order (reversed), so a weight of ggml shape
 Nothing is copied: tensor data are NumPy views into the mapping, and large
 string arrays (the vocabulary) are decoded lazily, element by element.
 Every malformed input raises a subclass of :class:`GGUFError` naming the file,
-the field and the byte offset.  Every length is checked against the bytes that
-remain before anything is allocated, so a hostile file can't make us allocate
-more than its own size.
+the field and the byte offset.  Every length and count is checked against the
+bytes that remain before anything is allocated, so what a hostile file claims
+never drives allocation: memory stays within a small multiple of the bytes that
+are really there (NumPy arrays and string offsets take at most the file's own
+size; only the Python objects of many tiny keys or nested arrays take more).
 """
 
 from __future__ import annotations
