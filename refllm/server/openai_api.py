@@ -370,8 +370,12 @@ def responses_input(body: dict) -> tuple[list[dict], list[str]]:
         raise InvalidRequest("field 'input' must be a string or a non-empty array of messages")
     messages, images = [], []
     for i, item in enumerate(value):
-        if not isinstance(item, dict) or item.get("type", "message") != "message":
-            raise InvalidRequest(f"input[{i}] must be a message ({{\"role\", \"content\"}}); other item types are not supported")
+        kind = item.get("type", "message") if isinstance(item, dict) else None
+        if kind in ("function_call", "function_call_output"):
+            messages = function_call_item(item, i, messages)
+            continue
+        if kind != "message":
+            raise InvalidRequest(f"input[{i}] must be a message ({{\"role\", \"content\"}}), a function_call or a function_call_output")
         role = "system" if item.get("role") == "developer" else item.get("role")
         if role not in ("system", "user", "assistant"):
             raise InvalidRequest(f"input[{i}].role must be one of system, developer, user, assistant")
@@ -381,40 +385,80 @@ def responses_input(body: dict) -> tuple[list[dict], list[str]]:
     return messages, images
 
 
+def function_call_item(item: dict, i: int, messages: list[dict]) -> list[dict]:
+    """A ``function_call`` input item joins the assistant turn; a ``function_call_output`` becomes a tool message."""
+    call_id = item.get("call_id")
+    if not isinstance(call_id, str):
+        raise InvalidRequest(f"input[{i}] needs a 'call_id' string")
+    if item["type"] == "function_call_output":
+        output = item.get("output")
+        if not isinstance(output, str):
+            raise InvalidRequest(f"input[{i}].output must be a string")
+        return [*messages, {"role": "tool", "content": output, "tool_call_id": call_id}]
+    name, arguments = item.get("name"), item.get("arguments")
+    if not isinstance(name, str) or not isinstance(arguments, str):
+        raise InvalidRequest(f"input[{i}] (a function_call) needs 'name' and 'arguments' strings")
+    call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+    if messages and messages[-1]["role"] == "assistant" and "tool_calls" in messages[-1]:
+        return [*messages[:-1], {**messages[-1], "tool_calls": [*messages[-1]["tool_calls"], call]}]
+    return [*messages, {"role": "assistant", "content": "", "tool_calls": [call]}]
+
+
+def response_items(message_id: str, text: str, thinking: str, calls, with_message: bool) -> list[dict]:
+    """A finished response's output items: the message, its reasoning, then one item per tool call."""
+    items = []
+    if with_message:
+        items.append({"type": "message", "id": message_id, "status": "completed", "role": "assistant",
+                      "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+    if thinking:
+        items.append(reasoning_item(message_id, thinking))
+    items += [function_call_item_out(call) for call in calls]
+    return items
+
+
+def reasoning_item(message_id: str, thinking: str) -> dict:
+    return {"type": "reasoning", "id": "rs" + message_id[3:], "summary": [],
+            "content": [{"type": "reasoning_text", "text": thinking}]}
+
+
+def function_call_item_out(call, status: str = "completed") -> dict:
+    return {"type": "function_call", "id": "fc_" + call.id[5:], "call_id": call.id, "name": call.name,
+            "arguments": call.openai()["function"]["arguments"], "status": status}
+
+
 @openai_api.post("/v1/responses")
 def responses():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_not_yet(body)
     reject_unsupported(body, "previous_response_id", "responses are not stored; send the whole conversation as input")
     text_config = optional(body, "text", dict, {})
-    if text_config.get("format") not in (None, {"type": "text"}):
-        raise InvalidRequest(f"field 'text.format' is not supported: {NOT_YET}")
+    reasoning = optional(body, "reasoning", dict, {})
+    rules = output_rules(body, openai_response_format(text_config.get("format"), "text.format"), reasoning.get("effort"))
     messages, images = responses_input(body)
     instructions = optional(body, "instructions", str)
     if instructions:
         messages = [{"role": "system", "content": instructions}, *messages]
     stream = optional(body, "stream", bool, False)
     job = GenerationRequest(model=name, prompt=messages, images=images,
-                                options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"))
+                                options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"), output=rules)
     events = engine().generate(job, client_gone())
     response_id, message_id, created = new_id("resp"), new_id("msg"), int(time.time())
 
-    def response_object(status: str, text: str | None, finished: Finished | None) -> dict:
+    def response_object(status: str, text: str | None, finished: Finished | None, with_message: bool = True) -> dict:
         output = []
         if text is not None:
-            output = [{"type": "message", "id": message_id, "status": "completed", "role": "assistant",
-                       "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}]
+            output = response_items(message_id, text, finished.thinking, finished.tool_calls, with_message)
         incomplete = finished is not None and finished.done_reason == "length"
         return {
             "id": response_id, "object": "response", "created_at": created, "model": name,
             "status": "incomplete" if incomplete else status,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "error": None, "instructions": instructions, "metadata": {}, "output": output,
-            "parallel_tool_calls": False, "tool_choice": "none", "tools": [],
+            "parallel_tool_calls": rules.parallel_tool_calls, "tool_choice": body.get("tool_choice", "auto" if rules.tools else "none"),
+            "tools": body.get("tools") or [],
             "temperature": job.options.get("temperature"), "top_p": job.options.get("top_p"),
             "max_output_tokens": job.options.get("num_predict"), "previous_response_id": None,
-            "text": {"format": {"type": "text"}}, "truncation": "disabled",
+            "text": {"format": text_config.get("format") or {"type": "text"}}, "truncation": "disabled",
             "usage": None if finished is None else {
                 "input_tokens": finished.prompt_tokens, "output_tokens": finished.eval_count,
                 "total_tokens": finished.prompt_tokens + finished.eval_count,
@@ -423,15 +467,25 @@ def responses():
 
     if not stream:
         finished = events.collect()
-        return jsonify(response_object("completed", finished.text, finished))
+        return jsonify(response_object("completed", finished.text, finished, with_message=bool(finished.text or not finished.tool_calls)))
 
     sequence = iter(range(1 << 62))
 
     def event(kind: str, **fields) -> tuple[str, dict]:
         return kind, {"type": kind, "sequence_number": next(sequence), **fields}
 
+    def function_call_events(call, output_index: int):
+        """A complete tool call as its own output item, its arguments in one delta."""
+        item = function_call_item_out(call, "in_progress")
+        yield event("response.output_item.added", output_index=output_index, item=item)
+        place = {"item_id": item["id"], "output_index": output_index}
+        yield event("response.function_call_arguments.delta", **place, delta=item["arguments"])
+        yield event("response.function_call_arguments.done", **place, arguments=item["arguments"])
+        yield event("response.output_item.done", output_index=output_index, item={**item, "status": "completed"})
+
     def sse_events():
         where = {"item_id": message_id, "output_index": 0, "content_index": 0}
+        reasoning_index, next_index = None, 1
         try:
             yield event("response.created", response=response_object("in_progress", None, None))
             yield event("response.in_progress", response=response_object("in_progress", None, None))
@@ -445,10 +499,26 @@ def responses():
                     yield event("response.content_part.done", **where, part=part)
                     yield event("response.output_item.done", output_index=0,
                                 item={"type": "message", "id": message_id, "status": "completed", "role": "assistant", "content": [part]})
+                    if reasoning_index is not None:
+                        reasoning = reasoning_item(message_id, item.thinking)
+                        yield event("response.reasoning_text.done", item_id=reasoning["id"], output_index=reasoning_index,
+                                    content_index=0, text=item.thinking)
+                        yield event("response.output_item.done", output_index=reasoning_index, item=reasoning)
                     done = response_object("completed", item.text, item)
                     yield event("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
-                elif item.text:
+                    continue
+                if item.thinking:
+                    if reasoning_index is None:
+                        reasoning_index, next_index = next_index, next_index + 1
+                        yield event("response.output_item.added", output_index=reasoning_index,
+                                    item={**reasoning_item(message_id, ""), "content": []})
+                    yield event("response.reasoning_text.delta", item_id=reasoning_item(message_id, "")["id"],
+                                output_index=reasoning_index, content_index=0, delta=item.thinking)
+                if item.text:
                     yield event("response.output_text.delta", **where, delta=item.text, logprobs=[])
+                for call in item.tool_calls:
+                    yield from function_call_events(call, next_index)
+                    next_index += 1
         finally:
             events.close()
 
