@@ -75,6 +75,17 @@ def _u32(row, o):
     )
 
 
+@njit(inline="always")
+def _sums_of_runs(x, run):
+    """[k / run] sums of consecutive runs of x: the part of a dot product a block's
+    offset (``m`` of Q4_1, ``dmin * min`` of Q4_K) multiplies.  The same for every
+    row, so the matvecs with offsets compute it once, before the row loop."""
+    sums = np.zeros(x.shape[0] // run, dtype=np.float32)
+    for i in range(x.shape[0]):
+        sums[i // run] += x[i]
+    return sums
+
+
 # =========================================================================== F32
 # A "block" is one float: 4 bytes, little-endian IEEE single.
 
@@ -204,16 +215,14 @@ def dequantize_q4_0(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q4_1(row, o, x, xo, f16, half):
+def _dot_q4_1(row, o, x, xo, x_sum, f16, half):
     d = _f16(row, o, f16)
     m = _f16(row, o + 2, f16)
     s = np.float32(0.0)
-    sx = np.float32(0.0)
     for j in range(half):
         byte = np.int32(row[o + 4 + j])
         s += np.float32(byte & 15) * x[xo + j] + np.float32(byte >> 4) * x[xo + half + j]
-        sx += x[xo + j] + x[xo + half + j]
-    return d * s + m * sx
+    return d * s + m * x_sum
 
 
 @njit(inline="always")
@@ -230,10 +239,11 @@ def _decode_q4_1(row, o, out, e, f16, half):
 def matvec_q4_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_1."""
     n_blocks = x.shape[0] // 32
+    x_sums = _sums_of_runs(x, 32)  # [n_blocks]
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, f16, inner)
+            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, x_sums[b], f16, inner)
         y[r] = acc
 
 
@@ -298,19 +308,17 @@ def dequantize_q5_0(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_1(row, o, x, xo, f16, half):
+def _dot_q5_1(row, o, x, xo, x_sum, f16, half):
     d = _f16(row, o, f16)
     m = _f16(row, o + 2, f16)
     qh = _u32(row, o + 4)
     s = np.float32(0.0)
-    sx = np.float32(0.0)
     for j in range(half):
         byte = np.int64(row[o + 8 + j])
         lo = (byte & 15) | (((qh >> j) & 1) << 4)
         hi = (byte >> 4) | (((qh >> (j + half)) & 1) << 4)
         s += np.float32(lo) * x[xo + j] + np.float32(hi) * x[xo + half + j]
-        sx += x[xo + j] + x[xo + half + j]
-    return d * s + m * sx
+    return d * s + m * x_sum
 
 
 @njit(inline="always")
@@ -328,10 +336,11 @@ def _decode_q5_1(row, o, out, e, f16, half):
 def matvec_q5_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_1."""
     n_blocks = x.shape[0] // 32
+    x_sums = _sums_of_runs(x, 32)  # [n_blocks]
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_1(rows[r], b * 24, x, b * 32, f16, inner)
+            acc += _dot_q5_1(rows[r], b * 24, x, b * 32, x_sums[b], f16, inner)
         y[r] = acc
 
 
@@ -535,7 +544,7 @@ def _k_scale_min(row, o, j):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q4_k(row, o, x, xo, f16, sub):
+def _dot_q4_k(row, o, x, xo, x_sums, f16, sub):
     d = _f16(row, o, f16)
     dmin = _f16(row, o + 2, f16)
     acc = np.float32(0.0)
@@ -545,14 +554,12 @@ def _dot_q4_k(row, o, x, xo, f16, sub):
         base = xo + 64 * c
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
-        sx0 = np.float32(0.0)
-        sx1 = np.float32(0.0)
         for l in range(sub):
             byte = np.int32(row[o + 16 + 32 * c + l])
             s0 += np.float32(byte & 15) * x[base + l]
             s1 += np.float32(byte >> 4) * x[base + sub + l]
-            sx0 += x[base + l]
-            sx1 += x[base + sub + l]
+        sx0 = x_sums[base // 32]
+        sx1 = x_sums[base // 32 + 1]
         acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
     return acc
 
@@ -575,10 +582,11 @@ def _decode_q4_k(row, o, out, e, f16, sub):
 def matvec_q4_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q4_k."""
     n_blocks = x.shape[0] // 256
+    x_sums = _sums_of_runs(x, 32)  # [8 * n_blocks], one per sub-block
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q4_k(rows[r], b * 144, x, b * 256, f16, inner)
+            acc += _dot_q4_k(rows[r], b * 144, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
 
@@ -597,7 +605,7 @@ def dequantize_q4_k(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_k(row, o, x, xo, f16, sub):
+def _dot_q5_k(row, o, x, xo, x_sums, f16, sub):
     d = _f16(row, o, f16)
     dmin = _f16(row, o + 2, f16)
     acc = np.float32(0.0)
@@ -607,8 +615,6 @@ def _dot_q5_k(row, o, x, xo, f16, sub):
         base = xo + 64 * c
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
-        sx0 = np.float32(0.0)
-        sx1 = np.float32(0.0)
         for l in range(sub):
             byte = np.int32(row[o + 48 + 32 * c + l])
             high = np.int32(row[o + 16 + l])
@@ -616,8 +622,8 @@ def _dot_q5_k(row, o, x, xo, f16, sub):
             q1 = (byte >> 4) | (((high >> (2 * c + 1)) & 1) << 4)
             s0 += np.float32(q0) * x[base + l]
             s1 += np.float32(q1) * x[base + sub + l]
-            sx0 += x[base + l]
-            sx1 += x[base + sub + l]
+        sx0 = x_sums[base // 32]
+        sx1 = x_sums[base // 32 + 1]
         acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
     return acc
 
@@ -643,10 +649,11 @@ def _decode_q5_k(row, o, out, e, f16, sub):
 def matvec_q5_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q5_k."""
     n_blocks = x.shape[0] // 256
+    x_sums = _sums_of_runs(x, 32)  # [8 * n_blocks], one per sub-block
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_k(rows[r], b * 176, x, b * 256, f16, inner)
+            acc += _dot_q5_k(rows[r], b * 176, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
 
