@@ -15,11 +15,13 @@ small *real* tokenizer cut out of the packaged models:
   merge whose two parts and result survive, and a ChatML chat template;
 * gemma3: a SentencePiece ("llama") vocabulary of 1024 pieces: Gemma's control
   tokens, ``<start_of_turn>``/``<end_of_turn>``, the 256 byte-fallback tokens
-  ``<0x00>``..``<0xFF>`` and Gemma's highest-scoring pieces.
+  ``<0x00>``..``<0xFF>`` and Gemma's highest-scoring pieces.  Most single characters
+  are *not* pieces, so merges start from characters outside the vocabulary (as
+  SentencePiece and llama.cpp allow: "▁" + "t" -> "▁t" although "▁" is no token).
 
-The shapes are tiny but not degenerate (every row length is a multiple of 256,
-the K/IQ super-block size; heads are not n_embd / n_head where the real models
-differ either):
+The shapes are tiny but not degenerate: every row length is a multiple of 256 (the
+K/IQ super-block size), and qwen3 and gemma3 have head_dim 128 != n_embd / n_head,
+as their real models do:
 
     arch    n_embd n_layer n_head n_head_kv head_dim n_ff  extras
     llama    256     2       4       2        64     512   tied output
@@ -39,7 +41,9 @@ weights are seeded Gaussian noise, quantized.  For the others (K-quants and the
 IQ family) they are random *valid blocks*: random bytes whose f16 scale fields
 are overwritten with finite, positive scales chosen so the weights have a
 sensible size.  The model talks nonsense; it only has to be valid, deterministic
-and exercise every code path.
+and exercise every code path.  ``--write-digests`` records every file's sha256 in
+golden/tiny_models.json; tests regenerate the files and compare, so golden data
+made from them can't silently go stale.
 """
 
 from __future__ import annotations
