@@ -15,8 +15,8 @@ small *real* tokenizer cut out of the packaged models:
   merge whose two parts and result survive, and a ChatML chat template;
 * gemma3: a SentencePiece ("llama") vocabulary of 1024 pieces: Gemma's control
   tokens, ``<start_of_turn>``/``<end_of_turn>``, the 256 byte-fallback tokens
-  ``<0x00>``..``<0xFF>`` and Gemma's highest-scoring pieces.  Most single characters
-  are *not* pieces, so merges start from characters outside the vocabulary (as
+  ``<0x00>``..``<0xFF>`` and Gemma's highest-scoring pieces.  No single character
+  is a piece, so merges start from characters outside the vocabulary (as
   SentencePiece and llama.cpp allow: "▁" + "t" -> "▁t" although "▁" is no token).
 
 The shapes are tiny but not degenerate: every row length is a multiple of 256 (the
