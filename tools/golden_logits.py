@@ -61,10 +61,10 @@ CHAT_QUESTIONS = [
 
 
 def long_prompt() -> str:
-    """About 700 tokens: longer than Gemma 3's 512-token sliding window."""
+    """About 600 tokens (Gemma 3): longer than its 512-token sliding window."""
     sentences = [
         f"Note {i}: the {c} box on shelf {i % 7} holds {3 * i + 1} marbles."
-        for i, c in zip(range(60), ["red", "green", "blue", "yellow", "white", "black"] * 10)
+        for i, c in zip(range(32), ["red", "green", "blue", "yellow", "white", "black"] * 6)
     ]
     return " ".join(sentences) + " Question: how many marbles are in the box of note 12? Answer:"
 
@@ -256,9 +256,34 @@ def write_golden(name: str, path: Path, arch: str, full_last: int, engines: list
     return entry
 
 
+ROPE_CASES = [  # (rope_type, head dim, base, HF rope_parameters)
+    ("linear", 128, 1e6, {"factor": 8.0}),
+    ("yarn", 128, 1e6, {"factor": 4.0, "original_max_position_embeddings": 32768, "beta_fast": 32.0, "beta_slow": 1.0}),
+    ("yarn", 64, 1e4, {"factor": 16.0, "original_max_position_embeddings": 4096, "beta_fast": 32.0, "beta_slow": 1.0}),
+]
+
+
+def write_rope_golden(out_dir: Path) -> dict:
+    """HF transformers' RoPE inverse frequencies and attention factor for scaled RoPE."""
+    from transformers import LlamaConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    cases = []
+    for kind, head_dim, base, params in ROPE_CASES:
+        config = LlamaConfig(
+            hidden_size=head_dim * 8, num_attention_heads=8, head_dim=head_dim, max_position_embeddings=131072,
+            rope_parameters={"rope_type": kind, "rope_theta": base, **params},
+        )
+        inv_freq, attention_factor = ROPE_INIT_FUNCTIONS[kind](config, "cpu")
+        cases.append({"type": kind, "head_dim": head_dim, "base": base, "parameters": params,
+                      "inv_freq": [float(v) for v in inv_freq], "attention_factor": float(attention_factor)})  # fmt: skip
+    (out_dir / "rope.json").write_text(json.dumps({"reference": "transformers ROPE_INIT_FUNCTIONS", "cases": cases}, indent=1) + "\n")
+    return {"file": "rope.json"}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3, tiny")
+    parser.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3, tiny, rope")
     parser.add_argument("--engines", default="llamacpp,hf", help="comma-separated: llamacpp, hf")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -284,7 +309,9 @@ def main(argv: list[str] | None = None) -> int:
             "HF: AutoModelForCausalLM.from_pretrained(gguf_file=..., dtype=float32, attn_implementation='eager').",
         }
     )
-    names = [n for n in args.models.split(",") if n != "tiny"]
+    if "rope" in args.models.split(","):
+        manifest["rope"] = write_rope_golden(args.out)
+    names = [n for n in args.models.split(",") if n not in ("tiny", "rope")]
     if "tiny" in args.models.split(","):
         names += [n for n in sources if n.startswith("tiny-")]
     for name in names:
@@ -293,6 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         # tiny models: llama.cpp only (HF can't read every tiny type; the issue asks llama.cpp)
         engines_here = ["llamacpp"] if tiny else engines
         entry = write_golden(name, path, arch, full_last, engines_here, args.out, long=arch == "gemma3", tiny=tiny)
+        entry["command"] = manifest["command"]
         old = manifest["models"].get(name, {})
         entry["files"] = {**old.get("files", {}), **entry["files"]}
         manifest["models"][name] = entry
