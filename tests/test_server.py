@@ -228,7 +228,7 @@ def test_ollama_client_errors(oclient):
         oclient.generate(model="fake", prompt="hi", options={"no_such_option": 1})
     assert err.value.status_code == 400 and "no_such_option" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
-        oclient.chat(model="fake", messages=[{"role": "user", "content": "hi"}], format="json")
+        oclient.chat(model="fake", messages=[{"role": "user", "content": "hi"}], format={"type": "string", "not": {}})
     assert err.value.status_code == 400 and "format" in err.value.error
     with pytest.raises(ollama.ResponseError) as err:
         oclient.chat(model="fake", messages=[{"role": "user", "content": "hi"}], think=True)
@@ -315,8 +315,9 @@ def test_openai_embeddings_and_models(aclient, oclient):
 def test_openai_client_errors(aclient):
     with pytest.raises(openai.NotFoundError):
         aclient.chat.completions.create(model="nosuchmodel", messages=[{"role": "user", "content": "hi"}])
-    for extra in ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}]},
-                  {"response_format": {"type": "json_object"}}, {"n": 2}, {"reasoning_effort": "low"}):
+    for extra in ({"tools": [{"type": "function", "function": {"parameters": {}}}]},
+                  {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"uniqueItems": True}}}},
+                  {"n": 2}, {"reasoning_effort": "low"}):
         with pytest.raises(openai.BadRequestError) as err:
             aclient.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], **extra)
         assert next(iter(extra)) in err.value.message
