@@ -66,6 +66,7 @@ class GenerationRequest:
     top_logprobs: int = 0
     keep_alive: object = None  # as given by the client; parsed by parse_keep_alive
     output: Any = None  # refllm.chat.turn.OutputRules: format, tools, tool_choice, think (None: free text)
+    cache_key: str | None = None  # a server session's own KV cache in the loaded model (None: the queue slot's)
 
 
 @dataclass
@@ -418,7 +419,7 @@ def _generation_events(loaded: LoadedModel, slot: int, request: GenerationReques
     turn = plan_turn(model, prompt, raw=raw, system=system, rules=request.output)  # format, tools, thinking
     output = model.generate(turn.prompt, raw=turn.raw, stream=True, system=turn.system, images=request.images or None,
                             logprobs=request.logprobs, top_logprobs=request.top_logprobs,
-                            session=loaded.session(slot), options=options, constraint=turn.constraint)
+                            session=loaded.session(slot if request.cache_key is None else request.cache_key), options=options, constraint=turn.constraint)
     try:
         for item in output:
             if isinstance(item, str):  # a refllm.generate.Chunk: text plus .logprobs
