@@ -10,13 +10,15 @@ import io
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from conftest import GOLDEN
 
 import refllm
 from refllm.cli import run as run_cli
 from refllm.cli.main import main
 
-RAW_PROMPT = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+RAW_PROMPT = "1, 2, 3, 4, 5, 6, 7, 8,"  # golden prompt 5: llama.cpp continues " 9, 10, ..." by wide margins
 GREEDY = ["--temperature", "0", "-o", "repeat_penalty=1.0"]
 
 
@@ -34,15 +36,7 @@ class Piped(io.StringIO):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    model = refllm.load(smollm2_gguf)
-    try:
-        from refllm.kernels.reference import get_backend
-
-        get_backend("numba")
-        model.backend = "numba"  # the fastest CPU kernels where they exist (the CLI path is the same)
-    except Exception:
-        pass
-    return model
+    return refllm.load(smollm2_gguf)  # the default backend, as users get it
 
 
 @pytest.fixture
@@ -63,8 +57,8 @@ def cli(monkeypatch, smollm2):
 def test_prompt_is_answered_and_verbose_prints_ollamas_timing_block(cli, smollm2, capsys):
     assert cli(RAW_PROMPT, "--raw", "-n", "4", *GREEDY, "--verbose") == 0
     out, err = capsys.readouterr()
-    expected = smollm2.generate(RAW_PROMPT, raw=True, num_predict=4, temperature=0, repeat_penalty=1.0)
-    assert out == expected.text + "\n" and expected.text.strip()
+    llama_cpp = np.load(GOLDEN / "logits" / "smollm2.llamacpp.npz")["p5_greedy"][:4]
+    assert out == smollm2.detokenize(llama_cpp) + "\n"
     for label in ("total duration:", "load duration:", "prompt eval count:", "prompt eval duration:",
                   "prompt eval rate:", "eval count:", "eval duration:", "eval rate:"):  # fmt: skip
         assert label in err

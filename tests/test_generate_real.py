@@ -24,15 +24,7 @@ GREEDY = dict(temperature=0, repeat_penalty=1.0)  # llama.cpp's greedy: argmax o
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    model = refllm.load(smollm2_gguf)
-    try:
-        from refllm.kernels.reference import get_backend
-
-        get_backend("numba")
-        model.backend = "numba"  # fastest CPU kernels where they exist; generate() is the same
-    except Exception:
-        pass
-    return model
+    return refllm.load(smollm2_gguf)  # the default backend, as users get it
 
 
 @pytest.fixture(scope="module")
@@ -99,11 +91,10 @@ def test_stop_sequence_across_tokens_is_never_emitted(greedy_stream, smollm2, se
 
 def test_same_seed_same_text(smollm2, golden, session):
     ids = golden[f"p{PROMPT}_ids"].tolist()
-    opts = dict(temperature=3.0, top_k=0, top_p=1.0, num_predict=6, session=session)
+    opts = dict(temperature=3.0, top_k=0, top_p=1.0, num_predict=4, session=session)  # a flat distribution
     first = smollm2.generate(ids, seed=1234, **opts)
     assert smollm2.generate(ids, seed=1234, **opts).tokens == first.tokens
-    others = [smollm2.generate(ids, seed=seed, **opts).tokens for seed in (1, 2)]
-    assert any(tokens != first.tokens for tokens in others)
+    assert smollm2.generate(ids, seed=1, **opts).tokens != first.tokens
 
 
 def test_chat_messages_apply_the_template_and_match_llama_cpp(smollm2, golden):
