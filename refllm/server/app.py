@@ -31,7 +31,7 @@ DEFAULT_ORIGINS = (
     "http://127.0.0.1", "https://127.0.0.1", "http://127.0.0.1:*", "https://127.0.0.1:*",
     "http://[::1]", "http://[::1]:*",
 )
-HEALTH_PATHS = ("/", "/api/version")
+HEALTH_PATHS = ("/",)  # answered without the API key: a load balancer or a client can check the server is up
 
 
 @dataclass
@@ -41,6 +41,8 @@ class ServerSettings:
     api_key: str | None = None  # REFLLM_API_KEY: required as "Authorization: Bearer <key>" when set
     origins: list[str] = field(default_factory=list)  # REFLLM_ORIGINS: extra allowed browser origins
     max_body_bytes: int = MAX_BODY_BYTES
+    response_store_backend: str = "none"  # stored Responses and sessions: "none", "memory" or "sqlite"
+    models_dir: str | None = None  # where the sqlite state file lives (default: the configured runtime.models_dir)
 
 
 def _origin_allowed(origin: str, patterns: list[str]) -> bool:
@@ -136,6 +138,10 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> Flask:
 
     app.register_blueprint(ollama_api)
     app.register_blueprint(openai_api)
+    from refllm.server.ollm_routes import install_state, ollm_routes
+
+    app.register_blueprint(ollm_routes)  # native /v1/health, /v1/prompt, /v1/sessions, ...; stored Responses
+    install_state(app, settings.response_store_backend, settings.models_dir)
 
     @app.get("/openapi.json")
     def openapi():

@@ -53,8 +53,8 @@ OPENAI_SAMPLING = dict(model=MODEL, temperature=NUMBER, top_p=NUMBER, seed=INTEG
                        stream_options=_object([], include_usage=BOOLEAN))
 
 _PATHS: dict = {
-    "/": {"get": _operation("health check", ok="refllm is running", content_type="text/plain", errors=()),
-          "head": _operation("health check", content_type="text/plain", errors=())},
+    "/": {"get": {**_operation("health check", ok="refllm is running", content_type="text/plain", errors=()), "security": []},
+          "head": {**_operation("health check", content_type="text/plain", errors=()), "security": []}},
     "/api/version": {"get": _operation("runtime version", errors=())},
     "/api/generate": {"post": _operation("generate a completion (NDJSON stream unless stream: false)", _object(
         ["model"], prompt=STRING, system=STRING, raw=BOOLEAN, images={"type": "array", "items": STRING}, **GENERATION_COMMON))},
@@ -108,6 +108,8 @@ def openapi_spec() -> dict:
         "openapi": "3.0.3",
         "info": {"title": "refllm REST API", "version": __version__,
                  "description": "Ollama-compatible /api/* and OpenAI-compatible /v1/* routes of a local LLM runtime."},
-        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
+                                                      "description": "only when the server has REFLLM_API_KEY set"}}},
+        "security": [{}, {"bearer": []}],  # optional: anonymous unless the server sets a key
         "paths": deepcopy(_PATHS),
     }
