@@ -36,7 +36,7 @@ class Model:
         self.gguf = gguf_file
         self.name = name or gguf_file.path.stem
         self.metadata: dict[str, Any] = gguf_file.metadata
-        self.backend: str = "numpy"  # which kernels run the forward pass: "numpy" (reference) or "numba"
+        self.backend: str = "numba"  # which kernels run the forward pass: "numba" (default) or "numpy" (reference)
 
     @property
     def path(self) -> Path:
