@@ -4,6 +4,8 @@
     echo "Summarize:" | refllm run smollm2 "in French"  stdin, then the prompt words (as Ollama joins them)
     refllm run smollm2                                 an interactive chat on a terminal
     refllm run ./model.gguf --verbose -n 64 --seed 1   timings after the answer, 64 tokens, reproducible
+    refllm run smollm2 --format json "A cat as JSON"   constrained to JSON (or --format '{JSON schema}')
+    refllm run qwen3 --think --hidethinking "2+2?"     a thinking model: reasoning hidden, answer shown
 
 In the chat, lines starting with "/" are commands (type /? for the list) and a message
 can span lines between triple quotes (\"\"\"). Ctrl-C stops an answer; Ctrl-D or /bye leaves.
@@ -45,11 +47,16 @@ def register(subparsers) -> None:
     p.add_argument("--num-ctx", type=int, dest="num_ctx", help="context window in tokens (default 4096, at most the model's)")
     p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
     p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="any Ollama option, e.g. -o repeat_penalty=1.0")
+    p.add_argument("--format", help='response format: "json" or a JSON schema (constrained decoding)')
+    p.add_argument("--think", nargs="?", const="true", metavar="true|false|low|medium|high",
+                   help="thinking models: think before answering (the reasoning is printed apart)")
+    p.add_argument("--hidethinking", action="store_true", help="thinking models: do not print the reasoning")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     options = options_from_args(args)
+    rules = rules_from_args(args)
     model_name = args.model or _default_model_name()
     prompt = prompt_from(args.prompt, sys.stdin)
     with Spinner(sys.stderr, f"loading {model_name}"):
@@ -57,10 +64,10 @@ def run_command(args: argparse.Namespace) -> int:
         model = _load(model_name, args.backend)
         load_ns = time.perf_counter_ns() - started
     if prompt is None:
-        return Chat(model, options, system=args.system, verbose=args.verbose).loop()
+        return Chat(model, options, system=args.system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking).loop()
     if not prompt.strip():
         return 0  # nothing to answer: like Ollama, an empty prompt only loads the model
-    result = stream_answer(model, prompt, options, system=args.system, raw=args.raw)
+    result = stream_answer(model, prompt, options, system=args.system, raw=args.raw, rules=rules, hide_thinking=args.hidethinking)
     if args.verbose:
         print_stats(result, load_ns)
     return 0
@@ -85,6 +92,29 @@ def options_from_args(args: argparse.Namespace) -> Options:
             raise InvalidRequest(f"option '{item}' must look like NAME=VALUE")
         options = options.updated({name.strip(): parse_option_text(name.strip(), text)})
     return options
+
+
+def rules_from_args(args: argparse.Namespace):
+    """``--format`` and ``--think`` as ``OutputRules`` (None when neither is given)."""
+    from refllm.chat.turn import OutputRules
+    from refllm.constrain.schema import ollama_format
+    from refllm.thinking import check_think
+
+    if args.format is None and args.think is None:
+        return None
+    schema = args.format
+    if schema is not None and schema != "json":
+        import json
+
+        try:
+            schema = json.loads(schema)
+        except ValueError:
+            raise InvalidRequest('--format must be "json" or a JSON schema') from None
+    if args.think is not None and args.think not in ("true", "false", "low", "medium", "high"):
+        args.prompt.insert(0, args.think)  # "--think why?": a bare --think followed by the prompt
+        args.think = "true"
+    think = {"true": True, "false": False}.get(args.think, args.think) if args.think is not None else None
+    return OutputRules(format=ollama_format(schema), think=check_think(think))
 
 
 def prompt_from(words: list[str], stdin) -> str | None:
@@ -124,30 +154,67 @@ def _load(name: str, backend: str | None):
 # --------------------------------------------------------------------------- one answer
 
 
-def stream_answer(model, prompt, options: Options, *, system=None, raw=False, session=None, out=None) -> GenerationResult:
+def stream_answer(model, prompt, options: Options, *, system=None, raw=False, session=None, out=None,
+                  rules=None, hide_thinking: bool = False) -> GenerationResult:
     """Print the answer as it is generated; return the result (stats, done_reason).
 
-    Ctrl-C stops the generation (the stream is closed) and is raised again for the caller.
+    ``rules`` (``--format``, ``--think``): constrained output; a thinking model's reasoning is
+    printed between "Thinking..." and "...done thinking." (not at all with ``hide_thinking``)
+    and left out of the returned text. Ctrl-C stops the generation (the stream is closed)
+    and is raised again for the caller.
     """
     out = out or sys.stdout
-    stream = model.generate(prompt, stream=True, raw=raw, system=system, session=session, options=options)
+    from refllm.chat.turn import plan_turn
+
+    turn = plan_turn(model, prompt, raw=raw, system=system, rules=rules)
+    stream = model.generate(turn.prompt, stream=True, raw=turn.raw, system=turn.system, session=session, options=options,
+                            constraint=turn.constraint)
+    show = ThinkingPrinter(out, hide_thinking)
     wrote_newline = True
     with Spinner(sys.stderr, "") as spinner:
         try:
             for item in stream:
+                piece = turn.finish() if isinstance(item, GenerationResult) else turn.split(item)
+                if piece:
+                    spinner.stop()
+                    show.thinking(piece.thinking)
+                    if piece.content:
+                        show.end_thinking()
+                        out.write(piece.content)
+                        out.flush()
+                        wrote_newline = piece.content.endswith("\n")
                 if isinstance(item, GenerationResult):
+                    show.end_thinking()
                     if not wrote_newline:
                         out.write("\n")
                     out.flush()
+                    if turn.total.thinking:  # the conversation keeps the answer, not the reasoning
+                        item.text = turn.total.content
                     return item
-                spinner.stop()
-                if item:
-                    out.write(item)
-                    out.flush()
-                    wrote_newline = item.endswith("\n")
         finally:
             stream.close()  # Ctrl-C or a broken pipe: stop computing at once
     raise AssertionError("generation ended without a result")  # pragma: no cover
+
+
+class ThinkingPrinter:
+    """Reasoning on the terminal, as ``ollama run`` shows it: "Thinking...", the text, "...done thinking."."""
+
+    def __init__(self, out, hide: bool):
+        self.out, self.hide, self.open = out, hide, False
+
+    def thinking(self, text: str) -> None:
+        if not text or self.hide:
+            return
+        if not self.open:
+            self.out.write("Thinking...\n")
+            self.open = True
+        self.out.write(text)
+        self.out.flush()
+
+    def end_thinking(self) -> None:
+        if self.open:
+            self.out.write("\n...done thinking.\n\n")
+            self.open = False
 
 
 def print_stats(result: GenerationResult, load_ns: int, err=None) -> None:
@@ -213,9 +280,11 @@ class Chat:
     the KV cache, so only the new part of the prompt is evaluated.
     """
 
-    def __init__(self, model, options: Options, system: str | None = None, verbose: bool = False):
+    def __init__(self, model, options: Options, system: str | None = None, verbose: bool = False,
+                 rules=None, hide_thinking: bool = False):
         self.model = model
         self.options = options
+        self.rules, self.hide_thinking = rules, hide_thinking  # --format, --think, --hidethinking
         self.user_options: dict[str, object] = {}  # what /set parameter changed (for /show parameters)
         self.system = system
         self.verbose = verbose
@@ -242,7 +311,8 @@ class Chat:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
         messages.append({"role": "user", "content": text})
         try:
-            result = stream_answer(self.model, messages, self.options, session=self.session)
+            result = stream_answer(self.model, messages, self.options, session=self.session, rules=self.rules,
+                                   hide_thinking=self.hide_thinking)
         except KeyboardInterrupt:
             print("\n(stopped)")
             return
