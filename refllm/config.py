@@ -75,6 +75,7 @@ class ServerSettings:
     api_key: str = ""  # when set, requests must carry "Authorization: Bearer <key>"
     origins: list[str] = field(default_factory=list)  # extra CORS origins besides localhost
     log_level: str = "info"
+    response_store_backend: str = "none"  # stored Responses and sessions: "none", "memory" or "sqlite" (a file under models_dir)
 
 
 @dataclass
@@ -139,6 +140,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "server.num_parallel": (lambda v: v >= 1, ">= 1"),
     "server.max_queue": (lambda v: v >= 1, ">= 1"),
     "server.log_level": (lambda v: v in ("debug", "info", "warning", "error"), 'one of "debug", "info", "warning", "error"'),
+    "server.response_store_backend": (lambda v: v in ("none", "memory", "sqlite"), 'one of "none", "memory", "sqlite"'),
 }
 
 

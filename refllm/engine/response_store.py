@@ -177,8 +177,7 @@ class ResponseStore:
         return self.records.backend != "none"
 
     def save(self, response: dict, conversation: list[dict]) -> None:
-        if response.get("store", True):
-            self.records.put(self.KIND, response["id"], {"response": response, "conversation": conversation})
+        self.records.put(self.KIND, response["id"], {"response": response, "conversation": conversation})
 
     def get(self, response_id: str) -> dict:
         return self._record(response_id)["response"]

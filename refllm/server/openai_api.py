@@ -430,11 +430,14 @@ def function_call_item_out(call, status: str = "completed") -> dict:
 def responses():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    reject_unsupported(body, "previous_response_id", "responses are not stored; send the whole conversation as input")
     text_config = optional(body, "text", dict, {})
     reasoning = optional(body, "reasoning", dict, {})
     rules = output_rules(body, openai_response_format(text_config.get("format"), "text.format"), reasoning.get("effort"))
     messages, images = responses_input(body)
+    from refllm.server.ollm_routes import previous_conversation, remember_response  # stored Responses
+
+    previous_id, store = optional(body, "previous_response_id", str), optional(body, "store", bool, True)
+    messages = conversation = [*previous_conversation(previous_id), *messages]  # chaining: the stored turns first
     instructions = optional(body, "instructions", str)
     if instructions:
         messages = [{"role": "system", "content": instructions}, *messages]
@@ -457,7 +460,7 @@ def responses():
             "parallel_tool_calls": rules.parallel_tool_calls, "tool_choice": body.get("tool_choice", "auto" if rules.tools else "none"),
             "tools": body.get("tools") or [],
             "temperature": job.options.get("temperature"), "top_p": job.options.get("top_p"),
-            "max_output_tokens": job.options.get("num_predict"), "previous_response_id": None,
+            "max_output_tokens": job.options.get("num_predict"), "previous_response_id": previous_id,
             "text": {"format": text_config.get("format") or {"type": "text"}}, "truncation": "disabled",
             "usage": None if finished is None else {
                 "input_tokens": finished.prompt_tokens, "output_tokens": finished.eval_count,
@@ -467,7 +470,8 @@ def responses():
 
     if not stream:
         finished = events.collect()
-        return jsonify(response_object("completed", finished.text, finished, with_message=bool(finished.text or not finished.tool_calls)))
+        done = response_object("completed", finished.text, finished, with_message=bool(finished.text or not finished.tool_calls))
+        return jsonify(remember_response(done, conversation, finished, store))
 
     sequence = iter(range(1 << 62))
 
@@ -504,7 +508,7 @@ def responses():
                         yield event("response.reasoning_text.done", item_id=reasoning["id"], output_index=reasoning_index,
                                     content_index=0, text=item.thinking)
                         yield event("response.output_item.done", output_index=reasoning_index, item=reasoning)
-                    done = response_object("completed", item.text, item)
+                    done = remember_response(response_object("completed", item.text, item), conversation, item, store)
                     yield event("response.incomplete" if done["status"] == "incomplete" else "response.completed", response=done)
                     continue
                 if item.thinking:

@@ -33,9 +33,11 @@ def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
     """Server and engine settings from ``refllm.config`` (flags > REFLLM_* env > refllm.toml > defaults)."""
     from refllm.config import load_settings
 
-    server = (config or load_settings()).server
+    config = config or load_settings()
+    server = config.server
     return (
-        ServerSettings(host=server.host, port=server.port, api_key=server.api_key or None, origins=list(server.origins)),
+        ServerSettings(host=server.host, port=server.port, api_key=server.api_key or None, origins=list(server.origins),
+                       response_store_backend=server.response_store_backend, models_dir=str(config.runtime.models_dir)),
         EngineSettings(keep_alive_s=parse_keep_alive(server.keep_alive), num_parallel=server.num_parallel,
                        max_queue=server.max_queue),
     )
