@@ -43,8 +43,6 @@ class ServerSettings:
     max_body_bytes: int = MAX_BODY_BYTES
     response_store_backend: str = "none"  # stored Responses and sessions: "none", "memory" or "sqlite"
     models_dir: str | None = None  # where the sqlite state file lives (default: the configured runtime.models_dir)
-    response_store_backend: str = "none"  # stored Responses and sessions: "none", "memory" or "sqlite"
-    models_dir: str | None = None  # where the sqlite state file lives (default: the configured runtime.models_dir)
 
 
 def _origin_allowed(origin: str, patterns: list[str]) -> bool:
@@ -140,10 +138,6 @@ def create_app(engine: Engine, settings: ServerSettings | None = None) -> Flask:
 
     app.register_blueprint(ollama_api)
     app.register_blueprint(openai_api)
-    from refllm.server.ollm_routes import install_state, ollm_routes
-
-    app.register_blueprint(ollm_routes)  # native /v1/health, /v1/prompt, /v1/sessions, ...; stored Responses
-    install_state(app, settings.response_store_backend, settings.models_dir)
     from refllm.server.ollm_routes import install_state, ollm_routes
 
     app.register_blueprint(ollm_routes)  # native /v1/health, /v1/prompt, /v1/sessions, ...; stored Responses
