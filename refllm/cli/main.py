@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "refllm.cli.serve",
     "refllm.cli.store",
     "refllm.cli.plan",
+    "refllm.cli.ollm",
 ]
 
 

@@ -55,19 +55,25 @@ def register(subparsers) -> None:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    options = options_from_args(args)
-    rules = rules_from_args(args)
     model_name = args.model or _default_model_name()
+    recipe = model_recipe(model_name)  # a store model brings its PARAMETERs, SYSTEM, MESSAGEs and TEMPLATE
+    options = options_from_args(args, defaults=recipe.params)  # flags override the stored parameters
+    system = args.system if args.system is not None else recipe.system
+    rules = rules_from_args(args)
     prompt = prompt_from(args.prompt, sys.stdin)
     with Spinner(sys.stderr, f"loading {model_name}"):
         started = time.perf_counter_ns()
-        model = _load(model_name, args.backend)
+        model = _load(recipe, args.backend)
         load_ns = time.perf_counter_ns() - started
     if prompt is None:
-        return Chat(model, options, system=args.system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking).loop()
+        chat = Chat(model, options, system=system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking)
+        chat.messages = list(recipe.messages)  # the stored conversation starts the chat
+        return chat.loop()
     if not prompt.strip():
         return 0  # nothing to answer: like Ollama, an empty prompt only loads the model
-    result = stream_answer(model, prompt, options, system=args.system, raw=args.raw, rules=rules, hide_thinking=args.hidethinking)
+    if recipe.messages and not args.raw:  # the stored conversation comes before the prompt
+        prompt = [*recipe.messages, {"role": "user", "content": prompt}]
+    result = stream_answer(model, prompt, options, system=system, raw=args.raw, rules=rules, hide_thinking=args.hidethinking)
     if args.verbose:
         print_stats(result, load_ns)
     return 0
@@ -76,8 +82,8 @@ def run_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- arguments
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
-    """The command line's options as validated ``Options`` (bad ones: InvalidRequest, exit 1)."""
+def options_from_args(args: argparse.Namespace, defaults: dict | None = None) -> Options:
+    """The command line's options over ``defaults`` (a store model's PARAMETERs), validated (bad ones: InvalidRequest, exit 1)."""
     values = {
         name: getattr(args, name)
         for name in ("seed", "num_predict", "temperature", "top_k", "top_p", "num_ctx")
@@ -85,7 +91,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
     }
     if args.stop:
         values["stop"] = args.stop
-    options = Options.from_dict(values)
+    options = Options.from_dict({**(defaults or {}), **values})
     for item in args.option:
         name, sep, text = item.partition("=")
         if not sep:
@@ -136,10 +142,18 @@ def _default_model_name() -> str:
     return load_settings().runtime.model_reference
 
 
-def _load(name: str, backend: str | None):
-    import refllm
+def model_recipe(name: str):
+    """What NAME means, resolved as the server resolves it (``refllm.store.resolve``): the GGUF and the store's defaults."""
+    from refllm.engine.engine import default_resolver
 
-    model = refllm.load(name)
+    return default_resolver(name)
+
+
+def _load(name_or_recipe, backend: str | None):
+    from refllm.engine.engine import ModelRecipe, default_loader
+
+    recipe = name_or_recipe if isinstance(name_or_recipe, ModelRecipe) else model_recipe(name_or_recipe)
+    model = default_loader(recipe)  # the server's loader: a store TEMPLATE replaces the GGUF's chat template
     if backend is not None:
         from refllm.kernels.reference import get_backend
 
