@@ -31,6 +31,10 @@ def register(subparsers) -> None:
 
     p = subparsers.add_parser("doctor", help="report the environment: CPU, SIMD, Numba, kernel cache, CUDA")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("-m", "--model", help="also plan this model (default with the flags below: the config's runtime.model_reference)")
+    p.add_argument("--backend", choices=BACKENDS, help="plan the model on this backend")
+    p.add_argument("--no-specialization", action="store_true", help="plan the generic NumPy reference path")
+    p.add_argument("--plan-json", action="store_true", help="print the model's runtime plan as JSON and exit")
     p.set_defaults(func=doctor_command)
 
     p = subparsers.add_parser("bench", help="measure prefill/decode tokens per second on a model")
@@ -58,7 +62,21 @@ def doctor_command(args) -> int:
     from refllm.kernels.environment import environment_report, format_environment
 
     report = environment_report()
+    if args.model or args.backend or args.no_specialization or args.plan_json:  # the runtime plan too (oLLM's doctor)
+        from refllm.cli.run import _default_model_name
+        from refllm.engine.sessions import execution_metadata
+        from refllm.plan import build_plan
+
+        plan = build_plan(args.model or _default_model_name(), backend=args.backend, no_specialization=args.no_specialization)
+        if args.plan_json:
+            print(json.dumps(plan.to_dict(), indent=2))
+            return 0
+        report["runtime_plan"] = {"model": plan.model, **execution_metadata(plan)}
     print(json.dumps(report, indent=2) if args.json else format_environment(report))
+    if not args.json and "runtime_plan" in report:
+        plan_report = report["runtime_plan"]
+        print(f"runtime plan   {plan_report['model']}: {plan_report['support_level']} on {plan_report['backend']}"
+              + (f" (fallback: {plan_report['fallback_reason']})" if plan_report["fallback_reason"] else ""))
     return 0
 
 
