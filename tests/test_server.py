@@ -351,7 +351,7 @@ def test_openai_client_errors(aclient):
     ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "image"),
     ("/v1/completions", {"model": "fake", "prompt": [1, 2, 3]}, 400, "prompt"),
     ("/v1/embeddings", {"model": "fake", "input": [[1, 2]]}, 400, "input"),
-    ("/v1/responses", {"model": "fake", "input": "hi", "previous_response_id": "resp_1"}, 400, "previous_response_id"),
+    ("/v1/responses", {"model": "fake", "input": 5}, 400, "input"),
 ])
 def test_bad_requests_get_a_json_error(url, path, body, status, needle):
     got, headers, payload = http(url, "POST", path, body)

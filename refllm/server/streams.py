@@ -1,6 +1,7 @@
 """Streaming framings: NDJSON (Ollama) and server-sent events (OpenAI).
 
-Both take a generator of JSON-able objects. Closing the response (waitress does so when
+Both take a generator of JSON-able objects; it runs inside the request's context (so it
+may use ``flask.current_app``/``request``) even though the view has returned. Closing the response (waitress does so when
 the client disconnects) closes that generator, which closes the engine's stream and
 stops the generation. An error after the first byte can no longer change the status
 code, so it travels in-band, as Ollama does: ``{"error": "..."}`` as the last object.
@@ -12,7 +13,7 @@ import json
 import logging
 from typing import Callable, Iterator
 
-from flask import Response
+from flask import Response, stream_with_context
 
 from refllm.errors import RefllmError
 
@@ -40,7 +41,7 @@ def ndjson_response(objects: Iterator[dict]) -> Response:
         finally:
             objects.close()
 
-    return Response(lines(), mimetype="application/x-ndjson", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(stream_with_context(lines()), mimetype="application/x-ndjson", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def sse_response(events: Iterator[tuple[str | None, dict]], done_marker: bool = True,
@@ -65,4 +66,4 @@ def sse_response(events: Iterator[tuple[str | None, dict]], done_marker: bool = 
         if done_marker:
             yield "data: [DONE]\n\n"
 
-    return Response(chunks(), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return Response(stream_with_context(chunks()), mimetype="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
