@@ -24,6 +24,8 @@ COMMAND_MODULES = [
     "refllm.cli.store",
     "refllm.cli.plan",
     "refllm.cli.ollm",
+    "refllm.cli.conformance",
+    "refllm.cli.eval",
 ]
 
 

@@ -1,0 +1,5 @@
+"""``refllm eval``: placeholder, filled in below."""
+
+
+def register(subparsers) -> None:
+    pass
