@@ -132,3 +132,38 @@ def test_blob_upload_create_and_run(oclient, server, tiny_model):
     with pytest.raises(ollama.ResponseError) as err:
         oclient.pull("no-such-model")
     assert err.value.status_code == 404
+
+
+def test_concurrent_clients_on_a_real_forward_pass(tiny_model):
+    """Three slots running the real transformer at once (a tiny GGUF): every client gets exactly
+    what it gets alone, so slots share no KV cache or scratch state."""
+    import threading
+    from pathlib import Path
+
+    from refllm.engine import ModelRecipe
+    from refllm.engine.engine import default_loader
+
+    path = Path(tiny_model("llama"))
+    engine = Engine(EngineSettings(num_parallel=3, max_queue=8),
+                    resolver=lambda name: ModelRecipe("tiny:latest", path, source="file"), loader=default_loader)
+    prompts = [f"story number {i} begins" for i in range(6)]
+    options = {"temperature": 0, "num_predict": 12}
+    try:
+        with ServerThread(create_app(engine)) as url:
+            client = ollama.Client(host=url)
+            alone = {p: client.generate(model="tiny", prompt=p, raw=True, options=options).response for p in prompts}
+            assert len(set(alone.values())) > 1
+            together: dict[str, str] = {}
+
+            def ask(prompt: str) -> None:
+                pieces = ollama.Client(host=url).generate(model="tiny", prompt=prompt, raw=True, options=options, stream=True)
+                together[prompt] = "".join(piece.response for piece in pieces)
+
+            threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert together == alone
+    finally:
+        engine.close()
