@@ -253,10 +253,11 @@ class ToolCallStream:
             return "", []
         if not self.started:
             head = self.pending.lstrip()
-            if not head:
-                return "", []
+            openers = ("```", "<|python_tag|>")
+            if not head or any(o.startswith(head) and o != head for o in openers):
+                return "", []  # not decided yet: whitespace, or the first characters of an opener
             self.started = True
-            if head[0] in "{[" or head.startswith(("```", "<|python_tag|>")) or "<|python_tag|>".startswith(head):
+            if head[0] in "{[" or head.startswith(openers):
                 self.whole_answer_held = True
                 return "", []
         content, calls = [], []
