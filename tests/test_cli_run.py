@@ -96,6 +96,15 @@ def test_bad_options_are_one_line_errors(cli, capsys, args, message):
     assert message in err and err.startswith("Error: ") and err.count("\n") == 1 and out == ""
 
 
+def test_unavailable_backend_is_a_one_line_error(cli, capsys, monkeypatch):
+    import refllm.kernels.cuda
+
+    monkeypatch.setattr(refllm.kernels.cuda, "cuda_status", lambda: (False, "no GPU found"))  # as on a CPU-only machine
+    assert cli("hi", "--backend", "cuda") == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: ") and "cuda" in err and "no GPU found" in err and err.count("\n") == 1
+
+
 def test_unknown_model_is_a_one_line_error(capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", FakeTerminal(""))
     assert main(["run", "no-such-model-anywhere", "hi"]) == 1

@@ -119,3 +119,12 @@ def test_prompt_longer_than_num_ctx_is_rejected(smollm2, golden):
     ids = golden["p1_ids"].tolist()  # 15 tokens
     with pytest.raises(InvalidRequest, match=r"15 tokens.*is 10"):
         smollm2.generate(ids, num_ctx=10)
+
+
+def test_end_of_turn_token_from_metadata_ends_the_answer(smollm2):
+    # SmolLM2 closes its turn with <|im_end|>, an end-of-generation id read from the GGUF
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Reply with one word: yes or no?"}]
+    result = smollm2.generate(messages, num_predict=30, **GREEDY)
+    assert result.done_reason == "stop" and result.eval_count == len(result.tokens) + 1 < 30
+    assert "<|im_end|>" not in result.text and result.text.strip()
+    assert not set(result.tokens) & smollm2.tokenizer.eog_ids

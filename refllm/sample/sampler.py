@@ -9,6 +9,9 @@ Order (llama.cpp's default, documented in refllm.sample.samplers):
     temperature == 0:   penalties -> the most likely token (greedy)
     mirostat 1 or 2:    penalties -> temperature -> Mirostat (replaces top_k ... min_p)
 
+The penalties look at the last ``repeat_last_n`` tokens of the whole context, prompt
+included (as llama.cpp's server feeds the prompt to its penalty sampler).
+
 The same ``seed`` and options give the same tokens: each request owns one
 ``np.random.Generator`` seeded from ``options.seed`` (a fresh OS seed when it is None).
 """
