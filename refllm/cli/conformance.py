@@ -109,7 +109,8 @@ def run_api_only(args: argparse.Namespace) -> int:
         print()
     else:
         for r in results:
-            print(f"{'PASS' if r.passed else 'FAIL'}  {r.api:<7} {r.name}" + ("" if r.passed else f": {r.detail}"))
-        failed = sum(not r.passed for r in results)
-        print(f"{len(results) - failed}/{len(results)} checks pass")
+            verdict = "SKIP" if r.skipped else "PASS" if r.passed else "FAIL"
+            print(f"{verdict}  {r.api:<7} {r.name}" + ("" if r.passed and not r.skipped else f": {r.detail}"))
+        ran = [r for r in results if not r.skipped]
+        print(f"{sum(r.passed for r in ran)}/{len(ran)} checks pass")
     return 0 if all(r.passed for r in results) else 1
