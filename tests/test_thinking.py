@@ -180,3 +180,22 @@ def test_cli_prints_thinking_apart(hide):
         assert "Thinking" not in printed and REASONING not in printed
     else:
         assert printed == f"Thinking...\n{REASONING}\n...done thinking.\n\n{ANSWER}\n"
+
+
+def test_cli_flags():
+    from refllm.cli.main import build_parser
+    from refllm.cli.run import rules_from_args
+
+    def rules(*argv):
+        args = build_parser().parse_args(["run", "m", *argv])
+        return rules_from_args(args), args
+
+    assert rules()[0] is None
+    (r, args) = rules("--think", "why?")  # a bare --think, then the prompt
+    assert r.think is True and args.prompt == ["why?"]
+    assert rules("--think=false")[0].think is False and rules("--think", "high")[0].think == "high"
+    assert rules("--format", "json")[0].format == {"type": "object"}
+    assert rules("--format", '{"type": "integer"}')[0].format == {"type": "integer"}
+    for bad in (["--format", "yaml"], ["--format", '{"not": {}}']):
+        with pytest.raises(InvalidRequest, match="format"):
+            rules(*bad)
