@@ -118,10 +118,12 @@ def json_schema_grammar(schema: dict) -> str:
     """A JSON schema -> llguidance grammar text; ``InvalidRequest`` names unsupported features."""
     _require_llguidance()
     try:
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT)
+        # overrides: a schema's own "x-guidance" may change the layout but never make the
+        # compiler lenient (lenient = unknown keywords silently ignored)
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT, overrides={"lenient": False})
     except ValueError as e:
         raise InvalidRequest(f"invalid JSON schema: {e}") from None
-    return checked(grammar, "JSON schema")
+    return checked(grammar, "or invalid JSON schema")
 
 
 def lark_grammar(lark: str) -> str:
