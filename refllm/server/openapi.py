@@ -36,9 +36,30 @@ def _object(required: list[str], **properties) -> dict:
     return {"type": "object", "required": required, "properties": properties}
 
 
-def _operation(summary: str, body: dict | None = None, ok: str = "success", content_type: str = "application/json",
-               errors: tuple[int, ...] = (400, 404)) -> dict:
-    operation: dict = {"summary": summary, "responses": {"200": {"description": ok, "content": {content_type: {}}}}}
+ARRAY_OF = lambda items: {"type": "array", "items": items}  # noqa: E731
+DETAILS = _object(["format", "family"], format=STRING, family=STRING, parameter_size=STRING, quantization_level=STRING)
+LISTED_MODEL = _object(["name", "model", "modified_at", "size", "digest", "details"], name=STRING, model=STRING,
+                       modified_at=STRING, size=INTEGER, digest=STRING, details=DETAILS)
+DONE = _object(["model", "created_at", "done"], model=STRING, created_at=STRING, done=BOOLEAN, done_reason=STRING,
+               total_duration=INTEGER, load_duration=INTEGER, prompt_eval_count=INTEGER, prompt_eval_duration=INTEGER,
+               eval_count=INTEGER, eval_duration=INTEGER)
+VECTOR = ARRAY_OF(NUMBER)
+OPENAI_MODEL = _object(["id", "object", "created", "owned_by"], id=STRING, object={"type": "string", "enum": ["model"]},
+                       created=INTEGER, owned_by=STRING)
+USAGE = _object(["prompt_tokens", "total_tokens"], prompt_tokens=INTEGER, completion_tokens=INTEGER, total_tokens=INTEGER)
+
+
+def _operation(summary: str, body: dict | None = None, ok: str = "success", content_type: str | None = "application/json",
+               errors: tuple[int, ...] = (400, 404), response: dict | None = None, stream_type: str | None = None) -> dict:
+    """One operation: its 200 (``response``: the JSON schema; ``stream_type``: the streamed alternative;
+    ``content_type=None``: no body) and error statuses; any other 4xx/5xx (401, 403, 413, 503, ...)
+    is the ``{"error": ...}`` object too."""
+    ok_response: dict = {"description": ok}
+    if content_type is not None:
+        ok_response["content"] = {content_type: {"schema": response} if response else {}}
+        if stream_type:
+            ok_response["content"][stream_type] = {}
+    operation: dict = {"summary": summary, "responses": {"200": ok_response, "4XX": ERROR, "5XX": ERROR}}
     for status in errors:
         operation["responses"][str(status)] = ERROR
     if body is not None:
@@ -54,46 +75,69 @@ OPENAI_SAMPLING = dict(model=MODEL, temperature=NUMBER, top_p=NUMBER, seed=INTEG
 
 _PATHS: dict = {
     "/": {"get": {**_operation("health check", ok="refllm is running", content_type="text/plain", errors=()), "security": []},
-          "head": {**_operation("health check", content_type="text/plain", errors=()), "security": []}},
-    "/api/version": {"get": _operation("runtime version", errors=())},
+          "head": {**_operation("health check", content_type=None, errors=()), "security": []}},
+    "/api/version": {"get": _operation("runtime version", errors=(), response=_object(["version"], version=STRING))},
     "/api/generate": {"post": _operation("generate a completion (NDJSON stream unless stream: false)", _object(
-        ["model"], prompt=STRING, system=STRING, raw=BOOLEAN, images={"type": "array", "items": STRING}, **GENERATION_COMMON))},
+        ["model"], prompt=STRING, system=STRING, raw=BOOLEAN, images={"type": "array", "items": STRING}, **GENERATION_COMMON),
+        response=DONE, stream_type="application/x-ndjson")},
     "/api/chat": {"post": _operation("generate the next chat message (NDJSON stream unless stream: false)", _object(
-        ["model"], messages={"type": "array", "items": MESSAGE}, **GENERATION_COMMON))},
+        ["model"], messages={"type": "array", "items": MESSAGE}, **GENERATION_COMMON),
+        response=DONE, stream_type="application/x-ndjson")},
     "/api/embed": {"post": _operation("embed one or more texts", _object(
         ["model", "input"], model=MODEL, input=STRINGS, truncate=BOOLEAN, dimensions={"type": "integer", "minimum": 1},
-        options=OPTIONS, keep_alive=KEEP_ALIVE))},
-    "/api/embeddings": {"post": _operation("embed one text (legacy)", _object(["model", "prompt"], model=MODEL, prompt=STRING, options=OPTIONS))},
-    "/api/tags": {"get": _operation("list local models", errors=())},
-    "/api/show": {"post": _operation("show a model's details", _object(["model"], model=MODEL, verbose=BOOLEAN))},
-    "/api/ps": {"get": _operation("list loaded models", errors=())},
-    "/api/copy": {"post": _operation("copy a model under a new name", _object(["source", "destination"], source=MODEL, destination=MODEL), errors=(400, 404, 501))},
-    "/api/delete": {"delete": _operation("delete a model", _object(["model"], model=MODEL), errors=(400, 404, 501))},
-    "/api/create": {"post": _operation("create a model", _object(["model"], model=MODEL, stream=BOOLEAN), errors=(400, 404, 501))},
-    "/api/pull": {"post": _operation("pull a model", _object(["model"], model=MODEL, stream=BOOLEAN), errors=(400, 404, 501))},
+        options=OPTIONS, keep_alive=KEEP_ALIVE),
+        response=_object(["model", "embeddings"], model=STRING, embeddings=ARRAY_OF(VECTOR), prompt_eval_count=INTEGER))},
+    "/api/embeddings": {"post": _operation("embed one text (legacy)", _object(["model", "prompt"], model=MODEL, prompt=STRING, options=OPTIONS),
+                                           response=_object(["embedding"], embedding=VECTOR))},
+    "/api/tags": {"get": _operation("list local models", errors=(), response=_object(["models"], models=ARRAY_OF(LISTED_MODEL)))},
+    "/api/show": {"post": _operation("show a model's details", _object(["model"], model=MODEL, verbose=BOOLEAN),
+                                     response=_object(["details", "model_info", "template", "modified_at"], details=DETAILS,
+                                                      model_info={"type": "object"}, template=STRING, modified_at=STRING))},
+    "/api/ps": {"get": _operation("list loaded models", errors=(), response=_object(["models"], models=ARRAY_OF(_object(
+        ["name", "model", "size", "expires_at"], name=STRING, model=STRING, size=INTEGER, expires_at=STRING,
+        size_vram=INTEGER, context_length=INTEGER))))},
+    "/api/copy": {"post": _operation("copy a model under a new name", _object(["source", "destination"], source=MODEL, destination=MODEL),
+                                     ok="copied (no body)", content_type=None)},
+    "/api/delete": {"delete": _operation("delete a model", _object(["model"], model=MODEL), ok="deleted (no body)", content_type=None)},
+    "/api/create": {"post": _operation("create a model", _object(["model"], model=MODEL, stream=BOOLEAN), errors=(400, 404),
+                                       stream_type="application/x-ndjson")},
+    "/api/pull": {"post": _operation("pull a model", _object(["model"], model=MODEL, stream=BOOLEAN), errors=(400, 404),
+                                     stream_type="application/x-ndjson")},
     "/api/blobs/{digest}": {
         "parameters": [{"name": "digest", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}],
-        "head": _operation("does the blob exist", errors=(400, 404, 501)),
+        "head": {"summary": "does the blob exist", "responses": {"200": {"description": "it does"},
+                                                                 "404": {"description": "it does not"}, "4XX": ERROR}},
+        "post": {"summary": "upload a blob (the body's sha256 must match)", "requestBody": {"content": {"application/octet-stream": {}}},
+                 "responses": {"201": {"description": "stored"}, "4XX": ERROR, "5XX": ERROR}},
     },
     "/v1/chat/completions": {"post": _operation("OpenAI chat completion (SSE when stream: true)", _object(
         ["model", "messages"], messages={"type": "array", "items": OPENAI_MESSAGE, "minItems": 1},
         max_tokens={"type": "integer", "minimum": 1}, max_completion_tokens={"type": "integer", "minimum": 1},
-        logprobs=BOOLEAN, top_logprobs={"type": "integer", "minimum": 0, "maximum": 20}, **OPENAI_SAMPLING))},
+        logprobs=BOOLEAN, top_logprobs={"type": "integer", "minimum": 0, "maximum": 20}, **OPENAI_SAMPLING),
+        response=_object(["id", "object", "created", "model", "choices"], id=STRING, object=STRING, created=INTEGER, model=STRING,
+                         choices=ARRAY_OF(_object(["index", "message", "finish_reason"], index=INTEGER))),
+        stream_type="text/event-stream")},
     "/v1/completions": {"post": _operation("OpenAI text completion (SSE when stream: true)", _object(
         ["model", "prompt"], prompt=STRING, max_tokens={"type": "integer", "minimum": 1},
-        logprobs={"type": "integer", "minimum": 0, "maximum": 20}, **OPENAI_SAMPLING))},
+        logprobs={"type": "integer", "minimum": 0, "maximum": 20}, **OPENAI_SAMPLING),
+        response=_object(["id", "object", "created", "model", "choices"], id=STRING, object=STRING, created=INTEGER, model=STRING,
+                         choices=ARRAY_OF(_object(["index", "text", "finish_reason"], index=INTEGER, text=STRING))),
+        stream_type="text/event-stream")},
     "/v1/embeddings": {"post": _operation("OpenAI embeddings", _object(
         ["model", "input"], model=MODEL, input=STRINGS, encoding_format={"type": "string", "enum": ["float", "base64"]},
-        dimensions={"type": "integer", "minimum": 1}))},
-    "/v1/models": {"get": _operation("OpenAI model list", errors=())},
+        dimensions={"type": "integer", "minimum": 1}),
+        response=_object(["object", "data", "model", "usage"], object=STRING, model=STRING, usage=USAGE, data=ARRAY_OF(
+            _object(["object", "embedding", "index"], object=STRING, index=INTEGER, embedding={"oneOf": [VECTOR, STRING]}))))},
+    "/v1/models": {"get": _operation("OpenAI model list", errors=(), response=_object(["object", "data"], object=STRING,
+                                                                                        data=ARRAY_OF(OPENAI_MODEL)))},
     "/v1/models/{model}": {
         "parameters": [{"name": "model", "in": "path", "required": True, "schema": STRING}],
-        "get": _operation("one OpenAI model object"),
+        "get": _operation("one OpenAI model object", response=OPENAI_MODEL),
     },
     "/v1/responses": {"post": _operation("OpenAI Responses API (typed SSE events when stream: true)", _object(
         ["model", "input"], model=MODEL, input={"oneOf": [STRING, {"type": "array", "items": OPENAI_MESSAGE}]},
         instructions=STRING, max_output_tokens={"type": "integer", "minimum": 1}, temperature=NUMBER, top_p=NUMBER,
-        stream=BOOLEAN))},
+        stream=BOOLEAN), stream_type="text/event-stream")},
     "/openapi.json": {"get": _operation("this document", errors=())},
 }
 
