@@ -139,14 +139,14 @@ def matvec(w: TensorInfo, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def dequantize_rows(w: TensorInfo, rows: np.ndarray) -> np.ndarray:
+def dequantize_rows(w: TensorInfo, rows: np.ndarray, parallel: bool = True) -> np.ndarray:
     """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k]."""
     _, dequantize_kernel, inner = KERNELS[w.ggml_type.name]
     if rows.flags.writeable:
         rows = rows.view()
         rows.flags.writeable = False
     out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
-    _use_threads(out.size)
+    _use_threads(out.size if parallel else 0)
     _run(dequantize_kernel, rows, out, F16_TO_F32, inner)
     return out
 
@@ -168,7 +168,10 @@ def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     tile = max(16, TILE_WEIGHTS // k)  # weight rows per tile
     x = np.ascontiguousarray(x, dtype=np.float32)
     for start in range(0, m, tile):
-        weights = dequantize_rows(w, rows[start : start + tile])  # [tile, k], float32
+        # One thread dequantizes (a small part of the work); BLAS threads do the matmul.
+        # Numba's and BLAS's thread pools taking turns on the same cores fight each
+        # other (measured: 2-thread prefill 8x slower than 1-thread on a busy machine).
+        weights = dequantize_rows(w, rows[start : start + tile], parallel=False)  # [tile, k], float32
         np.matmul(x, weights.T, out=out[:, start : start + tile])  # [n, k] @ [k, tile]
     return out
 
