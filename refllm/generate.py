@@ -20,7 +20,7 @@ What a prompt can be
 The loop, step by step (``_run``):
     1. prompt -> token ids; check they fit the context (see "Context" below)
     2. reuse what a ``Session`` cache already holds (longest common prefix), prefill the rest
-       in one batched forward pass -> logits of the last prompt position [n_vocab]
+       in batched forward passes (num_batch tokens each) -> logits of the last prompt position [n_vocab]
     3. repeat: sample a token (refllm.sample.Sampler) -> end-of-generation id? stop
                -> decode it to text -> StopMatcher holds back possible stop-sequence prefixes
                -> emit released text -> num_predict reached or context full? stop
@@ -159,10 +159,12 @@ def _run(model, prompt_ids, opts: Options, num_ctx, session: Session, want_logpr
     decoder = tokenizer.decoder()  # streaming detokenizer: holds bytes of incomplete characters
     max_new = opts.num_predict if opts.num_predict >= 0 else num_ctx  # -1/-2: until the context is full
 
-    # 1. prefill: reuse the session's cached prefix, evaluate the rest in one batched pass
+    # 1. prefill: reuse the session's cached prefix, evaluate the rest in batched passes of
+    #    num_batch tokens (matrix-matrix work; memory bounded however long the prompt is)
     t0 = time.perf_counter_ns()
     cached = _reuse_prefix(model, session, prompt_ids, num_ctx)
-    logits = _forward(model, session, prompt_ids[cached:])  # [n_vocab] at the last prompt position
+    for start in range(cached, len(prompt_ids), opts.num_batch):
+        logits = _forward(model, session, prompt_ids[start : start + opts.num_batch])  # [n_vocab], last position
     prompt_eval_duration = time.perf_counter_ns() - t0
 
     # 2. decode: sample, emit, feed back

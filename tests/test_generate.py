@@ -290,6 +290,16 @@ def test_session_reuses_the_common_prefix():
     assert again.cached_count == 1 and again.tokens == third.tokens
 
 
+def test_prefill_runs_in_batches_of_num_batch():
+    model = FakeModel(None)
+    ids = [BOS] + [ID["a"]] * 11  # 12 tokens
+    one_batch = generate(model, ids, num_predict=3, **GREEDY)
+    model.forward_calls.clear()
+    batched = generate(model, ids, num_predict=3, num_batch=5, **GREEDY)
+    assert model.forward_calls == [5, 5, 2, 1, 1]  # prefill 12 = 5 + 5 + 2, then one token at a time
+    assert batched.tokens == one_batch.tokens and batched.prompt_eval_count == 12
+
+
 def test_interrupted_prefill_leaves_session_consistent():
     model = FakeModel(None)
     session = Session()

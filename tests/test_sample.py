@@ -33,7 +33,7 @@ def test_options_defaults_are_ollamas():
     assert (o.temperature, o.top_k, o.top_p, o.min_p, o.typical_p) == (0.8, 40, 0.9, 0.0, 1.0)
     assert (o.repeat_penalty, o.repeat_last_n, o.presence_penalty, o.frequency_penalty) == (1.1, 64, 0.0, 0.0)
     assert (o.mirostat, o.mirostat_tau, o.mirostat_eta) == (0, 5.0, 0.1)
-    assert (o.num_predict, o.num_ctx, o.seed, o.stop) == (-1, 4096, None, ())
+    assert (o.num_predict, o.num_ctx, o.seed, o.stop, o.num_batch) == (-1, 4096, None, (), 512)
 
 
 def test_options_from_dict_validates_and_converts():
@@ -58,6 +58,7 @@ def test_options_from_dict_validates_and_converts():
         ({"temperature": -1}, "temperature"),
         ({"temperature": float("nan")}, "temperature"),
         ({"mirostat": 3}, "mirostat"),
+        ({"num_batch": 0}, "num_batch"),
         ({"use_mmap": "yes"}, "use_mmap"),
     ],
 )

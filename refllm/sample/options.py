@@ -30,6 +30,7 @@ class Options:
     num_ctx: int = DEFAULT_NUM_CTX  # context window (prompt + generated tokens)
     num_keep: int = 4  # tokens Ollama keeps when it shifts the context (we never shift; kept for clients)
     stop: tuple[str, ...] = ()  # stop sequences: generation ends before the first one, which is not emitted
+    num_batch: int = 512  # prompt tokens evaluated per forward call (bounds prefill memory, like llama.cpp's n_batch)
 
     # -- the sampling chain, in the order it runs (see refllm.sample.sampler)
     repeat_penalty: float = 1.1  # >1 discourages tokens seen in the last repeat_last_n tokens
@@ -84,21 +85,21 @@ class Options:
 
 # name -> the Python type its value must have (ints are fine where floats are asked for)
 _FIELD_TYPES: dict[str, type] = {
-    "num_predict": int, "num_ctx": int, "num_keep": int, "stop": tuple,
+    "num_predict": int, "num_ctx": int, "num_keep": int, "stop": tuple, "num_batch": int,
     "repeat_penalty": float, "repeat_last_n": int, "presence_penalty": float, "frequency_penalty": float,
     "top_k": int, "typical_p": float, "top_p": float, "min_p": float, "temperature": float,
     "mirostat": int, "mirostat_tau": float, "mirostat_eta": float, "seed": int,
 }  # fmt: skip
 
 ACCEPTED_BUT_UNUSED: dict[str, type | tuple[type, ...]] = {
-    "numa": bool, "num_batch": int, "num_gpu": int, "main_gpu": int, "low_vram": bool,
+    "numa": bool, "num_gpu": int, "main_gpu": int, "low_vram": bool,
     "f16_kv": bool, "logits_all": bool, "vocab_only": bool, "use_mmap": bool, "use_mlock": bool,
     "embedding_only": bool, "num_thread": int, "tfs_z": (int, float), "penalize_newline": bool,
 }  # fmt: skip
 
 # Ranges each option must fall in: (lowest allowed, highest allowed); None = unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
-    "num_predict": (-2, None), "num_ctx": (1, None), "num_keep": (-1, None),
+    "num_predict": (-2, None), "num_ctx": (1, None), "num_keep": (-1, None), "num_batch": (1, None),
     "repeat_penalty": (0.0, None), "repeat_last_n": (-1, None),
     "top_k": (0, None), "typical_p": (0.0, 1.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
     "temperature": (0.0, None), "mirostat": (0, 2), "mirostat_tau": (0.0, None), "mirostat_eta": (0.0, None),
