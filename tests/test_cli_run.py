@@ -29,6 +29,16 @@ class FakeTerminal(io.StringIO):
         return True
 
 
+class TerminalWithCtrlC(FakeTerminal):
+    """A terminal where the line "^C" is the user pressing Ctrl-C at the prompt."""
+
+    def readline(self, *args) -> str:
+        line = super().readline(*args)
+        if line == "^C\n":
+            raise KeyboardInterrupt
+        return line
+
+
 class Piped(io.StringIO):
     def isatty(self) -> bool:
         return False
@@ -132,12 +142,14 @@ def test_chat_commands(cli, capsys):
         "/show system",
         "/show info",
         "/frobnicate",
+        "^C",
         "/clear",
         "/bye",
         "never read",
     ]) + "\n"  # fmt: skip
-    assert cli(stdin=FakeTerminal(typed)) == 0
+    assert cli(stdin=TerminalWithCtrlC(typed)) == 0
     out = capsys.readouterr().out
+    assert "Use Ctrl + d or /bye to exit." in out  # Ctrl-C at the prompt does not leave
     assert "/set" in out and "/bye" in out and '"""' in out  # help
     assert "Set parameter 'temperature' to '0.25'" in out
     assert "Couldn't set parameter" in out and "top_k" in out and "bogus" in out
