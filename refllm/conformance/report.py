@@ -32,6 +32,9 @@ def summarize(scores: list[PromptScore], thresholds: Thresholds) -> dict:
     mean_kl = float(np.mean(kls)) if kls else math.nan
     first = next(((s, s.first_divergence) for s in scores if s.first_divergence is not None), None)
     failures = []
+    mismatched = [s.id for s in scores if s.prompt_mismatch]
+    if mismatched:
+        failures.append(f"the server read a different prompt (token count) on {', '.join(mismatched)}")
     if not scored:
         failures.append("no position could be scored")
     if scored and not top1 >= thresholds.min_top1:

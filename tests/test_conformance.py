@@ -1,0 +1,193 @@
+"""``refllm conformance`` end to end: refllm's own server passes, a broken one fails.
+
+One ``refllm serve`` (in-process waitress on 127.0.0.1) serves two models: SmolLM2, and
+"broken", a copy of SmolLM2 with one weight tensor perturbed (blk.0.attn_norm.weight
+negated, so layer 0's attention output flips sign). The numeric check must pass the first on
+both APIs and fail the second, naming the first divergence. llama.cpp itself is scored by
+tools/conformance_vs_llamacpp.py (the ``reference`` extra is not installed in CI).
+Prompts are few and continuations short: every scored position costs a forward pass on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from refllm.cli.main import main
+from refllm.conformance.numeric import VocabIndex, line_up, shared_support_kl
+from refllm.conformance.remote import RemoteCompletion, entry_from_dict
+from refllm.engine import Engine, EngineSettings
+from refllm.engine.engine import ModelRecipe
+from refllm.errors import ModelNotFound
+from refllm.gguf import read
+from refllm.server import ServerThread, create_app
+
+PROMPT = ["--prompts", "prose-story", "--n-predict", "6"]
+
+
+def write_broken_copy(source: Path, target: Path, tensor: str = "blk.0.attn_norm.weight") -> None:
+    """A copy of a GGUF with one F32 tensor negated (same size: nothing else moves)."""
+    info = read(source).tensors[tensor]
+    data = bytearray(source.read_bytes())
+    weights = np.frombuffer(bytes(data[info.offset : info.offset + info.n_bytes]), dtype=np.float32)
+    data[info.offset : info.offset + info.n_bytes] = (-weights).tobytes()
+    target.write_bytes(bytes(data))
+
+
+@pytest.fixture(scope="module")
+def server(smollm2_gguf, tmp_path_factory):
+    broken = tmp_path_factory.mktemp("broken") / "broken.gguf"
+    write_broken_copy(Path(smollm2_gguf), broken)
+    paths = {"smollm2": Path(smollm2_gguf), "smollm2-raw": Path(smollm2_gguf), "broken": broken}
+
+    def resolver(name: str) -> ModelRecipe:
+        base = name.split(":")[0]
+        if base not in paths:
+            raise ModelNotFound(f"model '{name}' not found")
+        template = "{{ .Prompt }}" if base == "smollm2-raw" else None  # a Modelfile TEMPLATE that adds nothing
+        return ModelRecipe(name=base, gguf_path=paths[base], template=template, source="file")
+
+    engine = Engine(EngineSettings(num_parallel=1, max_queue=8), resolver=resolver)
+    with ServerThread(create_app(engine)) as url:
+        yield url
+    engine.close()
+
+
+def conformance(capsys, *args: str) -> tuple[int, str]:
+    code = main(["conformance", *args])
+    return code, capsys.readouterr().out
+
+
+def test_refllm_serve_conforms_on_the_ollama_api(server, smollm2_gguf, capsys):
+    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server, "--api", "ollama",
+                            "--endpoint-model", "smollm2", *PROMPT, "--json")  # fmt: skip
+    result = json.loads(out)
+    summary = result["summary"]
+    assert code == 0 and summary["passed"], summary
+    assert summary["positions_scored"] == 6 and summary["top1_exact"] == 1.0
+    assert summary["mean_kl"] < 1e-6 and summary["first_divergence"] is None  # the same engine, the same numbers
+    prompt = result["prompts"][0]
+    assert prompt["remote_prompt_tokens"] == prompt["prompt_tokens"]
+    # llama.cpp's greedy continuation of this prompt begins " was calm, but the" (tools/conformance_vs_llamacpp.py)
+    assert prompt["continuation"].startswith(" was calm, but the")
+
+
+def test_refllm_serve_conforms_on_the_openai_api(server, smollm2_gguf, capsys):
+    """/v1/completions applies the chat template (as Ollama's does): served with TEMPLATE {{ .Prompt }} it passes."""
+    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server, "--api", "openai",
+                            "--endpoint-model", "smollm2-raw", *PROMPT)  # fmt: skip
+    assert code == 0, out
+    assert "prose-story" in out and out.splitlines()[-1] == "PASS"
+
+
+def test_a_templated_route_is_caught_by_its_prompt_token_count(server, smollm2_gguf, capsys):
+    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server, "--api", "openai",
+                            "--endpoint-model", "smollm2", "--prompts", "prose-story", "--n-predict", "1")  # fmt: skip
+    assert code == 1 and "the server read a different prompt (token count) on prose-story" in out.splitlines()[-1]
+    assert "chat template on this route?" in out
+
+
+def test_a_broken_runtime_fails_at_its_first_divergence(server, smollm2_gguf, capsys):
+    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server, "--endpoint-model", "broken", *PROMPT)
+    assert code == 1
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith("FAIL") and "top-1 agreement" in verdict and "mean KL" in verdict
+    first = next(line for line in out.splitlines() if line.startswith("first divergence:"))
+    assert "prompt prose-story, generated token 0" in first and "refllm ' was'" in first  # llama.cpp also says " was"
+    assert "<- diverges" in out
+
+
+def test_api_only_passes_refllm_serve(server, capsys):
+    code, out = conformance(capsys, "--api-only", server, "--endpoint-model", "smollm2")
+    assert code == 0, out
+    assert "FAIL" not in out and out.count("PASS") == 15
+
+
+class WrongShapes(BaseHTTPRequestHandler):
+    """A server that says 200 {"ok": true} to everything: right routes, wrong answers."""
+
+    def answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"ok": true}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = answer
+
+    def log_message(self, *args):
+        pass
+
+
+def test_api_only_fails_a_server_with_wrong_shapes(capsys):
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), WrongShapes)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        code, out = conformance(capsys, "--api-only", f"http://127.0.0.1:{httpd.server_port}", "--endpoint-model", "m")
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert code == 1
+    failed = [line for line in out.splitlines() if line.startswith("FAIL")]
+    assert len(failed) == 15  # every check: no field is right
+    assert any("unknown model -> 404" in line and "HTTP 200 (wanted 404)" in line for line in failed)
+    assert any("NDJSON" in line and "application/x-ndjson" in line for line in failed)
+    assert any("SSE" in line and "text/event-stream" in line for line in failed)
+
+
+def test_unreachable_endpoint_is_a_one_line_error(smollm2_gguf, capsys):
+    code = main(["conformance", str(smollm2_gguf), "--endpoint", "http://127.0.0.1:9", *PROMPT])
+    err = capsys.readouterr().err
+    assert code == 1 and err.splitlines()[-1].startswith("Error: cannot reach http://127.0.0.1:9") and "Traceback" not in err
+
+
+# -- pieces, on recorded replies
+
+
+# llama.cpp's /completion reply for "日本の首都は" on SmolLM2 (xllamacpp 2026.10.11549, n_probs 2): six
+# tokens generated, three entries -- tokens that end inside a UTF-8 character are merged into the next.
+LLAMACPP_ENTRIES = [
+    {"id": 29917, "token": "、", "bytes": [227, 128, 129], "logprob": -1.6177895069122314, "top_logprobs": [
+        {"id": 29917, "token": "、", "bytes": [227, 128, 129], "logprob": -1.6177895069122314},
+        {"id": 11100, "token": "", "bytes": [227, 131], "logprob": -2.267108201980591}]},
+    {"id": 112, "token": "ア", "bytes": [227, 130, 162], "logprob": -1.7044017314910889, "top_logprobs": [
+        {"id": 112, "token": "�", "bytes": [162], "logprob": -1.7044017314910889},
+        {"id": 130, "token": "�", "bytes": [181], "logprob": -2.1837680339813232}]},
+    {"id": 241, "token": "プ", "bytes": [227, 131, 151], "logprob": -1.9719325304031372, "top_logprobs": [
+        {"id": 241, "token": "�", "bytes": [151], "logprob": -1.9719325304031372},
+        {"id": 229, "token": "�", "bytes": [139], "logprob": -2.1243908405303955}]},
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def vocab(smollm2_gguf):
+    import refllm
+
+    return VocabIndex(refllm.load(smollm2_gguf).tokenizer)
+
+
+def test_merged_entries_are_split_back_into_tokens(vocab):
+    completion = RemoteCompletion("、アプ", [entry_from_dict(e) for e in LLAMACPP_ENTRIES])
+    ids, entries, notes = line_up(completion, vocab)
+    assert not notes and b"".join(vocab.token_bytes(i) for i in ids) == "、アプ".encode()
+    assert ids[0] == 29917 and ids[2] == 112 and ids[4] == 241 and len(ids) == 5  # 5 of the 6: the last has no entry yet
+    assert [e is not None for e in entries] == [True, False, True, False, True]
+    # the same reply with the generated ids (return_tokens) lines up the same way
+    ids2, entries2, notes2 = line_up(RemoteCompletion("、アプ", completion.tokens, token_ids=ids + [ids[1]]), vocab)
+    assert not notes2 and ids2[:5] == ids and [e is not None for e in entries2] == [True, False, True, False, True, False]
+
+
+def test_shared_support_kl_renormalises_both_sides():
+    p, q = np.log([0.25, 0.25]), np.log([0.45, 0.05])  # renormalised: [.5, .5] and [.9, .1]
+    expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
+    assert shared_support_kl(p, q) == pytest.approx(expected, rel=1e-12)
+    assert shared_support_kl(np.log([0.7]), np.log([0.2])) == 0.0
