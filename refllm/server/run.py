@@ -39,7 +39,8 @@ def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
         ServerSettings(host=server.host, port=server.port, api_key=server.api_key or None, origins=list(server.origins),
                        response_store_backend=server.response_store_backend, models_dir=str(config.runtime.models_dir)),
         EngineSettings(keep_alive_s=parse_keep_alive(server.keep_alive), num_parallel=server.num_parallel,
-                       max_queue=server.max_queue),
+                       max_queue=server.max_queue,
+                       max_loaded_models=getattr(server, "max_loaded_models", EngineSettings.max_loaded_models)),
     )
 
 
