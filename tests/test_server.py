@@ -362,7 +362,7 @@ def test_bad_requests_get_a_json_error(url, path, body, status, needle):
 
 
 def test_malformed_bodies(url):
-    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"'):
+    for raw in (b"{not json", b"[1, 2]", b"\xff\xfe", b'"text"', b'{"model": ' + b"[" * 100000 + b"]" * 100000 + b"}"):
         status, _, payload = http(url, "POST", "/api/generate", raw=raw)
         assert status == 400 and "error" in json.loads(payload)
 

@@ -27,6 +27,8 @@ def json_body() -> dict:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise InvalidRequest(f"invalid JSON body: {e}") from None
+    except RecursionError:
+        raise InvalidRequest("invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return body
