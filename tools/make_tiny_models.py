@@ -192,9 +192,9 @@ def spm_vocab(n_vocab: int = N_VOCAB) -> Vocab:
     return Vocab("llama", tokens, token_types, scores=scores)
 
 
-def add_tokenizer(writer: gguf.GGUFWriter, arch: str) -> None:
+def add_tokenizer(writer: gguf.GGUFWriter, arch: str, n_vocab: int = N_VOCAB) -> None:
     if arch == "gemma3":
-        vocab = spm_vocab()
+        vocab = spm_vocab(n_vocab)
         writer.add_tokenizer_model(vocab.model)
         writer.add_tokenizer_pre("default")
         writer.add_token_list(vocab.tokens)
@@ -208,7 +208,7 @@ def add_tokenizer(writer: gguf.GGUFWriter, arch: str) -> None:
         writer.add_add_eos_token(False)
         writer.add_add_space_prefix(False)
         return  # like the real Gemma 3 GGUF: no chat template
-    vocab = bpe_vocab()
+    vocab = bpe_vocab(n_vocab)
     writer.add_tokenizer_model(vocab.model)
     writer.add_tokenizer_pre("smollm" if arch == "llama" else "qwen2")
     writer.add_token_list(vocab.tokens)
@@ -347,21 +347,27 @@ def add_hyperparameters(writer: gguf.GGUFWriter, cfg: TinyConfig, qtype: str) ->
     writer.add_uint32(f"{a}.vocab_size", cfg.n_vocab)
 
 
-def write_tiny_model(path: str | Path, arch: str, qtype: str, seed: int = 0) -> Path:
-    """Write the tiny ``arch`` model with its matrices in ``qtype``; same seed, same bytes."""
+def write_tiny_model(path: str | Path, arch: str, qtype: str, seed: int = 0, config: TinyConfig | None = None) -> Path:
+    """Write the tiny ``arch`` model with its matrices in ``qtype``; same seed, same bytes.
+
+    ``config`` replaces the architecture's default shapes (e.g. a still smaller model
+    for the CUDA simulator); its ``arch`` must be ``arch``.
+    """
     if arch not in CONFIGS:
         raise ValueError(f"unknown architecture {arch!r}; choose from {', '.join(ARCHITECTURES)}")
     qtype = str(getattr(qtype, "name", qtype)).upper()
     if qtype not in FILE_TYPES:
         raise ValueError(f"unsupported weight type {qtype!r}; choose from {', '.join(WEIGHT_TYPES)}")
-    cfg = CONFIGS[arch]
+    cfg = config or CONFIGS[arch]
+    if cfg.arch != arch:
+        raise ValueError(f"config is for {cfg.arch!r}, not {arch!r}")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng([seed, ARCHITECTURES.index(arch), WEIGHT_TYPES.index(qtype)])
 
     writer = gguf.GGUFWriter(path, arch)
     add_hyperparameters(writer, cfg, qtype)
-    add_tokenizer(writer, arch)
+    add_tokenizer(writer, arch, cfg.n_vocab)
     for name, shape, kind in tensor_plan(cfg):
         if kind == "matrix":
             data = weight(rng, shape, qtype)

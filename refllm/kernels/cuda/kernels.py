@@ -18,6 +18,7 @@ nothing but byte loads and work the same in the simulator and on a GPU.
 from __future__ import annotations
 
 import math
+import os
 
 from numba import cuda, float32, int32, uint32
 
@@ -34,7 +35,10 @@ BLOCK_LAYOUT = {
 SUPPORTED_TYPES = tuple(BLOCK_LAYOUT)
 
 UNIT = 32  # weights decoded at once by one thread
-WARP = 32  # threads per output row in the matvec kernel
+# Threads per output row in the matvec kernel (and per row in RMSNorm/attention): a warp
+# on a GPU.  The simulator runs every thread as Python, so there it uses 8: the same
+# code and the same tree reduction, a quarter of the threads.
+WARP = 8 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 32
 
 
 def unit_layout(type_id: int) -> tuple[int, int]:
