@@ -128,3 +128,14 @@ def test_end_of_turn_token_from_metadata_ends_the_answer(smollm2):
     assert result.done_reason == "stop" and result.eval_count == len(result.tokens) + 1 < 30
     assert "<|im_end|>" not in result.text and result.text.strip()
     assert not set(result.tokens) & smollm2.tokenizer.eog_ids
+
+
+def test_gemma3_chat_uses_its_built_in_template_and_matches_llama_cpp(gemma3_gguf):
+    # Gemma 3's GGUF has no chat template: the built-in Gemma one must give llama.cpp's prompt
+    # ids for the same conversation written out by hand, and the same greedy tokens.
+    golden_gemma = np.load(GOLDEN / "logits" / "gemma3.llamacpp.npz")
+    model = refllm.load(gemma3_gguf)
+    messages = [{"role": "user", "content": "What is the largest planet in the solar system?"}]
+    result = model.generate(messages, num_predict=4, **GREEDY)
+    assert result.prompt_tokens == golden_gemma["p8_ids"].tolist()
+    assert result.tokens == golden_gemma["p8_greedy"][:4].tolist()
