@@ -211,3 +211,26 @@ def test_gelu_tanh_and_silu_known_values():
     # gelu_pytorch_tanh / silu values from their closed forms
     np.testing.assert_allclose(reference.gelu_tanh(x), [-0.158808, 0.0, 0.841192, 2.996363], atol=1e-5)
     np.testing.assert_allclose(reference.silu(x), [-0.268941, 0.0, 0.731059, 2.857722], atol=1e-5)
+
+
+def test_scaled_rope_frequencies_match_hf():
+    """linear and YaRN inverse frequencies + attention factor vs HF's ROPE_INIT_FUNCTIONS (golden/logits/rope.json)."""
+    import json
+    from pathlib import Path
+
+    from refllm.model.config import RopeScaling
+    from refllm.model.rope import rope_frequencies
+
+    golden = json.loads((Path(__file__).resolve().parent.parent / "golden" / "logits" / "rope.json").read_text())
+    for case in golden["cases"]:
+        params = case["parameters"]
+        scaling = RopeScaling(
+            type=case["type"],
+            factor=params["factor"],
+            original_context_length=params.get("original_max_position_embeddings", 0),
+            beta_fast=params.get("beta_fast", 32.0),
+            beta_slow=params.get("beta_slow", 1.0),
+        )
+        inv_freq, mscale = rope_frequencies(case["head_dim"], case["base"], scaling)
+        np.testing.assert_allclose(inv_freq, case["inv_freq"], rtol=1e-6)
+        assert mscale == pytest.approx(case["attention_factor"], rel=1e-6)

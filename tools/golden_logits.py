@@ -16,8 +16,8 @@ for prompt number i:
     p{i}_topk_logprobs    float32[n, K]     their log-probabilities (log-softmax of the logits)
     p{i}_last_logprobs    float16[n_vocab]  the full log-softmax at the last position (float32
                                             for HF; only for the first few prompts of a model)
-    p{i}_greedy           int32[m]          llama.cpp only: its greedy continuation,
-                                            GREEDY_TOKENS tokens or up to end-of-generation
+    p{i}_greedy           int32[m]          llama.cpp's greedy continuation (argmax, its own KV
+                                            cache), GREEDY_TOKENS tokens or up to end-of-generation
 
 ``manifest.json`` beside them records the prompts, engine versions and the command.
 """
@@ -134,7 +134,7 @@ def llama_cpp_golden(model_path: Path, token_lists: list[list[int]], full_last: 
     """llama.cpp's logits at every prompt position, then a greedy continuation."""
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH, logits_all=True, n_threads=2, verbose=False)
+    llm = llama_cpp.Llama(str(model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH, logits_all=True, n_threads=1, verbose=False)
     arrays: dict[str, np.ndarray] = {}
     for i, ids in enumerate(token_lists):
         llm.reset()
@@ -156,8 +156,9 @@ def llama_cpp_golden(model_path: Path, token_lists: list[list[int]], full_last: 
     return arrays
 
 
-def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int) -> dict:
-    """HF transformers' float32 logits (it dequantizes the GGUF to float32)."""
+def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int, greedy_tokens: int = 0) -> dict:
+    """HF transformers' float32 logits (it dequantizes the GGUF to float32); with greedy_tokens > 0
+    also its greedy continuations (slow on a shared 2-core machine, so not written by default)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -166,14 +167,44 @@ def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int) ->
         str(model_path.parent), gguf_file=model_path.name, dtype=torch.float32, attn_implementation="eager"
     )
     model.eval()
+    end_ids = end_of_generation_ids(model_path)
     arrays: dict[str, np.ndarray] = {}
     with torch.no_grad():
         for i, ids in enumerate(token_lists):
-            out = model(torch.tensor([ids]), use_cache=False)
+            out = model(torch.tensor([ids]), use_cache=True)
             logits = out.logits[0].float().numpy()  # [n, n_vocab]
             pack(arrays, i, ids, logits, full_last=i < full_last, full_dtype=np.float32)
-            print(f"  HF prompt {i}: {len(ids)} tokens", flush=True)
+
+            if greedy_tokens <= 0:
+                print(f"  HF prompt {i}: {len(ids)} tokens", flush=True)
+                continue
+            # greedy continuation with HF's own KV cache, one token at a time
+            greedy: list[int] = []
+            next_id, past = int(np.argmax(logits[-1])), out.past_key_values
+            while len(greedy) < greedy_tokens:
+                greedy.append(next_id)
+                if next_id in end_ids:
+                    break
+                out = model(torch.tensor([[next_id]]), past_key_values=past, use_cache=True)
+                next_id, past = int(out.logits[0, -1].argmax()), out.past_key_values
+            arrays[f"p{i}_greedy"] = np.array(greedy, dtype=np.int32)
+            print(f"  HF prompt {i}: {len(ids)} tokens, greedy {len(greedy)}", flush=True)
     return arrays
+
+
+def end_of_generation_ids(model_path: Path) -> set[int]:
+    """EOS and the chat end-of-turn tokens, read from the GGUF (as llama.cpp's is_eog)."""
+    from refllm.gguf import read
+
+    metadata = read(model_path).metadata
+    tokens = metadata["tokenizer.ggml.tokens"]
+    ends = {int(metadata["tokenizer.ggml.eos_token_id"])}
+    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
+        if key in metadata:
+            ends.add(int(metadata[key]))
+    for text in ("<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>"):
+        ends.update(i for i in range(min(len(tokens), 300)) if tokens[i] == text)
+    return ends
 
 
 def engine_versions() -> dict:
