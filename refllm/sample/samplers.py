@@ -44,8 +44,9 @@ class Candidates:
         return Candidates(self.ids[index], self.logits[index])
 
     def sorted(self) -> "Candidates":
-        """Most likely first (stable, so equal logits keep token-id order)."""
-        return self.take(np.argsort(-self.logits, kind="stable"))
+        """Most likely first. (Quicksort: several times faster than a stable sort on a whole
+        vocabulary; exactly equal logits come in an unspecified but repeatable order.)"""
+        return self.take(np.argsort(-self.logits))
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -96,7 +97,7 @@ def top_k(c: Candidates, k: int) -> Candidates:
     """Keep the ``k`` highest logits, most likely first; k <= 0 keeps everything."""
     if k <= 0 or k >= len(c):
         return c.sorted()
-    best = np.argpartition(-c.logits, k - 1)[:k]  # [k] unordered
+    best = np.argpartition(c.logits, len(c) - k)[len(c) - k :]  # [k] the largest, unordered
     return c.take(best).sorted()
 
 
