@@ -13,7 +13,8 @@ What a prompt can be
     str, raw=False   wrapped as one user message (after ``system``, if given) and rendered by the
                      model's chat template, as Ollama's /api/generate does (refllm.tokenizer.chat
                      picks a built-in template, or plain text, when the GGUF has none)
-    str, raw=True    tokenized as is (the model's BOS added if its metadata asks for one)
+    str, raw=True    tokenized as is (the model's BOS added if its metadata asks for one;
+                     ``system`` is ignored, as Ollama ignores it for raw prompts)
     list of int      token ids, used as they are
     list of dict     chat messages {"role": ..., "content": ...} rendered by the chat template
 
