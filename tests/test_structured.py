@@ -184,7 +184,7 @@ def test_schema_suite_on_real_models(oclient, aclient, model, names):
 class Pet(pydantic.BaseModel):
     name: str = pydantic.Field(max_length=16)
     species: str = pydantic.Field(max_length=16)
-    age: int
+    age: int = pydantic.Field(ge=0, le=100)
 
 
 @pytest.mark.parametrize("model", ["smollm2", "gemma3"])
