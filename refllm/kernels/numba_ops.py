@@ -46,11 +46,15 @@ def silu_flat(x, out):
 
 @njit(cache=True, fastmath=FAST)
 def gelu_tanh_flat(x, out):
-    """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).  Reference: gelu_tanh."""
-    c = np.float32(math.sqrt(2.0 / math.pi))
+    """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).  Reference: gelu_tanh.
+
+    Written as x / (1 + exp(-2u)), the same function (0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))):
+    LLVM vectorises exp but not tanh (measured 8 ms -> 0.8 ms for 128 x 2048 values).
+    """
+    c = np.float32(2.0 * math.sqrt(2.0 / math.pi))
     for i in range(x.shape[0]):
         v = x[i]
-        out[i] = np.float32(0.5) * v * (np.float32(1.0) + np.tanh(c * (v + np.float32(0.044715) * v * v * v)))
+        out[i] = v / (np.float32(1.0) + np.exp(-c * (v + np.float32(0.044715) * v * v * v)))
 
 
 @njit(cache=True, fastmath=FAST)
