@@ -286,3 +286,36 @@ def test_run_applies_a_store_models_parameters_and_system(monkeypatch, capsys, m
     assert code == 0 and out == expected + "\n"
     code, out, _ = run_cli(monkeypatch, capsys, "run", "pirate", "Who are you?", "-n", "1")  # a flag overrides a PARAMETER
     assert out == smollm2.generate("Who are you?", system="You are a pirate.", num_predict=1, **GREEDY).text + "\n"
+
+
+def test_serve_command_keeps_responses_in_sqlite(tmp_path):
+    """``refllm serve --response-store sqlite``: the state file goes under the models dir."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from refllm.engine.response_store import SQLITE_FILE_NAME
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "REFLLM_MODELS": str(tmp_path)}
+    process = subprocess.Popen([sys.executable, "-m", "refllm", "serve", "--port", str(port), "--response-store", "sqlite"],
+                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url, deadline = f"http://127.0.0.1:{port}", time.time() + 60
+        while True:
+            try:
+                health = call(url, "GET", "/v1/health")
+                break
+            except OSError:
+                assert time.time() < deadline, "the server did not start"
+                time.sleep(0.2)
+        assert health["response_store_backend"] == "sqlite" and (tmp_path / SQLITE_FILE_NAME).is_file()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert "Traceback" not in output

@@ -15,6 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="port to listen on (default 11435)")
+    parser.add_argument("--response-store", choices=("none", "memory", "sqlite"), dest="response_store",
+                        help="keep /v1/responses and /v1/sessions: in memory, or in a SQLite file under the models dir "
+                             "(default: server.response_store_backend, 'none')")
     parser.set_defaults(func=run)
 
 
@@ -22,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     from refllm.config import load_settings
     from refllm.server.run import serve, settings_from_config
 
-    config = load_settings({"server.host": args.host, "server.port": args.port})
+    config = load_settings({"server.host": args.host, "server.port": args.port, "server.response_store_backend": args.response_store})
     logging.basicConfig(level=config.server.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve(*settings_from_config(config))
     return 0
