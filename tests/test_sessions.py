@@ -162,3 +162,17 @@ def test_bad_session_requests(engine):
     with pytest.raises(InvalidRequest, match="prompt"):
         sessions.prompt(session["id"], "")
     assert sessions.get(session["id"])["model"] == "fake:latest"
+
+
+def test_only_the_most_recent_session_caches_are_kept(engine, monkeypatch):
+    from refllm.engine import sessions as sessions_module
+
+    monkeypatch.setattr(sessions_module, "MAX_CACHED_SESSIONS", 2)
+    sessions = SessionManager(engine, open_records("memory"))
+    ids = [sessions.create("fake", options={"temperature": 0})["id"] for _ in range(3)]
+    for session_id in ids:
+        sessions.prompt(session_id, "hello", {"num_predict": 2}).collect()
+    (loaded,) = engine.running()
+    assert [key for key in loaded.sessions if isinstance(key, str)] == [SessionManager.cache_key(i) for i in ids[1:]]
+    again = sessions.prompt(ids[0], "more", {"num_predict": 2}).collect()  # evicted: works, from a full prefill
+    assert again.prompt_eval_count == again.prompt_tokens

@@ -13,7 +13,8 @@ template and ``refllm.generate`` reuses the longest common prefix of the session
 only the new message (and the template's markers around it) is evaluated.
 
 The cache lives in the loaded model (``LoadedModel.sessions``) and goes away when the model
-is unloaded; the transcript lives in the record store (``memory`` or ``sqlite``), so after a
+is unloaded, when the session is deleted, or when more than ``MAX_CACHED_SESSIONS`` other
+sessions were used since (memory stays bounded); the transcript lives in the record store (``memory`` or ``sqlite``), so after a
 restart a session continues with one full prefill, then reuses its cache again.
 
 Concurrent prompts to one session are serialised (a lock per session): the second waits for
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 import uuid
 import weakref
 from typing import Callable, Iterator
@@ -33,6 +35,7 @@ from refllm.engine.response_store import MemoryRecords, NotFound, Records
 from refllm.errors import InvalidRequest, RefllmError
 
 KIND = "session"
+MAX_CACHED_SESSIONS = 16  # KV caches kept in memory; a session beyond them prefills its transcript again
 
 
 def new_session_id() -> str:
@@ -46,6 +49,7 @@ class SessionManager:
         self.records = records if records is not None and records.backend != "none" else MemoryRecords()
         self._locks: dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        self._recent: OrderedDict[str, None] = OrderedDict()  # sessions with a KV cache, least recently used first
 
     @staticmethod
     def cache_key(session_id: str) -> str:
@@ -80,10 +84,10 @@ class SessionManager:
         """Forget the transcript and free the KV cache (after a prompt in progress has finished)."""
         with self._lock(session_id):
             found = self.records.delete(KIND, session_id)
-            for loaded in self.engine.running():
-                loaded.sessions.pop(self.cache_key(session_id), None)
+            self._free_cache(session_id)
         with self._locks_guard:
             self._locks.pop(session_id, None)
+            self._recent.pop(session_id, None)
         if not found:
             raise NotFound(f"session '{session_id}' not found")
         return True
@@ -112,6 +116,16 @@ class SessionManager:
     def _finish_turn(self, session: dict, user: dict, finished: Finished) -> None:
         session["messages"] += [user, {"role": "assistant", "content": finished.text}]
         self.records.put(KIND, session["id"], session)
+        with self._locks_guard:  # keep the caches of the most recently used sessions only
+            self._recent[session["id"]] = None
+            self._recent.move_to_end(session["id"])
+            evicted = [self._recent.popitem(last=False)[0] for _ in range(len(self._recent) - MAX_CACHED_SESSIONS)]
+        for session_id in evicted:
+            self._free_cache(session_id)  # a turn still running on it keeps its own reference; the next one re-prefills
+
+    def _free_cache(self, session_id: str) -> None:
+        for loaded in self.engine.running():
+            loaded.sessions.pop(self.cache_key(session_id), None)
 
 
 class SessionTurn:
