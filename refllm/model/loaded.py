@@ -6,6 +6,12 @@ This is the public object other parts and outside checks use:
     ids = model.tokenize("Hello", add_special=True, parse_special=False)
     text = model.detokenize(ids)
     prompt = model.apply_chat_template([{"role": "user", "content": "Hi"}])
+
+    cache = model.new_cache(2048)                # KVCache: .n_past, .n_ctx, .truncate(n)
+    logits = model.forward(ids, cache)           # float32[n_vocab], last position; advances the cache
+    logits = model.forward([next_id], cache)     # decode: one token at a time
+    all_logits = model.logits(ids)               # float32[len(ids), n_vocab], fresh context
+    model.backend = "numba"                      # "numpy" (reference, default) or "numba"
 """
 
 from __future__ import annotations
