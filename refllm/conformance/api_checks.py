@@ -165,7 +165,8 @@ def ollama_checks() -> dict[str, Callable[[str, str], None]]:
             fields(o, "a stream object", message=dict, done=bool)
 
     def unknown_model(url, model):
-        error_shape(send(url, "POST", "/api/generate", {"model": NO_SUCH_MODEL, "prompt": "Hi"}), 404, openai=False)
+        reply = send(url, "POST", "/api/generate", {"model": NO_SUCH_MODEL, "prompt": "Hi", "stream": False, "options": SHORT})
+        error_shape(reply, 404, openai=False)
 
     def bad_json(url, model):
         error_shape(send(url, "POST", "/api/generate", raw=b"{not json"), 400, openai=False)
@@ -225,7 +226,8 @@ def openai_checks() -> dict[str, Callable[[str, str], None]]:
         expect(chunks and all(c.get("choices") is not None for c in chunks), "chunks without choices")
 
     def unknown_model(url, model):
-        error_shape(send(url, "POST", "/v1/chat/completions", {"model": NO_SUCH_MODEL, "messages": messages}), 404, openai=True)
+        reply = send(url, "POST", "/v1/chat/completions", {"model": NO_SUCH_MODEL, "messages": messages, "max_tokens": 2})
+        error_shape(reply, 404, openai=True)  # max_tokens: a server that ignores the name answers quickly
 
     def bad_json(url, model):
         error_shape(send(url, "POST", "/v1/chat/completions", raw=b"{not json"), 400, openai=True)

@@ -77,11 +77,12 @@ def line_up(completion: RemoteCompletion, vocab: VocabIndex) -> tuple[list[int],
         entries: list[RemoteToken | None] = [None] * len(ids)
         j = 0
         for entry in completion.tokens:
-            spanned = b""
-            while j < len(ids) and len(spanned) < len(entry.bytes):
+            start, spanned = j, b""
+            while j < len(ids) and (j == start or len(spanned) < len(entry.bytes)):
                 spanned += vocab.token_bytes(ids[j])
                 j += 1
-            if spanned != entry.bytes or j == 0:
+            same_id = entry.id is not None and j == start + 1 and ids[start] == entry.id  # e.g. an end token shown as ""
+            if j == start or not (spanned == entry.bytes or same_id):
                 notes.append(f"logprobs entry {entry.bytes!r} does not match the returned token ids; scoring stops there")
                 break
             entries[j - 1] = entry
