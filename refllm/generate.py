@@ -22,7 +22,8 @@ The loop, step by step (``_run``):
     1. prompt -> token ids; check they fit the context (see "Context" below)
     2. reuse what a ``Session`` cache already holds (longest common prefix), prefill the rest
        in batched forward passes (num_batch tokens each) -> logits of the last prompt position [n_vocab]
-    3. repeat: sample a token (refllm.sample.Sampler) -> end-of-generation id? stop
+    3. repeat: [a constraint masks the tokens its grammar forbids (refllm.constrain)]
+               sample a token (refllm.sample.Sampler) -> end-of-generation id? stop
                -> decode it to text -> StopMatcher holds back possible stop-sequence prefixes
                -> emit released text -> num_predict reached or context full? stop
                -> forward the token (one position) -> next logits
