@@ -234,3 +234,25 @@ def test_scaled_rope_frequencies_match_hf():
         inv_freq, mscale = rope_frequencies(case["head_dim"], case["base"], scaling)
         np.testing.assert_allclose(inv_freq, case["inv_freq"], rtol=1e-6)
         assert mscale == pytest.approx(case["attention_factor"], rel=1e-6)
+
+
+def test_weights_stay_quantized(gemma3):
+    """Only small vectors (norms, rope frequencies) are held as float32; matrices stay in the mmap."""
+    from dataclasses import fields, is_dataclass
+
+    from refllm.gguf import TensorInfo
+
+    def float_bytes(obj) -> int:
+        if isinstance(obj, TensorInfo):  # quantized bytes, a view of the memory map
+            return 0
+        if isinstance(obj, np.ndarray):
+            return obj.nbytes
+        if isinstance(obj, list):
+            return sum(float_bytes(item) for item in obj)
+        if is_dataclass(obj) and not isinstance(obj, type):
+            return sum(float_bytes(getattr(obj, f.name)) for f in fields(obj))
+        return 0
+
+    weights = gemma3.transformer.weights
+    assert weights.token_embd.raw.base is not None  # a view into the file mapping, not a copy
+    assert float_bytes(weights) < 1_000_000  # ~0.1 MB of norm weights vs a 250 MB file
