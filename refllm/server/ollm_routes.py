@@ -179,7 +179,7 @@ def plan():
     body = json_body()
     name = model_reference(body)
     backend, no_specialization = runtime_controls(body)
-    num_ctx = generation_options(body).get("num_ctx")
+    num_ctx = optional(generation_options(body), "num_ctx", int)
     recipe = engine().resolve(name)
     result = build_plan(recipe.gguf_path, backend=backend, no_specialization=no_specialization, num_ctx=num_ctx)
     result.model = recipe.name
@@ -326,7 +326,9 @@ def _describe() -> None:
     register_path("/v1/prompt", {"post": _operation("one prompt; the answer with execution metadata", prompt_body)})
     register_path("/v1/prompt/stream", {"post": _operation("one prompt as SSE: delta events, then done", prompt_body,
                                                            content_type="text/event-stream")})
-    register_path("/v1/sessions", {"post": _operation("create a server-side session", _object([], system=STRING, **common))})
+    created = _operation("create a server-side session", _object([], system=STRING, **common))
+    created["responses"]["201"] = created["responses"].pop("200")
+    register_path("/v1/sessions", {"post": created})
     register_path("/v1/sessions/{session_id}", {"parameters": session_id, "get": _operation("a session and its transcript"),
                                                 "delete": _operation("delete a session and free its KV cache")})
     register_path("/v1/sessions/{session_id}/prompt", {"parameters": session_id,
