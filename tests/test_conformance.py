@@ -191,3 +191,22 @@ def test_shared_support_kl_renormalises_both_sides():
     expected = 0.5 * math.log(0.5 / 0.9) + 0.5 * math.log(0.5 / 0.1)
     assert shared_support_kl(p, q) == pytest.approx(expected, rel=1e-12)
     assert shared_support_kl(np.log([0.7]), np.log([0.2])) == 0.0
+
+
+def test_the_long_prompt_fills_the_context_without_passing_it(vocab):
+    from refllm.conformance.suite import build_prompts, load_suite
+
+    version, entries = load_suite("v1")
+    tokenize = lambda text: vocab.tokenizer.encode(text, add_special=True, parse_special=True)  # noqa: E731
+    (prompt,) = build_prompts(entries, tokenize, 300, only=["long-context"])
+    assert version == "refllm-conformance-v1" and prompt.kind == "long"
+    assert 300 - 60 < len(tokenize(prompt.text)) <= 300  # one more paragraph (< 60 tokens) would not fit
+    assert {p.kind for p in build_prompts(entries, tokenize, 300)} == {"prose", "code", "numbers", "multilingual", "long"}
+
+
+def test_a_bad_suite_is_a_one_line_error(tmp_path, smollm2_gguf, capsys):
+    suite = tmp_path / "suite.json"
+    suite.write_text(json.dumps({"version": "x", "prompts": [{"id": "a", "kind": "prose"}]}))
+    code = main(["conformance", str(smollm2_gguf), "--endpoint", "http://127.0.0.1:9", "--suite", str(suite)])
+    err = capsys.readouterr().err
+    assert code == 1 and "prompts[0] needs string fields id, kind and text" in err and "Traceback" not in err

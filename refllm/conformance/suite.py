@@ -32,9 +32,16 @@ def load_suite(name: str = DEFAULT_SUITE) -> tuple[str, list[dict]]:
         raise InvalidRequest(f"no conformance suite {name!r} (shipped: {shipped}; or give a .json file)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return str(data["version"]), list(data["prompts"])
-    except (ValueError, KeyError, TypeError) as e:
+        version, prompts = str(data["version"]), list(data["prompts"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InvalidRequest(f"{path}: not a conformance suite ({e})") from None
+    ids = {p.get("id") for p in prompts if isinstance(p, dict)}
+    for i, p in enumerate(prompts):
+        if not (isinstance(p, dict) and all(isinstance(p.get(key), str) for key in ("id", "kind", "text"))):
+            raise InvalidRequest(f"{path}: prompts[{i}] needs string fields id, kind and text")
+        if not set(p.get("fill_from", [])) <= ids:
+            raise InvalidRequest(f"{path}: prompts[{i}].fill_from names prompts the suite does not have")
+    return version, prompts
 
 
 def build_prompts(entries: list[dict], tokenize, context_tokens: int, only: list[str] | None = None) -> list[Prompt]:
