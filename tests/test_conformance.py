@@ -150,6 +150,57 @@ def test_unreachable_endpoint_is_a_one_line_error(smollm2_gguf, capsys):
     assert code == 1 and err.splitlines()[-1].startswith("Error: cannot reach http://127.0.0.1:9") and "Traceback" not in err
 
 
+# -- llama.cpp's own numbers, replayed (recorded by tools/conformance_vs_llamacpp.py --record)
+
+RECORDED = Path(__file__).resolve().parent.parent / "golden" / "conformance" / "smollm2.llamacpp.json"
+
+
+class LlamaCppReplay(BaseHTTPRequestHandler):
+    """llama.cpp's /completion, answered from recorded replies; other routes (/tokenize) are 404."""
+
+    replies: dict[str, dict] = {}
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        recorded = self.replies.get(body.get("prompt")) if self.path == "/completion" else None
+        if recorded is None or recorded["request"] != body:  # asked differently from the recording
+            status, payload = 404, b'{"error": "not recorded"}'
+        else:
+            status, payload = 200, json.dumps(recorded["reply"]).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_llama_cpp_conforms_on_recorded_replies(smollm2_gguf, capsys):
+    """Both prompts: a near-tie where llama.cpp's greedy path leaves refllm's (prose-story, token 5), and
+    Japanese, where llama.cpp merges tokens that end inside a character (ids come back with the reply)."""
+    recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
+    LlamaCppReplay.replies = {r["request"]["prompt"]: r for r in recorded["replies"]}
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), LlamaCppReplay)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", f"http://127.0.0.1:{httpd.server_port}",
+                                "--api", "llamacpp", "--prompts", "prose-story,multi-japanese", "--n-predict", "8",
+                                "--top-k", "5", "--json")  # fmt: skip
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    result = json.loads(out)
+    summary, (prose, japanese) = result["summary"], result["prompts"]
+    assert code == 0 and summary["passed"], summary
+    assert summary["mean_kl"] < 0.01 and summary["top1_agreement"] == 1.0 and summary["top1_exact"] < 1.0
+    assert prose["first_divergence"] == 5 and prose["positions"][5]["token"] == " air"  # refllm: " wind", a near-tie
+    assert prose["positions"][5]["refllm_token"] == " wind" and prose["positions"][5]["margin"] < 0.1
+    assert japanese["positions_scored"] < len(japanese["positions"])  # merged entries leave positions unscored
+    assert summary["tokenizer"] is None  # no /tokenize on the replay server: the check is skipped
+
+
 # -- pieces, on recorded replies
 
 

@@ -8,6 +8,11 @@ xllamacpp starts llama.cpp's own HTTP server in this process, on 127.0.0.1 (a fr
 only); then ``refllm conformance MODEL --endpoint URL`` runs against it, numeric checks and
 tokenizer checks, followed by ``--api-only`` on the same server. Arguments after ``--`` go to
 ``refllm conformance``.
+
+    python tools/conformance_vs_llamacpp.py --record golden/conformance/smollm2.llamacpp.json
+
+records llama.cpp's /completion replies for two suite prompts on SmolLM2 instead; the CI test
+(tests/test_conformance.py) replays them to score llama.cpp's numbers without the extra.
 """
 
 from __future__ import annotations
@@ -37,6 +42,37 @@ def start_llamacpp(path, n_ctx: int, threads: int):
     return server, server.listening_address.rstrip("/")
 
 
+RECORDED_PROMPTS = ["prose-story", "multi-japanese"]
+RECORDED_N_PREDICT, RECORDED_TOP_K = 8, 5
+
+
+def record(path: str, threads: int) -> int:
+    """llama.cpp's /completion replies, exactly as refllm.conformance.remote asks, for a replay in CI."""
+    import json
+    from importlib import metadata
+    from pathlib import Path
+
+    from refllm.conformance.remote import post_json
+    from refllm.conformance.suite import load_suite
+
+    texts = {p["id"]: p["text"] for p in load_suite("v1")[1]}
+    server, url = start_llamacpp(MODELS["smollm2"](), 512, threads)
+    replies = []
+    for name in RECORDED_PROMPTS:
+        body = {"prompt": texts[name], "n_predict": RECORDED_N_PREDICT, "temperature": 0, "seed": 0, "repeat_penalty": 1.0,
+                "n_probs": RECORDED_TOP_K, "return_tokens": True, "cache_prompt": False}  # fmt: skip
+        reply = post_json(url + "/completion", body)
+        keep = ("content", "tokens", "tokens_evaluated", "completion_probabilities")
+        replies.append({"prompt_id": name, "request": body, "reply": {k: reply[k] for k in keep}})
+    del server
+    out = {"model": "smollm2", "gguf": MODELS["smollm2"]().name, "reference": f"llama.cpp via xllamacpp {metadata.version('xllamacpp')}",
+           "command": "python tools/conformance_vs_llamacpp.py --record " + path, "replies": replies}  # fmt: skip
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(out, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+    print(f"wrote {path}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", default=list(MODELS), help="smollm2 and/or gemma3 (default: both)")
@@ -44,9 +80,12 @@ def main() -> int:
     parser.add_argument("--n-ctx", type=int, default=4096, help="llama.cpp's context (>= --context + --n-predict)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--api-only", action="store_true", help="also run the API checks against llama.cpp")
+    parser.add_argument("--record", metavar="JSON", help="record llama.cpp's replies for the CI test instead")
     argv = sys.argv[1:]
     cut = argv.index("--") if "--" in argv else len(argv)
     args, extra = parser.parse_args(argv[:cut]), argv[cut + 1 :]
+    if args.record:
+        return record(args.record, args.threads)
     unknown = [m for m in args.models if m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
