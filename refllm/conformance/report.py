@@ -4,6 +4,10 @@ Default thresholds come from the spread measured between llama.cpp and HF transf
 same weights: at least 99% top-1 agreement and a mean KL of at most 0.01 nats. A top-1
 disagreement counts as agreement when it is a near-tie: refllm's logprobs of the two tokens
 within 0.1 nats (the margin tests/test_golden_logits.py allows llama.cpp).
+
+Measured on the golden prompts (golden/logits, llama.cpp vs HF, top-32 shared support):
+SmolLM2 Q4_1, 195 positions: top-1 97.4% exact, 99.5% with the tie margin, mean KL 0.0040;
+Gemma 3 Q4_K_M, 740 positions: 98.5% exact, 99.05% with the margin, mean KL 0.0020.
 """
 
 from __future__ import annotations
