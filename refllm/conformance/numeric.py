@@ -143,7 +143,7 @@ class PromptScore:
     continuation: str = ""  # the other runtime's text
     context_before_divergence: str = ""  # the text just before the first divergence
     notes: list[str] = field(default_factory=list)
-    prompt_mismatch: bool = False  # the server's prompt token count differs from refllm's
+    prompt_mismatch: bool = False  # the server counted more prompt tokens than refllm: it read another prompt
 
     @property
     def scored(self) -> list[PositionScore]:
@@ -223,11 +223,14 @@ def score_prompt(model, remote: Remote, prompt: Prompt, n_predict: int, top_k: i
     prompt_ids = model.tokenize(prompt.text, add_special=True, parse_special=True)
     completion = remote.complete(prompt.text, n_predict, top_k, num_ctx)
     result = PromptScore(prompt.id, prompt.kind, len(prompt_ids), completion.prompt_tokens, continuation=completion.text)
-    if completion.prompt_tokens is not None and completion.prompt_tokens not in (len(prompt_ids), 0):
+    counted = completion.prompt_tokens
+    if counted is not None and counted > len(prompt_ids):  # more tokens than the raw prompt: not what refllm reads
         result.prompt_mismatch = True
-        result.notes.append(f"the server counted {completion.prompt_tokens} prompt tokens, refllm {len(prompt_ids)}: it did "
-                            "not read the raw prompt (a chat template on this route? Ollama's /v1/completions applies one; "
-                            "use --api ollama) or the tokenizers disagree (see the tokenizer check)")  # fmt: skip
+        result.notes.append(f"the server counted {counted} prompt tokens, refllm {len(prompt_ids)}: it did not read the "
+                            "raw prompt (a chat template on this route? Ollama's /v1/completions applies one; use "
+                            "--api ollama) or the tokenizers disagree (see the tokenizer check)")  # fmt: skip
+    elif counted and counted < len(prompt_ids):  # servers that reuse a cached prefix may count only the rest
+        result.notes.append(f"the server counted {counted} prompt tokens, refllm {len(prompt_ids)} (a cached prefix?)")
     if result.prompt_mismatch:
         return result  # its numbers describe another prompt: nothing to compare
     ids, entries, notes = line_up(completion, vocab)
