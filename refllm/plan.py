@@ -8,7 +8,8 @@
     plan.to_dict()         the JSON of ``refllm plan MODEL --json``
 
 Support levels:
-    optimized    the Numba backend serves every op and every weight type
+    optimized    the Numba backend (or the CUDA one, asked for with ``--backend cuda``)
+                 serves every op and every weight type
     generic      the NumPy reference runs it (asked for with ``--backend numpy`` or
                  ``--no-specialization``, or because some op fell back; the
                  fallback reasons say which and why)
@@ -23,7 +24,7 @@ from typing import Any
 
 from refllm.errors import InvalidRequest, RefllmError
 
-BACKENDS = ("numpy", "numba")
+BACKENDS = ("numpy", "numba", "cuda")
 DEFAULT_BACKEND = "numba"
 # Prompt tokens evaluated in one prefill step, for the scratch estimate.
 PREFILL_BATCH = 512
@@ -31,7 +32,7 @@ PREFILL_BATCH = 512
 
 @dataclass
 class OpPlan:
-    backend: str  # "numba" or "numpy"
+    backend: str  # "numba", "numpy" or "cuda"
     fallback_reason: str | None = None
 
 
@@ -69,6 +70,7 @@ class RuntimePlan:
     quant_types: dict[str, QuantPlan] = field(default_factory=dict)
     memory: MemoryPlan | None = None
     fallbacks: list[str] = field(default_factory=list)
+    cuda: dict[str, Any] = field(default_factory=dict)  # {"available": bool, "reason": str}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +88,15 @@ def _open(model_or_gguf):
 
     path = resolve_model_path(model_or_gguf)
     return read(path), str(model_or_gguf)
+
+
+def cuda_type_names() -> set[str]:
+    """Weight types the CUDA kernels read (imported only when the cuda backend is planned)."""
+    from gguf import GGMLQuantizationType
+
+    from refllm.kernels.cuda.kernels import SUPPORTED_TYPES
+
+    return {GGMLQuantizationType(t).name for t in SUPPORTED_TYPES}
 
 
 def numba_available() -> bool:
@@ -118,6 +129,7 @@ def build_plan(
 ) -> RuntimePlan:
     """Resolve how ``model_or_gguf`` would run, without running it (see the module docstring)."""
     from refllm import quant
+    from refllm.kernels.cuda import cuda_status
     from refllm.kernels.quantized import KERNELS
 
     if backend is not None and backend not in BACKENDS:
@@ -137,6 +149,7 @@ def build_plan(
     if chosen == "numba" and not numba_available():
         chosen = "numpy"
         fallbacks.append("numba is not installed: every op runs on the NumPy reference")
+    cuda_available, cuda_reason = cuda_status()
 
     plan = RuntimePlan(
         model=name,
@@ -151,7 +164,12 @@ def build_plan(
         threads=int(threads or (default_threads() if chosen == "numba" else 1)),
         num_ctx=0,
         n_ctx_train=None,
+        cuda={"available": cuda_available, "reason": cuda_reason},
     )
+    if chosen == "cuda" and not cuda_available:
+        plan.support_level, plan.reason = "unsupported", f"backend 'cuda' is not available here: {cuda_reason}"
+        plan.num_ctx = int(num_ctx or 0)
+        return plan
 
     # Can the forward pass run this file at all?  (Reads metadata and the tensor table only.)
     try:
@@ -183,6 +201,10 @@ def build_plan(
             reason = f"no Numba kernel for {type_name}: its matmuls run on the NumPy reference"
             plan.quant_types[type_name] = QuantPlan(len(infos), n_bytes, "numpy", reason)
             fallbacks.append(reason)
+        elif chosen == "cuda" and type_name not in cuda_type_names():
+            reason = f"no CUDA kernel for {type_name}: its matmuls run on the NumPy reference"
+            plan.quant_types[type_name] = QuantPlan(len(infos), n_bytes, "numpy", reason)
+            fallbacks.append(reason)
         else:
             plan.quant_types[type_name] = QuantPlan(len(infos), n_bytes, chosen)
     if plan.support_level == "unsupported":
@@ -192,12 +214,14 @@ def build_plan(
     op_names = ["embedding_rows", "rms_norm", "rope", "attention", _activation_op(cfg.architecture), "linear", "softmax"]
     for op in op_names:
         plan.ops[op] = OpPlan(chosen)
-    if chosen == "numba" and any(q.backend == "numpy" for q in plan.quant_types.values()):
-        plan.ops["linear"] = OpPlan("numba+numpy", "some weight types have no Numba kernel (see quant_types)")
+    if chosen in ("numba", "cuda") and any(q.backend == "numpy" for q in plan.quant_types.values()):
+        plan.ops["linear"] = OpPlan(f"{chosen}+numpy", f"some weight types have no {chosen} kernel (see quant_types)")
 
     plan.fallbacks = fallbacks
     if chosen == "numba" and not fallbacks:
         plan.support_level, plan.specialization = "optimized", "numba-cpu"
+    if chosen == "cuda" and not fallbacks:
+        plan.support_level, plan.specialization = "optimized", "numba-cuda"
     plan.memory = _memory(gguf_file, cfg, plan.num_ctx, chosen)
     return plan
 
@@ -234,6 +258,7 @@ def format_plan(plan: RuntimePlan) -> str:
     lines += [
         f"backend        {plan.backend}" + (f"  (specialization {plan.specialization})" if plan.specialization else ""),
         f"threads        {plan.threads}",
+        f"cuda           {'available' if plan.cuda.get('available') else 'not available'}: {plan.cuda.get('reason', '')}",
         f"context        {plan.num_ctx} tokens (trained on {plan.n_ctx_train})",
         "ops            " + ", ".join(f"{op}={p.backend}" for op, p in plan.ops.items()),
         "weights        " + ", ".join(f"{t} x{q.n_tensors} ({q.n_bytes / mib:.1f} MiB, {q.backend})" for t, q in plan.quant_types.items()),

@@ -60,3 +60,49 @@ def test_cuda_backend_is_refused_with_a_reason_when_unavailable(monkeypatch):
     monkeypatch.setattr(cuda_pkg, "cuda_status", lambda: (False, "no CUDA driver or GPU found"))
     with pytest.raises(InvalidRequest, match="no CUDA driver"):
         get_backend("cuda")
+
+
+def test_plan_names_the_cuda_backend_and_its_state(micro_model, monkeypatch):
+    from refllm.kernels import cuda as cuda_pkg
+    from refllm.plan import build_plan
+
+    path = micro_model("llama", "Q8_0")
+    plan = build_plan(path, backend="cuda")  # the simulator counts as available here
+    assert (plan.support_level, plan.specialization) == ("optimized", "numba-cuda")
+    assert set(op.backend for op in plan.ops.values()) == {"cuda"}
+    assert plan.cuda["available"] is True
+
+    monkeypatch.setattr(cuda_pkg, "cuda_status", lambda: (False, "no CUDA driver or GPU found"))
+    refused = build_plan(path, backend="cuda")
+    assert refused.support_level == "unsupported"
+    assert "no CUDA driver" in refused.reason
+    assert build_plan(path).cuda == {"available": False, "reason": "no CUDA driver or GPU found"}
+
+
+def test_plan_falls_back_per_weight_type_without_a_cuda_kernel(tiny_model):
+    from refllm.plan import build_plan
+
+    plan = build_plan(tiny_model("llama", "IQ4_NL"), backend="cuda")
+    assert plan.quant_types["IQ4_NL"].backend == "numpy"
+    assert "no CUDA kernel for IQ4_NL" in plan.quant_types["IQ4_NL"].fallback_reason
+    assert plan.support_level == "generic"
+
+
+def test_run_with_cuda_runs_on_a_gpu_and_explains_itself_elsewhere(micro_model):
+    """A real process, without the simulator: a GPU answers, no GPU is a one-line error."""
+    import os
+    import subprocess
+    import sys
+
+    path = micro_model("llama", "Q8_0")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    done = subprocess.run(
+        [sys.executable, "-m", "refllm", "run", str(path), "hi", "--backend", "cuda", "-n", "2", "--seed", "1"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert "Traceback" not in done.stderr
+    if os.path.exists("/dev/nvidiactl"):
+        assert done.returncode == 0, done.stderr
+    else:
+        assert done.returncode == 1
+        assert "backend 'cuda' is not available here" in done.stderr

@@ -15,8 +15,10 @@ import numpy as np
 from numba import cuda
 
 from refllm.gguf import TensorInfo
+from refllm.kernels import reference
 from refllm.kernels.reference import Backend, softmax
 
+from . import kernels as K
 from . import ops
 
 _weights: dict[tuple[int, int], ops.DeviceWeight] = {}
@@ -43,7 +45,12 @@ def _to_device(x: np.ndarray):
 
 
 def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
-    """f32[n, k] @ W.T -> f32[n, m], W read raw on the device."""
+    """f32[n, k] @ W.T -> f32[n, m], W read raw on the device.
+
+    A weight type without a CUDA kernel runs on the NumPy reference (the plan says so).
+    """
+    if int(w.ggml_type) not in K.SUPPORTED_TYPES:
+        return reference.linear(x, w)
     return ops.matmul(device_weight(w), _to_device(x)).copy_to_host()
 
 
