@@ -16,6 +16,7 @@ by refllm's own code. Three layers:
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 
 import jsonschema
 import numpy as np
@@ -35,7 +36,8 @@ GEMMA_PART = ["object", "nested", "array-objects", "enum", "pattern", "one-of", 
 
 
 def assert_valid(text: str, schema: dict) -> None:
-    value = json.loads(text)
+    # decimals, not binary floats: 594.31 is a multiple of 0.01 (as floats it is not)
+    value, schema = json.loads(text, parse_float=Decimal), json.loads(json.dumps(schema), parse_float=Decimal)
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
     errors = [e.message for e in validator.iter_errors(value)]
     assert not errors, f"{text!r} does not follow the schema: {errors}"

@@ -177,11 +177,11 @@ def test_forced_tool_choice(oclient, aclient, model):
 def test_responses_function_calls_streamed_and_fed_back(aclient, model):
     tools = [{"type": "function", "name": "add", "description": "Add two integers", "parameters": SCHEMAS["add"]}]
     with aclient.responses.stream(model=model, input="What is 2 + 3?", tools=tools, tool_choice="required",
-                                  temperature=0, max_output_tokens=120) as stream:
+                                  parallel_tool_calls=False, temperature=0, max_output_tokens=120) as stream:
         events = list(stream)
         final = stream.get_final_response()
     calls = [item for item in final.output if item.type == "function_call"]
-    assert calls and all(c.name == "add" for c in calls)
+    assert len(calls) == 1 and calls[0].name == "add"
     for call in calls:
         jsonschema.validate(json.loads(call.arguments), SCHEMAS["add"])
     argument_deltas = [e for e in events if e.type == "response.function_call_arguments.delta"]

@@ -246,6 +246,7 @@ class ToolCallStream:
         self.pending = ""
         self.whole_answer_held = False
         self.started = False
+        self.calls_seen = 0
 
     def push(self, text: str) -> tuple[str, list[ToolCall]]:
         self.pending += text
@@ -277,15 +278,18 @@ class ToolCallStream:
             left, found = parse_tool_calls(self.pending[at:block_end], self.tools)
             content.append(self.pending[:at] + left)
             calls += found
+            self.calls_seen += len(found)
             self.pending = self.pending[block_end:]
-        return "".join(content), calls
+        released = "".join(content)
+        if not released.strip():  # only whitespace (e.g. between two calls): wait for real text
+            self.pending, released = released + self.pending, ""
+        return released, calls
 
     def flush(self) -> tuple[str, list[ToolCall]]:
         rest, self.pending = self.pending, ""
-        if not rest:
-            return "", []
-        content, calls = parse_tool_calls(rest, self.tools)
-        return content, calls
+        if not rest.strip():  # whitespace held back: text if no call came, else the gap around calls
+            return ("" if self.calls_seen else rest), []
+        return parse_tool_calls(rest, self.tools)
 
 
 def _possible_start(text: str, marker: str) -> int:
