@@ -156,6 +156,10 @@ def special_corpus() -> list[str]:
 # =========================================================================== tokens (llama.cpp)
 
 REAL_MODELS = {"smollm2": "smollm2_path", "gemma3": "gemma3_path"}
+# Tiny synthetic models (tools/make_tiny_models.py) whose vocabulary is worth its own golden ids:
+# tiny-gemma3's SentencePiece vocabulary lacks most single characters, so llama.cpp merges
+# characters that are not tokens themselves ("e" "l" "l" -> "ell").
+TINY_TOKEN_MODELS = {"tiny-gemma3": "gemma3"}
 
 
 class LlamaCppServer:
@@ -266,6 +270,32 @@ def make_pre_variants(corpus: list[str]) -> None:
         print(f"{target}: {len(cases)} cases")
 
 
+def make_tiny_tokens(name: str, corpus: list[str], specials: list[str]) -> None:
+    """llama.cpp's ids on a tiny synthetic model's vocabulary (written to a temporary GGUF)."""
+    import tempfile
+
+    import xllamacpp
+
+    make = _load_tool_module("make_tiny_models")
+    arch = TINY_TOKEN_MODELS[name]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = make.write_tiny_model(Path(tmp) / make.tiny_model_filename(arch, "Q8_0"), arch, "Q8_0")
+        server = LlamaCppServer(path)
+        plain, fuzz = [], []
+        for texts, cases in ((corpus, plain), (fuzz_corpus(), fuzz)):
+            for text in texts:
+                ids = server.tokenize(text, add_special=False, parse_special=False)
+                cases.append(_with_detokenized({"text": text, "ids": ids}, server.detokenize(ids)))
+        special = [{"text": t, "ids": server.tokenize(t, add_special=True, parse_special=True)} for t in specials]
+        del server
+    out = {"model": name, "gguf": f"tools/make_tiny_models.py {arch} Q8_0 seed 0 (vocabulary from spm_vocab())",
+           "reference": f"llama.cpp via xllamacpp {xllamacpp.__version__}",
+           "plain": plain, "fuzz": fuzz, "special": special}
+    target = GOLDEN_TOKENS / f"{name}.json"
+    target.write_text(_json_one_case_per_line(out), encoding="utf-8")
+    print(f"{target}: {len(plain)} plain, {len(fuzz)} fuzz, {len(special)} special cases")
+
+
 def make_tokens(args) -> int:
     import xllamacpp
     import refllm.packaged_models as packaged
@@ -273,6 +303,9 @@ def make_tokens(args) -> int:
     GOLDEN_TOKENS.mkdir(parents=True, exist_ok=True)
     corpus, specials = tokenizer_corpus(), special_corpus()
     for name in args.models:
+        if name in TINY_TOKEN_MODELS:
+            make_tiny_tokens(name, corpus, specials)
+            continue
         path = getattr(packaged, REAL_MODELS[name])()
         server = LlamaCppServer(path)
         cases = []
@@ -305,8 +338,10 @@ def make_tokens(args) -> int:
         target = GOLDEN_TOKENS / f"{name}.json"
         target.write_text(_json_one_case_per_line(out), encoding="utf-8")
         print(f"{target}: {len(cases)} plain, {len(fuzz)} fuzz, {len(with_specials)} special, {len(with_bos)} bos cases")
-    make_pre_variants(corpus + fuzz_corpus(100, seed=99))
-    make_space_prefix_variant(corpus + fuzz_corpus(100, seed=7), specials + fuzz_corpus(50, seed=8))
+    if "smollm2" in args.models:
+        make_pre_variants(corpus + fuzz_corpus(100, seed=99))
+    if "gemma3" in args.models:
+        make_space_prefix_variant(corpus + fuzz_corpus(100, seed=7), specials + fuzz_corpus(50, seed=8))
     _update_manifest("tokens", {
         "engine": "llama.cpp (xllamacpp in-process server: /tokenize, /detokenize)",
         "xllamacpp_version": xllamacpp.__version__,
@@ -447,7 +482,8 @@ def _update_manifest(section: str, entry: dict) -> None:
 # =========================================================================== dispatcher
 
 def _add_tokens_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--models", nargs="+", choices=sorted(REAL_MODELS), default=sorted(REAL_MODELS))
+    names = sorted(REAL_MODELS) + sorted(TINY_TOKEN_MODELS)
+    parser.add_argument("--models", nargs="+", choices=names, default=names)
 
 
 # This file's own sub-commands: name -> (add_arguments(parser), run(args) -> int)
@@ -458,6 +494,7 @@ def _load_tool_module(name: str):
     path = TOOLS / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"refllm_tools_{name}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses in the module look themselves up there
     spec.loader.exec_module(module)
     return module
 

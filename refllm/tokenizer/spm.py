@@ -15,13 +15,21 @@ llama.cpp's algorithm (``llm_tokenizer_spm_session``), for one fragment of plain
       v
     ids
 
-No merge list is stored: any pair of tokens whose concatenation is a token can merge.
-That is exactly BPE with the merges "left right -> left+right" for every token split
-into two tokens, ranked by the merged token's score, which is what we hand to HF
-``tokenizers`` (its Rust BPE with byte fallback then runs the loop above). Equal
-scores (GGUFs that store none) fall back to the token id, SentencePiece's training
-order; llama.cpp breaks such ties by position, which could differ only where two
-different equal-score tokens compete for the same characters.
+No merge list is stored: two adjacent symbols can merge whenever their concatenation
+is a token. A symbol is either one character of the text or a token made by an
+earlier merge -- and the character need NOT be a token itself (a small vocabulary may
+hold "ll" and "ell" but no "l"). That is BPE with the merges "left right ->
+left+right" for every split of every token into two parts that are each a token or a
+single character, ranked by the merged token's score. We hand exactly that to HF
+``tokenizers`` (its Rust BPE then runs the loop above), after adding each character
+that occurs inside some token but is not a token as an *implicit symbol* with an id
+past the end of the vocabulary. An implicit symbol left unmerged at the end is what
+llama.cpp resegments into bytes, so :meth:`SentencePieceBPE.encode` swaps it for its
+<0xXX> byte tokens; a character that occurs in no token never enters the HF vocabulary
+and gets HF's own byte fallback, the same bytes. Equal scores (GGUFs that store none)
+fall back to the token id, SentencePiece's training order; llama.cpp breaks such ties
+by position, which could differ only where two different equal-score tokens compete
+for the same characters.
 
 Gemma's user-defined tokens made of spaces ("   "), newlines and tabs never reach this
 code: like llama.cpp, ``specials.py`` splits them off the raw text first, so they need
@@ -46,16 +54,24 @@ def merge_ranks(vocab: Vocab) -> np.ndarray:
     return rank
 
 
-def derive_merges(vocab: Vocab) -> list[tuple[str, str]]:
-    """Every way to write a token as (token, token), best merged token first.
+def implicit_characters(vocab: Vocab) -> list[str]:
+    """Characters that occur inside tokens but are not tokens: symbols a merge can start from."""
+    known = vocab.token_to_id
+    return sorted({c for text in known for c in text} - set(known))
 
-    Trying every split of every token is O(total characters) set look-ups (1.2 M for
-    Gemma's 262k tokens). Done column by column -- all splits at offset k of the tokens
-    longer than k -- each step is one list comprehension, which keeps it near 1 s.
+
+def derive_merges(vocab: Vocab, implicit: list[str] = ()) -> list[tuple[str, str]]:
+    """Every way to write a token as (symbol, symbol), best merged token first.
+
+    A symbol is a token or a single character (``implicit`` holds the characters that
+    are not tokens). Trying every split of every token is O(total characters) set
+    look-ups (1.2 M for Gemma's 262k tokens). Done column by column -- all splits at
+    offset k of the tokens longer than k -- each step is one list comprehension, which
+    keeps it near 1 s.
     """
-    known = set(vocab.token_to_id)
+    known = set(vocab.token_to_id) | set(implicit)  # every symbol that can take part in a merge
     by_length: dict[int, list[str]] = {}
-    for text in known:
+    for text in vocab.token_to_id:
         by_length.setdefault(len(text), []).append(text)
     rank = merge_ranks(vocab).tolist()
     pairs: list[tuple[str, str]] = []
@@ -70,15 +86,38 @@ def derive_merges(vocab: Vocab) -> list[tuple[str, str]]:
     return [pairs[i] for i in order]
 
 
-def build_sentencepiece_bpe(vocab: Vocab) -> Tokenizer:
-    """A HF tokenizer for already ▁-escaped fragments of a SentencePiece-style vocabulary."""
-    bpe = models.BPE(
-        vocab.token_to_id,
-        derive_merges(vocab),
-        byte_fallback=True,
-        unk_token=vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None,
-    )
-    return Tokenizer(bpe)  # no normalizer / pre-tokenizer: the whole fragment is one BPE word
+class SentencePieceBPE:
+    """Encoder for already ▁-escaped fragments of a SentencePiece-style vocabulary."""
+
+    def __init__(self, vocab: Vocab):
+        implicit = implicit_characters(vocab)
+        # implicit symbol id (vocab.size, vocab.size + 1, ...) -> its UTF-8 bytes as byte tokens
+        self._byte_ids: dict[int, list[int]] = {
+            vocab.size + j: [_byte_token_id(vocab, b) for b in char.encode("utf-8")]
+            for j, char in enumerate(implicit)
+        }
+        symbols = dict(vocab.token_to_id)
+        symbols.update({char: vocab.size + j for j, char in enumerate(implicit)})
+        self._hf = Tokenizer(models.BPE(  # no normalizer / pre-tokenizer: the fragment is one BPE word
+            symbols,
+            derive_merges(vocab, implicit),
+            byte_fallback=True,
+            unk_token=vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None,
+        ))
+
+    def encode(self, fragment: str) -> list[int]:
+        ids = self._hf.encode(fragment, add_special_tokens=False).ids
+        if not self._byte_ids or all(i not in self._byte_ids for i in ids):
+            return ids
+        out: list[int] = []
+        for i in ids:  # an unmerged implicit character -> its bytes, like llama.cpp's resegment
+            out += self._byte_ids.get(i, [i])
+        return out
+
+
+def _byte_token_id(vocab: Vocab, byte: int) -> int:
+    token_id = vocab.token_to_id.get(f"<0x{byte:02X}>", vocab.unk_id)
+    return token_id if token_id is not None else 0
 
 
 def escape_spaces(text: str) -> str:

@@ -28,7 +28,7 @@ from typing import Iterable, Sequence
 from refllm.errors import InvalidRequest
 from refllm.tokenizer.bpe import build_byte_level_bpe, byte_level_decode
 from refllm.tokenizer.specials import SpecialTokenSplitter
-from refllm.tokenizer.spm import build_sentencepiece_bpe, escape_spaces, unescape_spaces
+from refllm.tokenizer.spm import SentencePieceBPE, escape_spaces, unescape_spaces
 from refllm.tokenizer.vocab import TokenType, Vocab, vocab_from_gguf
 
 MAX_TEXT_CHARS = 16_000_000  # ~ 4M tokens: more than any context; beyond is a mistake, not a prompt
@@ -43,7 +43,7 @@ class Tokenizer:
         if vocab.model == "gpt2":
             self._bpe = build_byte_level_bpe(vocab)
         else:
-            self._bpe = build_sentencepiece_bpe(vocab)
+            self._spm = SentencePieceBPE(vocab)
         self._pieces: dict[int, bytes] = {}  # token id -> bytes, filled on first use
 
     # ------------------------------------------------------------------ facts others use
@@ -109,8 +109,9 @@ class Tokenizer:
             if self.vocab.model == "llama":  # SentencePiece: optional space prefix, then spaces -> ▁
                 if self.vocab.add_space_prefix and previous_was_special:
                     fragment = " " + fragment
-                fragment = escape_spaces(fragment)
-            ids += self._bpe.encode(fragment, add_special_tokens=False).ids
+                ids += self._spm.encode(escape_spaces(fragment))
+            else:
+                ids += self._bpe.encode(fragment, add_special_tokens=False).ids
             previous_was_special = False
         if add_special and self.vocab.add_eos:
             ids.append(self.vocab.eos_id)
