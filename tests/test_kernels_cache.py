@@ -29,10 +29,16 @@ def test_read_only_package_caches_under_the_user_cache(tmp_path):
 
 
 def _run_kernel(env: dict) -> subprocess.CompletedProcess:
+    """A fresh process calls one cached kernel; stdout: its result, then Numba's cache hits and misses."""
     code = (
+        "import time\n"
         "import numpy as np\n"
-        "from refllm.kernels import numba_backend as nb\n"
+        "from refllm.kernels import numba_backend as nb, numba_ops\n"
+        "nb.NOTICE_AFTER_S = 0.0  # any compile at all prints the notice\n"
         "print(nb.silu(np.array([0.0, 1.0], np.float32))[1])\n"
+        "time.sleep(0.2)  # let a notice timer fire, if one was armed\n"
+        "stats = numba_ops.silu_flat.stats\n"
+        "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
     )
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
 
@@ -41,8 +47,14 @@ def test_numba_cache_dir_is_honoured_and_reused(tmp_path):
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path), "PYTHONPATH": str(REPO)}
     first = _run_kernel(env)
     assert first.returncode == 0, first.stderr
-    assert abs(float(first.stdout) - 0.7310586) < 1e-6
+    value, counts = first.stdout.splitlines()
+    assert abs(float(value) - 0.7310586) < 1e-6
+    assert counts == "0 1"  # empty cache: compiled once
+    assert "compiling kernels" in first.stderr
     cached = list(tmp_path.rglob("*.nbi"))
     assert cached, "no Numba index file written under NUMBA_CACHE_DIR"
-    second = _run_kernel(env)  # loads from the cache written above
-    assert second.returncode == 0 and second.stdout == first.stdout
+
+    second = _run_kernel(env)  # a fresh process: loads from the cache written above
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.splitlines() == [value, "1 0"]  # one cache hit, nothing recompiled
+    assert "compiling kernels" not in second.stderr  # the notice is for compiling, not for loading

@@ -14,7 +14,8 @@ A weight whose GGML type has no Numba kernel falls back to the reference
 ``linear`` (``refllm.plan`` reports which, and why).
 
 The first call of each kernel compiles it (or loads it from Numba's on-disk
-cache); if that takes more than a moment, one line on stderr says so.
+cache, milliseconds); a compile that takes more than a moment prints one line on
+stderr (``_CompileNotice``).
 """
 
 from __future__ import annotations
@@ -22,9 +23,9 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import numba
+import numba.core.event
 import numpy as np
 
 from refllm.gguf import TensorInfo
@@ -55,42 +56,54 @@ def supports(ggml_type) -> bool:
     return getattr(ggml_type, "name", str(ggml_type)) in KERNELS
 
 
-# --------------------------------------------------------------------------- first-call notice
+# --------------------------------------------------------------------------- compile notice
 
-_compiled: set = set()
 _notice_lock = threading.Lock()
 _notice_shown = False
 NOTICE_AFTER_S = 1.0
 
 
-@contextmanager
-def _compile_notice():
-    """Print "compiling kernels..." once if a first call is still busy after NOTICE_AFTER_S."""
+def _show_notice() -> None:
+    global _notice_shown
+    with _notice_lock:
+        if not _notice_shown:
+            _notice_shown = True
+            print("refllm: compiling kernels (first run only; cached afterwards)...", file=sys.stderr, flush=True)
 
-    def show():
-        global _notice_shown
-        with _notice_lock:
-            if not _notice_shown:
-                _notice_shown = True
-                print("refllm: compiling kernels (first run only; cached afterwards)...", file=sys.stderr, flush=True)
 
-    timer = threading.Timer(NOTICE_AFTER_S, show)
-    timer.daemon = True
-    timer.start()
-    try:
-        yield
-    finally:
-        timer.cancel()
+class _CompileNotice(numba.core.event.Listener):
+    """Print the notice once when Numba has been *compiling* for NOTICE_AFTER_S.
+
+    Numba fires its "numba:compile" event only after a cache miss, so loading a kernel
+    from the on-disk cache never shows the notice, however slow the machine is. (Timing
+    the first call instead would also count Numba's one-time start-up, ~0.4-1 s in every
+    process, and print the notice on every run.)  Nested compiles arm one timer.
+    """
+
+    def __init__(self):
+        self._depth = 0
+        self._timer: threading.Timer | None = None
+
+    def on_start(self, event) -> None:
+        self._depth += 1
+        if self._depth == 1 and not _notice_shown:
+            self._timer = threading.Timer(NOTICE_AFTER_S, _show_notice)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def on_end(self, event) -> None:
+        self._depth -= 1
+        if self._depth == 0 and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+numba.core.event.register("numba:compile", _CompileNotice())
 
 
 def _run(kernel, *args):
-    """Call a kernel; its first call (compile or cache load) runs under the notice timer."""
-    if kernel in _compiled:
-        return kernel(*args)
-    with _compile_notice():
-        result = kernel(*args)
-    _compiled.add(kernel)
-    return result
+    """Call a kernel (the first call per signature compiles it or loads it from Numba's cache)."""
+    return kernel(*args)
 
 
 # --------------------------------------------------------------------------- threads
