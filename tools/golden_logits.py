@@ -19,6 +19,11 @@ for prompt number i:
     p{i}_greedy           int32[m]          llama.cpp's greedy continuation (argmax, its own KV
                                             cache), GREEDY_TOKENS tokens or up to end-of-generation
 
+The tiny K-quant models (random blocks, see TINY_F32_TWIN_TYPES) get a third file,
+``<model>.llamacpp-f32.npz``: llama.cpp on the model's F32 "twin" (every tensor dequantized
+by gguf-py), the same arrays without ``p{i}_greedy``.  It is their float32 reference: it
+shows where llama.cpp's 8-bit activations (Q8_K) alone flip a near-tie.
+
 ``manifest.json`` beside them records the prompts, engine versions and the command.
 """
 
@@ -151,7 +156,8 @@ def llama_cpp_golden(model_path: Path, token_lists: list[list[int]], full_last: 
                 break
             llm.eval([next_id])
             next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        arrays[f"p{i}_greedy"] = np.array(greedy, dtype=np.int32)
+        if greedy_tokens:
+            arrays[f"p{i}_greedy"] = np.array(greedy, dtype=np.int32)
         print(f"  llama.cpp prompt {i}: {len(ids)} tokens, greedy {len(greedy)}", flush=True)
     return arrays
 
@@ -231,10 +237,16 @@ def model_sources() -> dict[str, tuple[Path, str, int]]:
 
 
 TINY_ARCHITECTURES = ("llama", "qwen2", "qwen3", "gemma3")
-# Q4_K is left out: on the random-block tiny models llama.cpp disagrees with refllm AND gguf-py
-# dequantization (KL ~5 nats) while the real Gemma 3 Q4_K tensors agree; under investigation.
-TINY_TYPES = ("F16", "Q8_0")
+# The K-quants are random valid blocks (tools/make_tiny_models.py); llama.cpp multiplies them with
+# activations quantized to Q8_K, which moves log-probs a little more than Q8_0 does (KL <= ~1e-3).
+# (A KL of ~5 nats once seen on Q4_K was a stale file: llama.cpp ran on a model written before
+# the generator centred K-quant weights (dmin = 7.5 d), refllm on the current one; the sha256 in
+# the manifest now catches that.)
+TINY_TYPES = ("F16", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 TINY_GREEDY_TOKENS = 32
+# Random-block K-quants: llama.cpp's Q8_K activations flip near-ties (top-2 margins up to ~0.23
+# nats measured) where Q8_0's do not, so these also get llama.cpp on the F32 twin as a float32 reference.
+TINY_F32_TWIN_TYPES = ("Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K")
 
 
 def tiny_prompts() -> list[str]:
@@ -245,14 +257,14 @@ def tiny_prompts() -> list[str]:
     return PLAIN_PROMPTS[:3] + [" ".join(PLAIN_PROMPTS[3:])]
 
 
-def tiny_sources(out_dir: Path) -> dict[str, tuple[Path, str, int]]:
-    """Write the tiny synthetic models (tools/make_tiny_models.py, seed 0) into ``out_dir``."""
+def tiny_sources(out_dir: Path, types: tuple[str, ...] = TINY_TYPES) -> dict[str, tuple[Path, str, int]]:
+    """Write the tiny synthetic models (tools/make_tiny_models.py, seed 0) of ``types`` into ``out_dir``."""
     sys.path.insert(0, str(REPO / "tools"))
     import make_tiny_models
 
     sources = {}
     for arch in TINY_ARCHITECTURES:
-        for qtype in TINY_TYPES:
+        for qtype in types:
             name = f"tiny-{arch}-{qtype}"
             path = make_tiny_models.write_tiny_model(out_dir / f"{name}.gguf", arch, qtype, seed=0)
             sources[name] = (Path(path), arch, len(tiny_prompts()))
@@ -279,6 +291,11 @@ def write_golden(name: str, path: Path, arch: str, full_last: int, engines: list
         if engine == "llamacpp":
             greedy_tokens = TINY_GREEDY_TOKENS if tiny else GREEDY_TOKENS
             arrays = llama_cpp_golden(path, token_lists, full_last, greedy_tokens)
+        elif engine == "llamacpp-f32":  # llama.cpp on the gguf-py-dequantized F32 twin, no greedy text
+            from check_tiny_models_llamacpp import write_f32_twin
+
+            twin = write_f32_twin(path, path.with_name(path.stem + "-f32-twin.gguf"))
+            arrays = llama_cpp_golden(twin, token_lists, full_last, greedy_tokens=0)
         else:
             arrays = hf_golden(path, token_lists, full_last)
         file = out_dir / f"{name}.{engine}.npz"
@@ -316,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3, tiny, rope")
     parser.add_argument("--engines", default="llamacpp,hf", help="comma-separated: llamacpp, hf")
+    parser.add_argument("--tiny-types", default=",".join(TINY_TYPES), help="comma-separated weight types of the tiny models")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
 
@@ -323,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     if "tiny" in args.models.split(","):
         import tempfile
 
-        sources.update(tiny_sources(Path(tempfile.mkdtemp(prefix="refllm-tiny-"))))
+        tiny_types = tuple(args.tiny_types.split(","))
+        sources.update(tiny_sources(Path(tempfile.mkdtemp(prefix="refllm-tiny-")), tiny_types))
     engines = args.engines.split(",")
     manifest_path = args.out / "manifest.json"
     manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {"models": {}}
@@ -350,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         tiny = name.startswith("tiny-")
         # tiny models: llama.cpp only (HF can't read every tiny type; the issue asks llama.cpp)
         engines_here = ["llamacpp"] if tiny else engines
+        if tiny and name.rsplit("-", 1)[1] in TINY_F32_TWIN_TYPES:
+            engines_here.append("llamacpp-f32")
         entry = write_golden(name, path, arch, full_last, engines_here, args.out, long=arch == "gemma3", tiny=tiny)
         entry["command"] = manifest["command"]
         old = manifest["models"].get(name, {})
