@@ -58,3 +58,26 @@ def test_numba_cache_dir_is_honoured_and_reused(tmp_path):
     assert second.returncode == 0, second.stderr
     assert second.stdout.splitlines() == [value, "1 0"]  # one cache hit, nothing recompiled
     assert "compiling kernels" not in second.stderr  # the notice is for compiling, not for loading
+
+
+def test_numba_start_up_skips_scipy_but_leaves_it_usable():
+    code = (
+        "import sys\n"
+        "import numba, numpy as np\n"
+        "from refllm.kernels import numba_backend as nb\n"
+        "nb.silu(np.ones(2, np.float32))\n"
+        "print('scipy.linalg' in sys.modules)\n"
+        "@numba.njit\n"
+        "def dot(a, b):\n"
+        "    return np.dot(a, b)\n"
+        "try:\n"
+        "    print(dot(np.ones((2, 2)), np.ones((2, 2)))[0, 0])\n"
+        "except Exception as e:  # without SciPy, Numba's np.dot has no BLAS: nothing we changed\n"
+        "    print('no scipy' if 'scipy' in str(e) else repr(e))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    loaded, dot = done.stdout.split()
+    assert loaded == "False"  # the kernels never pulled SciPy in
+    assert dot in ("2.0", "no scipy")  # and Numba code that wants BLAS still gets it

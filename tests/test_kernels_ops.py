@@ -86,10 +86,19 @@ def test_compile_notice_shows_once_when_numba_compiles(monkeypatch, capsys):
     monkeypatch.setattr(nb, "NOTICE_AFTER_S", 0.0)
     monkeypatch.setattr(nb, "_notice_shown", False)
 
-    @numba.njit  # not cached: every call with a new type is a real compile
     def add_one(x):
         return x + 1
 
+    add_one.__module__ = "refllm.kernels.example"  # the notice is for refllm's kernels only
+    add_one = numba.njit(add_one)  # not cached: every call with a new type is a real compile
+
+    @numba.njit
+    def not_ours(x):
+        return x - 1
+
+    assert not_ours(1) == 0
+    time.sleep(0.2)
+    assert "compiling kernels" not in capsys.readouterr().err  # someone else's Numba code: no notice
     assert add_one(1) == 2
     time.sleep(0.2)  # the notice comes from a timer thread
     assert add_one(1.5) == 2.5  # a second compile: the notice is not repeated

@@ -26,6 +26,7 @@ import time
 
 import numba
 import numba.core.event
+import numba.core.registry
 import numpy as np
 
 from refllm.gguf import TensorInfo
@@ -77,7 +78,8 @@ class _CompileNotice(numba.core.event.Listener):
     Numba fires its "numba:compile" event only after a cache miss, so loading a kernel
     from the on-disk cache never shows the notice, however slow the machine is. (Timing
     the first call instead would also count Numba's one-time start-up, ~0.4-1 s in every
-    process, and print the notice on every run.)  Nested compiles arm one timer.
+    process, and print the notice on every run.)  Only refllm's kernels arm the timer;
+    nested compiles (a kernel's helpers) arm one.
     """
 
     def __init__(self):
@@ -86,7 +88,7 @@ class _CompileNotice(numba.core.event.Listener):
 
     def on_start(self, event) -> None:
         self._depth += 1
-        if self._depth == 1 and not _notice_shown:
+        if self._depth == 1 and not _notice_shown and _is_ours(event.data["dispatcher"]):
             self._timer = threading.Timer(NOTICE_AFTER_S, _show_notice)
             self._timer.daemon = True
             self._timer.start()
@@ -98,11 +100,46 @@ class _CompileNotice(numba.core.event.Listener):
             self._timer = None
 
 
+def _is_ours(dispatcher) -> bool:
+    """A refllm kernel (other Numba code in the same process compiles without our notice)."""
+    return getattr(dispatcher.py_func, "__module__", "").startswith("refllm.")
+
+
 numba.core.event.register("numba:compile", _CompileNotice())
+
+
+# --------------------------------------------------------------------------- Numba start-up
+
+_numba_started = False
+
+
+def _start_numba() -> None:
+    """Numba's one-time set-up (its typing and lowering registries), without SciPy's BLAS.
+
+    The first kernel call of a process makes Numba load its registries; one of them
+    (``numba.np.arraymath``) imports ``scipy.linalg`` just to see whether BLAS exists,
+    for ``np.dot``-like code in jitted functions. No refllm kernel calls BLAS from Numba
+    (prefill's matmul is NumPy's), yet that import costs ~0.45 s and ~30 MB in every
+    process that has SciPy installed. Hiding ``scipy.linalg`` for the duration makes
+    Numba take its "no BLAS" branch; afterwards SciPy imports normally, and Numba's
+    ``np.dot`` still finds it when some jitted code needs it.
+    """
+    global _numba_started
+    hide = "scipy.linalg" not in sys.modules
+    if hide:
+        sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # "import scipy.linalg" -> ImportError
+    try:
+        numba.core.registry.cpu_target.target_context.refresh()
+    finally:
+        if hide:
+            del sys.modules["scipy.linalg"]
+    _numba_started = True
 
 
 def _run(kernel, *args):
     """Call a kernel (the first call per signature compiles it or loads it from Numba's cache)."""
+    if not _numba_started:
+        _start_numba()
     return kernel(*args)
 
 
