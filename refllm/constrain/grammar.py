@@ -15,11 +15,11 @@ complete. The output therefore always parses.
 
 The mask itself comes from llguidance (the engine llama.cpp and vLLM can use): it walks a
 token trie of the vocabulary against an Earley parser with a lazy lexer. We chose it by
-measurement over writing our own (``python tools/bench_constrain.py``; 2 busy cores): on
-Gemma 3's 262,144-token vocabulary one mask costs 0.55 ms (median; 0.02 ms on an idle core)
-plus 0.26 ms to apply it to the logits with NumPy, against a 369 ms decode step: under 0.3%.
-Building the vocabulary table is the one real cost: 4-20 s for Gemma 3, once per model
-(``token_table`` caches it). A readable pure-Python mask would have to test each of the
+measurement over writing our own (``python tools/bench_constrain.py``, 2 shared cores): on
+Gemma 3's 262,144-token vocabulary one mask costs 0.64 ms to compute (median) plus 0.35 ms to
+apply to the logits with NumPy, against a 76 ms decode step: about 1.3% (SmolLM2: 0.43 ms
+against 38 ms). Building the vocabulary table is the one real cost: ~3 s for Gemma 3 (0.7 s
+for SmolLM2), once per model (``token_table`` caches it). A readable pure-Python mask would have to test each of the
 262k tokens against the parser state at every step (hundreds of milliseconds).
 
 Bit layout of llguidance's mask: int32 words, token ``t`` is allowed when bit ``t % 32`` of
