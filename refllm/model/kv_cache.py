@@ -7,14 +7,28 @@
 Prefill writes a whole prompt's keys/values at once, decode one position per call.
 ``truncate(n)`` rewinds to the first n positions, so a new prompt that shares a
 prefix with the cached one only needs its new tokens evaluated.
-The arrays come from ``np.zeros``, so memory is committed only as positions fill.
+The arrays are anonymous memory maps (``zeros_committed_as_written``), so memory is
+committed page by page (4 KiB) only as positions fill.
 """
 
 from __future__ import annotations
 
+import mmap
+
 import numpy as np
 
 from refllm.errors import InvalidRequest
+
+
+def zeros_committed_as_written(shape: tuple[int, ...]) -> np.ndarray:
+    """float32 zeros of ``shape`` whose memory the OS commits 4 KiB page by page on first write.
+
+    ``np.zeros`` is lazy too, but NumPy asks Linux for 2 MiB huge pages on arrays of 4 MiB
+    and more, so writing one position commits 2 MiB: ~28 MB for Gemma 3's 36 cache arrays
+    at num_ctx 4096 before the first token. An anonymous ``mmap`` gets ordinary pages.
+    """
+    n_bytes = int(np.prod(shape)) * 4
+    return np.frombuffer(mmap.mmap(-1, max(n_bytes, 4)), dtype=np.float32)[: n_bytes // 4].reshape(shape)
 
 
 class KVCache:
@@ -23,8 +37,8 @@ class KVCache:
             raise InvalidRequest(f"context size must be positive, got {n_ctx}")
         self.n_ctx = n_ctx
         self.n_past = 0
-        self.keys = [np.zeros((n_ctx, n_kv_heads, head_dim), dtype=np.float32) for _ in range(n_layers)]
-        self.values = [np.zeros((n_ctx, n_kv_heads, head_dim_v), dtype=np.float32) for _ in range(n_layers)]
+        self.keys = [zeros_committed_as_written((n_ctx, n_kv_heads, head_dim)) for _ in range(n_layers)]
+        self.values = [zeros_committed_as_written((n_ctx, n_kv_heads, head_dim_v)) for _ in range(n_layers)]
 
     @property
     def n_free(self) -> int:
