@@ -139,7 +139,14 @@ class StringArray(Sequence[str]):
         return length_bytes.view("<u8")[:, 0].astype(np.int64)
 
     def tolist(self) -> list[str]:
-        return list(self)
+        """Every string, decoded in one pass over a copy of their bytes (~0.1 s for 262k)."""
+        if len(self) == 0:
+            return []
+        starts = self.offsets.astype(np.int64)  # [n]
+        ends = starts + self.lengths  # [n]
+        first, last = int(starts.min()), int(ends.max())
+        blob = bytes(self._view[first:last])  # one copy; slicing bytes is much cheaper than a memoryview
+        return [blob[a:b].decode("utf-8", "replace") for a, b in zip((starts - first).tolist(), (ends - first).tolist())]
 
     def __repr__(self) -> str:
         return f"StringArray(len={len(self)})"

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
+
 from refllm.tokenizer.vocab import TokenType, Vocab
 
 Fragment = str | int  # plain text still to tokenize, or a finished special token id
@@ -29,9 +31,10 @@ Span = tuple[int, int]  # [start, end) character positions
 class SpecialTokenSplitter:
     def __init__(self, vocab: Vocab):
         by_length: list[tuple[int, int, str, bool]] = []  # (utf-8 length, id, text, is control/unknown)
-        for token_id, (text, kind) in enumerate(zip(vocab.tokens, vocab.types.tolist())):
-            if kind in (TokenType.USER_DEFINED, TokenType.CONTROL, TokenType.UNKNOWN):
-                by_length.append((len(text.encode("utf-8")), token_id, text, kind != TokenType.USER_DEFINED))
+        special_kinds = [TokenType.USER_DEFINED, TokenType.CONTROL, TokenType.UNKNOWN]
+        for token_id in np.flatnonzero(np.isin(vocab.types, special_kinds)).tolist():  # a few thousand of 262k
+            text, kind = vocab.tokens[token_id], int(vocab.types[token_id])
+            by_length.append((len(text.encode("utf-8")), token_id, text, kind != TokenType.USER_DEFINED))
         by_length.sort(key=lambda item: (-item[0], item[1]))  # longest first
         self.specials = [(text, token_id, on_request) for _, token_id, text, on_request in by_length]
 

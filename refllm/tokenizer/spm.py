@@ -57,7 +57,7 @@ def merge_ranks(vocab: Vocab) -> np.ndarray:
 def implicit_characters(vocab: Vocab) -> list[str]:
     """Characters that occur inside tokens but are not tokens: symbols a merge can start from."""
     known = vocab.token_to_id
-    return sorted({c for text in known for c in text} - set(known))
+    return sorted(set("".join(known)) - set(known))  # the join makes it one C-speed pass
 
 
 def derive_merges(vocab: Vocab, implicit: list[str] = ()) -> list[tuple[str, str]]:
