@@ -111,6 +111,7 @@ numba.core.event.register("numba:compile", _CompileNotice())
 # --------------------------------------------------------------------------- Numba start-up
 
 _numba_started = False
+_start_lock = threading.Lock()
 
 
 def _start_numba() -> None:
@@ -125,15 +126,18 @@ def _start_numba() -> None:
     ``np.dot`` still finds it when some jitted code needs it.
     """
     global _numba_started
-    hide = "scipy.linalg" not in sys.modules
-    if hide:
-        sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # "import scipy.linalg" -> ImportError
-    try:
-        numba.core.registry.cpu_target.target_context.refresh()
-    finally:
+    with _start_lock:  # a server's first requests may arrive together
+        if _numba_started:
+            return
+        hide = "scipy.linalg" not in sys.modules
         if hide:
-            del sys.modules["scipy.linalg"]
-    _numba_started = True
+            sys.modules["scipy.linalg"] = None  # type: ignore[assignment]  # "import scipy.linalg" -> ImportError
+        try:
+            numba.core.registry.cpu_target.target_context.refresh()
+        finally:
+            if hide:
+                del sys.modules["scipy.linalg"]
+        _numba_started = True
 
 
 def _run(kernel, *args):
