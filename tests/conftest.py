@@ -63,3 +63,22 @@ def tiny_model(tmp_path_factory):
         return written[key]
 
     return get
+
+
+@pytest.fixture(scope="module")
+def refllm_server(tmp_path_factory):
+    """A real ``refllm`` server on 127.0.0.1 for one test module: yields ``(url, engine)``.
+
+    It runs on an empty temporary model store (the catalog models are found through
+    their PyPI packages), one generation slot and a short queue.
+    """
+    from refllm.engine import Engine, EngineSettings
+    from refllm.server import ServerThread, create_app
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))
+        engine = Engine(EngineSettings(num_parallel=1, max_queue=8))
+        with ServerThread(create_app(engine)) as url:
+            yield url, engine
+        engine.close()
+

@@ -23,13 +23,8 @@ GREEDY = {"temperature": 0, "num_predict": N}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))
-        engine = Engine(EngineSettings(num_parallel=1, max_queue=8))
-        with ServerThread(create_app(engine)) as url:
-            yield url, engine
-        engine.close()
+def server(refllm_server):
+    return refllm_server
 
 
 @pytest.fixture(scope="module")

@@ -27,9 +27,7 @@ import pytest
 
 import refllm
 from refllm.constrain import ANY_JSON_OBJECT, TokenConstraint, json_schema_grammar, ollama_format, openai_response_format, token_table
-from refllm.engine import Engine, EngineSettings
 from refllm.errors import InvalidRequest
-from refllm.server import ServerThread, create_app
 from structured_schemas import OPEN_ENDED, SCHEMAS, UNSUPPORTED
 
 GEMMA_PART = ["object", "nested", "array-objects", "enum", "pattern", "one-of", "ref-defs", "format-date"]
@@ -142,13 +140,8 @@ def test_constraint_mask_bits(real_model):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))
-        engine = Engine(EngineSettings(num_parallel=1, max_queue=8))
-        with ServerThread(create_app(engine)) as url:
-            yield url
-        engine.close()
+def server(refllm_server):
+    return refllm_server[0]
 
 
 @pytest.fixture(scope="module")

@@ -21,9 +21,7 @@ import pytest
 import refllm
 from refllm.chat.tools import ToolCallStream, check_tool_choice, check_tools, parse_tool_calls
 from refllm.chat.turn import OutputRules, plan_turn
-from refllm.engine import Engine, EngineSettings
 from refllm.errors import InvalidRequest
-from refllm.server import ServerThread, create_app
 
 WEATHER = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",
@@ -113,13 +111,8 @@ def test_tools_and_results_reach_the_prompt(smollm2_gguf):
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))
-        engine = Engine(EngineSettings(num_parallel=1, max_queue=8))
-        with ServerThread(create_app(engine)) as url:
-            yield url
-        engine.close()
+def server(refllm_server):
+    return refllm_server[0]
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from refllm.engine.keep_alive import DEFAULT_KEEP_ALIVE_S, parse_keep_alive
 from refllm.engine.names import validate_model_name
 from refllm.engine.queue import ClientGone, RequestQueue, ServerBusy
-from refllm.errors import InvalidRequest, ModelNotFound
+from refllm.errors import InvalidRequest
 
 
 @dataclass
@@ -231,14 +231,19 @@ class GenerationStream:
 
     def collect(self) -> Finished:
         """Run to the end (non-streaming requests) and return the ``Finished`` event."""
-        try:
-            finished = None
-            for event in self:
-                if isinstance(event, Finished):
-                    finished = event
-            return finished
-        finally:
-            self.close()
+        return collect_finished(self)
+
+
+def collect_finished(events) -> Finished:
+    """Run a stream of events (``Piece``..., ``Finished``) to its end, close it, return the ``Finished``."""
+    try:
+        finished = None
+        for event in events:
+            if isinstance(event, Finished):
+                finished = event
+        return finished
+    finally:
+        events.close()
 
 
 class Engine:

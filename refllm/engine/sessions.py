@@ -30,7 +30,7 @@ import uuid
 import weakref
 from typing import Callable, Iterator
 
-from refllm.engine.engine import Engine, Finished, GenerationRequest, GenerationStream
+from refllm.engine.engine import Engine, Finished, GenerationRequest, GenerationStream, collect_finished
 from refllm.engine.response_store import MemoryRecords, NotFound, Records
 from refllm.errors import InvalidRequest, RefllmError
 
@@ -161,14 +161,7 @@ class SessionTurn:
                 self._lock.release()
 
     def collect(self) -> Finished:
-        try:
-            finished = None
-            for event in self:
-                if isinstance(event, Finished):
-                    finished = event
-            return finished
-        finally:
-            self.close()
+        return collect_finished(self)
 
 
 # --------------------------------------------------------------------------- execution metadata
