@@ -82,3 +82,26 @@ def refllm_server(tmp_path_factory):
             yield url, engine
         engine.close()
 
+
+# The real-model server and the official clients on it; a test module may define its own
+# ``server``/``oclient``/``aclient`` (e.g. with strict response validation) instead.
+
+
+@pytest.fixture(scope="module")
+def server(refllm_server) -> str:
+    return refllm_server[0]
+
+
+@pytest.fixture(scope="module")
+def oclient(server):
+    import ollama
+
+    return ollama.Client(host=server)
+
+
+@pytest.fixture(scope="module")
+def aclient(server):
+    import openai
+
+    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
+

@@ -139,21 +139,6 @@ def test_constraint_mask_bits(real_model):
 # -- the real models behind the API, through the official clients
 
 
-@pytest.fixture(scope="module")
-def server(refllm_server):
-    return refllm_server[0]
-
-
-@pytest.fixture(scope="module")
-def oclient(server):
-    return ollama.Client(host=server)
-
-
-@pytest.fixture(scope="module")
-def aclient(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
-
-
 def messages(prompt: str) -> list[dict]:
     return [{"role": "user", "content": prompt}]
 

@@ -15,7 +15,6 @@ import json
 
 import jsonschema
 import ollama
-import openai
 import pytest
 
 import refllm
@@ -108,21 +107,6 @@ def test_tools_and_results_reach_the_prompt(smollm2_gguf):
 
 
 # -- the real models, forced calls, through the official clients
-
-
-@pytest.fixture(scope="module")
-def server(refllm_server):
-    return refllm_server[0]
-
-
-@pytest.fixture(scope="module")
-def oclient(server):
-    return ollama.Client(host=server)
-
-
-@pytest.fixture(scope="module")
-def aclient(server):
-    return openai.OpenAI(base_url=server + "/v1", api_key="unused", max_retries=0)
 
 
 def ollama_chat(client: ollama.Client, tool_choice, stream: bool = False, **fields):
