@@ -178,3 +178,13 @@ def test_chat_answers_and_reuses_the_cache_on_the_second_turn(cli, capsys):
     assert len(counts) == 2
     # the second turn's prompt holds the whole first exchange, but only its new part is evaluated
     assert 0 < counts[1] < counts[0] + 3 + 5
+
+
+def test_plan_json_prints_the_runtime_plan_without_running(smollm2_gguf, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setattr(run_cli, "model_recipe", lambda name: pytest.fail("--plan-json must not load the model"))
+    assert main(["run", str(smollm2_gguf), "hello", "--plan-json", "--backend", "numpy", "--num-ctx", "512"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert (plan["architecture"], plan["backend"], plan["support_level"], plan["num_ctx"]) == ("llama", "numpy", "generic", 512)
+    assert plan["quant_types"]["Q4_1"]["n_tensors"] == 210  # SmolLM2's 30 layers x 7 matrices

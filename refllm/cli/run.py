@@ -14,6 +14,7 @@ can span lines between triple quotes (\"\"\"). Ctrl-C stops an answer; Ctrl-D or
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -51,11 +52,18 @@ def register(subparsers) -> None:
     p.add_argument("--think", nargs="?", const="true", metavar="true|false|low|medium|high",
                    help="thinking models: think before answering (the reasoning is printed apart)")
     p.add_argument("--hidethinking", action="store_true", help="thinking models: do not print the reasoning")
+    p.add_argument("--plan-json", action="store_true", help="print the resolved runtime plan as JSON and exit without running")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     model_name = args.model or _default_model_name()
+    if args.plan_json:  # what would run, and how (refllm.plan), without loading or generating
+        from refllm.plan import build_plan
+
+        plan = build_plan(model_name, backend=args.backend, num_ctx=args.num_ctx)
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
     recipe = model_recipe(model_name)  # a store model brings its PARAMETERs, SYSTEM, MESSAGEs and TEMPLATE
     options = options_from_args(args, defaults=recipe.params)  # flags override the stored parameters
     system = args.system if args.system is not None else recipe.system
