@@ -38,8 +38,12 @@ no re-spelling as "▁" runs.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from tokenizers import Tokenizer, models
+
+from refllm.tokenizer import merge_cache
 
 from refllm.tokenizer.vocab import Vocab
 
@@ -60,36 +64,47 @@ def implicit_characters(vocab: Vocab) -> list[str]:
     return sorted(set("".join(known)) - set(known))  # the join makes it one C-speed pass
 
 
-def derive_merges(vocab: Vocab, implicit: list[str] = ()) -> list[tuple[str, str]]:
+def derive_merges(vocab: Vocab, implicit: Sequence[str] = ()) -> np.ndarray:
     """Every way to write a token as (symbol, symbol), best merged token first.
 
-    A symbol is a token or a single character (``implicit`` holds the characters that
-    are not tokens). Trying every split of every token is O(total characters) set
-    look-ups (1.2 M for Gemma's 262k tokens). Done column by column -- all splits at
+    Returns [n_merges, 2] int32 symbol ids (left, right): a token's id, or
+    ``vocab.size + j`` for ``implicit[j]``, the characters that are not tokens.
+    Trying every split of every token is O(total characters) set look-ups
+    (1.2 M for Gemma's 262k tokens). Done column by column -- all splits at
     offset k of the tokens longer than k -- each step is one list comprehension, which
-    keeps it near 1 s.
-
-    Memory: Gemma has ~515k merges. Each pair holds the vocabulary's own string objects
-    (``symbol[text]``), not fresh slices, and the ranks live in NumPy arrays, so the list
-    costs ~35 MB instead of ~150 MB of Python objects.
+    keeps it near 1 s. ``merge_cache.py`` keeps the result on disk, so a model pays
+    this once, not at every start.
     """
-    symbol = {text: text for text in vocab.token_to_id}  # text -> the one shared str object
-    symbol.update((char, char) for char in implicit)  # every symbol that can take part in a merge
+    symbol_id = dict(vocab.token_to_id)  # text -> id of every symbol that can take part in a merge
+    symbol_id.update((char, vocab.size + j) for j, char in enumerate(implicit))
     by_length: dict[int, list[str]] = {}
     for text in vocab.token_to_id:
         by_length.setdefault(len(text), []).append(text)
     rank = merge_ranks(vocab)  # [n_vocab]
-    pairs: list[tuple[str, str]] = []
-    merged_ids: list[np.ndarray] = []  # per column: the id of the token each pair merges into
+    # per column k: the left / right symbol ids and the merged token's id of each split found
+    lefts: list[np.ndarray] = [np.zeros(0, np.int32)]
+    rights: list[np.ndarray] = [np.zeros(0, np.int32)]
+    merged: list[np.ndarray] = [np.zeros(0, np.int64)]
     longer: list[str] = []  # tokens longer than k, for k from the longest length down to 1
     for k in range(max(by_length, default=1) - 1, 0, -1):
         longer += by_length.get(k + 1, [])
-        hits = [t for t in longer if t[k:] in symbol and t[:k] in symbol]
-        pairs += [(symbol[t[:k]], symbol[t[k:]]) for t in hits]
-        merged_ids.append(np.fromiter(map(vocab.token_to_id.__getitem__, hits), dtype=np.int64, count=len(hits)))
-    pair_ranks = rank[np.concatenate(merged_ids)] if merged_ids else np.zeros(0, np.int64)  # [n_pairs]
-    order = np.argsort(pair_ranks, kind="stable")  # same token: in the order the columns found its splits
-    return [pairs[i] for i in order.tolist()]
+        hits = [t for t in longer if t[k:] in symbol_id and t[:k] in symbol_id]
+        lefts.append(np.fromiter(map(symbol_id.__getitem__, [t[:k] for t in hits]), np.int32, len(hits)))
+        rights.append(np.fromiter(map(symbol_id.__getitem__, [t[k:] for t in hits]), np.int32, len(hits)))
+        merged.append(np.fromiter(map(vocab.token_to_id.__getitem__, hits), np.int64, len(hits)))
+    pairs = np.stack([np.concatenate(lefts), np.concatenate(rights)], axis=1)  # [n_pairs, 2]
+    order = np.argsort(rank[np.concatenate(merged)], kind="stable")  # same token: in column order
+    return np.ascontiguousarray(pairs[order])  # [n_merges, 2]
+
+
+def merges_as_text(vocab: Vocab, implicit: Sequence[str], merge_ids: np.ndarray) -> list[tuple[str, str]]:
+    """[n_merges, 2] symbol ids -> [("left", "right"), ...], the form HF ``tokenizers`` takes.
+
+    The pairs hold the vocabulary's own string objects (no fresh copies), so the list
+    costs ~35 MB for Gemma's ~515k merges instead of ~150 MB.
+    """
+    names = np.array(vocab.tokens + list(implicit), dtype=object)  # symbol id -> text
+    return list(zip(names[merge_ids[:, 0]].tolist(), names[merge_ids[:, 1]].tolist()))
 
 
 class SentencePieceBPE:
@@ -104,9 +119,14 @@ class SentencePieceBPE:
         }
         symbols = dict(vocab.token_to_id)
         symbols.update({char: vocab.size + j for j, char in enumerate(implicit)})
+        key = merge_cache.cache_key(vocab)
+        merge_ids = merge_cache.load_merges(key, n_symbols=vocab.size + len(implicit))  # [n_merges, 2] or None
+        if merge_ids is None:  # first start with this vocabulary (or no usable cache): ~1 s
+            merge_ids = derive_merges(vocab, implicit)
+            merge_cache.save_merges(key, merge_ids)
         self._hf = Tokenizer(models.BPE(  # no normalizer / pre-tokenizer: the fragment is one BPE word
             symbols,
-            derive_merges(vocab, implicit),
+            merges_as_text(vocab, implicit, merge_ids),
             byte_fallback=True,
             unk_token=vocab.tokens[vocab.unk_id] if vocab.unk_id is not None else None,
         ))
