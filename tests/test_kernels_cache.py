@@ -78,6 +78,6 @@ def test_numba_start_up_skips_scipy_but_leaves_it_usable():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    loaded, dot = done.stdout.split()
+    loaded, dot = done.stdout.splitlines()
     assert loaded == "False"  # the kernels never pulled SciPy in
     assert dot in ("2.0", "no scipy")  # and Numba code that wants BLAS still gets it
