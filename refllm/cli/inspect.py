@@ -56,15 +56,10 @@ def add_display_flags(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- the summary
 
 
-def parameter_count(gguf_file: GGUFFile) -> int:
-    """Number of weights: the product of every tensor's shape, summed."""
-    return sum(t.n_elements for t in gguf_file.tensors.values())
-
-
 def describe_gguf(gguf_file: GGUFFile) -> dict[str, Any]:
     """What ``ollama show`` reports about a model, read from the GGUF header."""
     meta, arch = gguf_file.metadata, gguf_file.architecture
-    n_params = parameter_count(gguf_file)
+    n_params = gguf_file.n_parameters
     return {
         "path": str(gguf_file.path),
         "name": meta.get("general.name"),

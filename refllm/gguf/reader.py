@@ -197,6 +197,11 @@ class GGUFFile:
     _mmap: mmap.mmap | None = None
 
     @property
+    def n_parameters(self) -> int:
+        """Number of weights: every tensor's element count, summed (``ollama show``'s "parameters")."""
+        return sum(t.n_elements for t in self.tensors.values())
+
+    @property
     def architecture(self) -> str:
         return str(self.metadata.get("general.architecture", "unknown"))
 

@@ -60,7 +60,7 @@ def _quantization_level(file_type) -> str:
 def details(path: Path) -> dict:
     """Ollama's ``details`` object: format, family, parameter size, quantization."""
     gguf_file = read(path)
-    n_params = sum(int(np.prod(t.shape)) for t in gguf_file.tensors.values())
+    n_params = gguf_file.n_parameters
     family = gguf_file.architecture
     return {
         "parent_model": "", "format": "gguf", "family": family, "families": [family],
@@ -72,7 +72,7 @@ def details(path: Path) -> dict:
 def model_info(path: Path, verbose: bool = False) -> dict:
     """GGUF metadata as JSON: scalars always; arrays (token lists, ...) only when ``verbose``, else null."""
     gguf_file = read(path)
-    info: dict = {"general.parameter_count": sum(int(np.prod(t.shape)) for t in gguf_file.tensors.values())}
+    info: dict = {"general.parameter_count": gguf_file.n_parameters}
     for key, value in gguf_file.metadata.items():
         if key == "tokenizer.chat_template":
             continue  # shown as "template"

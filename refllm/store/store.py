@@ -608,7 +608,7 @@ def _config_for(gguf_path: Path, parent: str, requires: str | None) -> dict:
 
     gguf_file = read(gguf_path)
     family = gguf_file.architecture or ""
-    n_params = sum(t.n_elements for t in gguf_file.tensors.values())
+    n_params = gguf_file.n_parameters
     config = {
         "model_format": "gguf",
         "model_family": family,
