@@ -15,6 +15,7 @@ continuation (teacher forcing: llama.cpp's, or HF's where the golden file has on
 * greedy: we follow llama.cpp's 64-token greedy continuation until its first token
   that is not our argmax, which must be a near-tie for us (within 0.5 nats of our
   top choice; at such ties its 8-bit activations and float32 engines part ways).
+  tests/test_llamacpp_rounding.py shows op by op that this rounding is the whole difference.
 
 Tiny synthetic models (tools/make_tiny_models.py) are checked against llama.cpp alone; the
 random-block K-quants also against llama.cpp on their gguf-py-dequantized F32 twin (their

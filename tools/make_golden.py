@@ -4,6 +4,7 @@
     python tools/make_golden.py tokens     # llama.cpp (xllamacpp) token ids -> golden/tokens/<model>.json
     python tools/make_golden.py chat       # transformers' chat-template renderer -> golden/tokens/chat_smollm2.json
     python tools/make_golden.py logits     # forward-pass logits (tools/golden_logits.py, when present)
+    python tools/make_golden.py ops        # llama.cpp's intermediate tensors (tools/capture_llamacpp_tensors.py)
 
 Needs the ``reference`` extra (``pip install -e .[reference]``); the tests only read the
 files this writes, never these engines.
@@ -31,6 +32,7 @@ SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
     "tokens": (None, "llama.cpp token ids for the tokenizer corpus (both real models)"),
     "chat": (None, "transformers' renderings of SmolLM2's chat template"),
     "logits": ("golden_logits", "forward-pass logits from llama.cpp / transformers"),
+    "ops": ("capture_llamacpp_tensors", "llama.cpp's intermediate tensors, op by op (golden/llamacpp_ops/)"),
 }
 
 

@@ -13,6 +13,7 @@ Modules, in reading order:
     tokens.py     tokenizer conformance through /tokenize and /detokenize
     api_checks.py the --api-only checks
     evaluate.py   perplexity and KL divergence over a text file
+    llamacpp_rounding.py  where llama.cpp rounds and float32 engines do not, op by op
 """
 
 from refllm.errors import RefllmError
