@@ -23,7 +23,7 @@ they need it, and keep nothing.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -197,7 +197,13 @@ def attention(
 
 @dataclass(frozen=True)
 class Backend:
-    """The ops a forward pass needs; each field has the signature of the function above."""
+    """The ops a forward pass needs; each field has the signature of the function above.
+
+    ``zeros`` and ``to_host`` matter only to a backend whose arrays live elsewhere (the
+    ``cuda`` one keeps activations and the KV cache on the GPU): ``zeros(shape)`` allocates
+    the KV cache (None: host memory, ``refllm.model.kv_cache``'s allocator), ``to_host(x)``
+    turns an op's output into a NumPy array (where ``refllm.model.loaded.Model`` returns it).
+    """
 
     name: str
     linear: Callable[[np.ndarray, TensorInfo], np.ndarray]
@@ -208,6 +214,8 @@ class Backend:
     silu: Callable[[np.ndarray], np.ndarray]
     gelu_tanh: Callable[[np.ndarray], np.ndarray]
     softmax: Callable[..., np.ndarray]
+    zeros: Callable[[tuple[int, ...]], Any] | None = None
+    to_host: Callable[[Any], np.ndarray] = np.asarray
 
 
 NUMPY_BACKEND = Backend(

@@ -8,12 +8,15 @@ Prefill writes a whole prompt's keys/values at once, decode one position per cal
 ``truncate(n)`` rewinds to the first n positions, so a new prompt that shares a
 prefix with the cached one only needs its new tokens evaluated.
 The arrays are anonymous memory maps (``zeros_committed_as_written``), so memory is
-committed page by page (4 KiB) only as positions fill.
+committed page by page (4 KiB) only as positions fill; a backend that computes elsewhere
+passes its own allocator (``zeros``: the cuda backend's arrays live on the GPU, and
+``store``'s slicing and assignment run there).
 """
 
 from __future__ import annotations
 
 import mmap
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,13 +36,15 @@ def zeros_committed_as_written(shape: tuple[int, ...]) -> np.ndarray:
 
 
 class KVCache:
-    def __init__(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, head_dim_v: int):
+    def __init__(self, n_layers: int, n_ctx: int, n_kv_heads: int, head_dim: int, head_dim_v: int,
+                 zeros: Callable[[tuple[int, ...]], Any] | None = None):  # fmt: skip
         if n_ctx <= 0:
             raise InvalidRequest(f"context size must be positive, got {n_ctx}")
+        zeros = zeros or zeros_committed_as_written  # float32 zeros of a shape (host memory by default)
         self.n_ctx = n_ctx
         self.n_past = 0
-        self.keys = [zeros_committed_as_written((n_ctx, n_kv_heads, head_dim)) for _ in range(n_layers)]
-        self.values = [zeros_committed_as_written((n_ctx, n_kv_heads, head_dim_v)) for _ in range(n_layers)]
+        self.keys = [zeros((n_ctx, n_kv_heads, head_dim)) for _ in range(n_layers)]
+        self.values = [zeros((n_ctx, n_kv_heads, head_dim_v)) for _ in range(n_layers)]
 
     @property
     def n_free(self) -> int:

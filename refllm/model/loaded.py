@@ -11,7 +11,7 @@ This is the public object other parts and outside checks use:
     logits = model.forward(ids, cache)           # float32[n_vocab], last position; advances the cache
     logits = model.forward([next_id], cache)     # decode: one token at a time
     all_logits = model.logits(ids)               # float32[len(ids), n_vocab], fresh context
-    model.backend = "numba"                      # "numpy" (reference, default) or "numba"
+    model.backend = "numba"                      # "numba" (default), "numpy" (reference) or "cuda"
 """
 
 from __future__ import annotations
@@ -102,7 +102,10 @@ class Model:
 
         ``cache.n_past`` (positions filled), ``cache.n_ctx``, ``cache.truncate(n)`` (rewind to n tokens).
         """
-        return self.transformer.new_cache(self.n_ctx_train if n_ctx is None else n_ctx)
+        from refllm.kernels.reference import get_backend
+
+        n_ctx = self.n_ctx_train if n_ctx is None else n_ctx
+        return self.transformer.new_cache(n_ctx, get_backend(self.backend))  # on the GPU for "cuda"
 
     def forward(self, token_ids, cache, all_logits: bool = False):
         """Evaluate ``token_ids`` (int[n]) after what ``cache`` holds, and advance the cache by n.
@@ -113,7 +116,8 @@ class Model:
         """
         from refllm.kernels.reference import get_backend
 
-        return self.transformer.forward(token_ids, cache, get_backend(self.backend), all_logits=all_logits)
+        ops = get_backend(self.backend)
+        return ops.to_host(self.transformer.forward(token_ids, cache, ops, all_logits=all_logits))  # NumPy for callers
 
     def logits(self, token_ids):
         """float32[len(ids), n_vocab]: the logits at every position, in a fresh context."""
@@ -123,7 +127,8 @@ class Model:
         """float32[len(ids), n_embd]: the hidden states after the final norm, in a fresh context (embeddings)."""
         from refllm.kernels.reference import get_backend
 
-        return self.transformer.hidden_states(token_ids, self.new_cache(len(token_ids) or 1), get_backend(self.backend))
+        ops = get_backend(self.backend)
+        return ops.to_host(self.transformer.hidden_states(token_ids, self.new_cache(len(token_ids) or 1), ops))
 
     # -- generation (refllm.generate)
 

@@ -30,9 +30,11 @@ class Transformer:
         self.family = FAMILIES[self.config.architecture]
         self.weights = self.family.load_weights(gguf, self.config)
 
-    def new_cache(self, n_ctx: int) -> KVCache:
+    def new_cache(self, n_ctx: int, ops: Backend | None = None) -> KVCache:
+        """An empty cache of n_ctx positions, in the memory ``ops`` computes in (host by default)."""
         cfg = self.config
-        return KVCache(cfg.n_layers, int(n_ctx), cfg.n_kv_heads, cfg.head_dim, cfg.head_dim_v)
+        zeros = ops.zeros if ops is not None else None
+        return KVCache(cfg.n_layers, int(n_ctx), cfg.n_kv_heads, cfg.head_dim, cfg.head_dim_v, zeros=zeros)
 
     def check_tokens(self, token_ids) -> np.ndarray:
         """Any sequence of ints -> int64[n]; empty, non-integer or out-of-vocabulary -> InvalidRequest."""
@@ -47,7 +49,10 @@ class Transformer:
         return ids.astype(np.int64)
 
     def hidden_states(self, token_ids, cache: KVCache, ops: Backend) -> np.ndarray:
-        """int[n] -> f32[n, d], final-normed; advances the cache by n."""
+        """int[n] -> f32[n, d], final-normed; advances the cache by n.
+
+        Arrays are the backend's (``ops.to_host`` makes NumPy of them): see refllm/model/loaded.py.
+        """
         ids = self.check_tokens(token_ids)
         cache.check_room(len(ids))
         return self.family.forward(self.weights, self.config, ops, ids, cache)

@@ -1,18 +1,25 @@
 """The ``cuda`` Backend: the forward pass's ops (``refllm.kernels.reference.Backend``) on a GPU.
 
-Weights are uploaded to the device once, on first use, and stay there (keyed by the
-tensor's address in the memory map).  The forward-pass files are shared by all
-backends and do their residual adds and reshapes in NumPy, so each op's input
-activation goes to the device and its output comes back: small for these models
-(a few KB per op), and it keeps ONE readable forward pass per architecture.
+Device-resident: every op takes ``DeviceTensor``s (a NumPy array is uploaded) and returns
+a ``DeviceTensor``, so the activations stay on the device from the embedding lookup to
+the logits, and the KV cache is allocated there (``Backend.zeros``, used by
+``refllm.model.kv_cache.KVCache``).  What crosses to the device per forward call: the
+token ids and their positions; what comes back: the logits (``Backend.to_host``, called
+by ``refllm.model.loaded.Model`` at its boundary).  The forward-pass files are the same
+for every backend; ``refllm/kernels/cuda/tensor.py`` lists what they do to activations.
+
+Weights are uploaded once, on first use, as their raw GGML bytes, and freed when their
+GGUF file is (keyed by the tensor's memory-map view).  A weight type without a CUDA
+kernel runs on the NumPy reference instead: its input comes to the host and its output
+goes back (the runtime plan lists those types as fallbacks).
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
-from numba import cuda
 
 from refllm.gguf import TensorInfo
 from refllm.kernels import reference
@@ -20,74 +27,76 @@ from refllm.kernels.reference import Backend, softmax
 
 from . import kernels as K
 from . import ops
+from .tensor import DeviceTensor, as_device, constant, to_host, zeros
 
-_weights: dict[tuple[int, int], ops.DeviceWeight] = {}
+_weights: dict[int, ops.DeviceWeight] = {}
 _lock = threading.Lock()
 
 
 def device_weight(w: TensorInfo) -> ops.DeviceWeight:
-    """The device copy of a weight, uploaded the first time it is used."""
-    key = (w.raw.ctypes.data, w.n_bytes)
+    """The device copy of a weight: uploaded the first time it is used, freed with its memory map."""
+    key = id(w.raw)
     with _lock:
         if key not in _weights:
             _weights[key] = ops.upload_weight(w.name, w.raw, int(w.ggml_type), w.shape)
+            weakref.finalize(w.raw, _weights.pop, key, None)
         return _weights[key]
 
 
 def release_weights() -> None:
-    """Free every uploaded weight (called when a model is unloaded)."""
+    """Free every uploaded weight now."""
     with _lock:
         _weights.clear()
 
 
-def _to_device(x: np.ndarray):
-    return cuda.to_device(np.ascontiguousarray(x, dtype=np.float32))
+def has_kernel(w: TensorInfo) -> bool:
+    return int(w.ggml_type) in K.SUPPORTED_TYPES
 
 
-def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
-    """f32[n, k] @ W.T -> f32[n, m], W read raw on the device.
+def linear(x, w: TensorInfo) -> DeviceTensor:
+    """[n, k] @ W.T -> [n, m], W read raw on the device.
 
-    A weight type without a CUDA kernel runs on the NumPy reference (the plan says so).
+    A weight type without a CUDA kernel runs on the NumPy reference: x comes to the host,
+    the result goes back (the plan says so).
     """
-    if int(w.ggml_type) not in K.SUPPORTED_TYPES:
-        return reference.linear(x, w)
-    return ops.matmul(device_weight(w), _to_device(x)).copy_to_host()
+    if not has_kernel(w):
+        return as_device(reference.linear(to_host(x), w))
+    return DeviceTensor(ops.matmul(device_weight(w), as_device(x).data))
 
 
-def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
-    """int[n] -> f32[n, d], rows dequantized on the device."""
-    return ops.embedding(device_weight(w), np.asarray(ids)).copy_to_host()
+def embedding_rows(w: TensorInfo, ids: np.ndarray) -> DeviceTensor:
+    """int[n] (host) -> [n, d], rows dequantized on the device."""
+    if not has_kernel(w):
+        return as_device(reference.embedding_rows(w, ids))
+    return DeviceTensor(ops.embedding(device_weight(w), np.asarray(ids)))
 
 
-def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
-    """f32[..., d] -> f32[..., d]."""
-    flat = x.reshape(-1, x.shape[-1])  # [rows, d]
-    return ops.rms_norm(_to_device(flat), _to_device(weight), eps).copy_to_host().reshape(x.shape)
+def rms_norm(x, weight: np.ndarray, eps: float) -> DeviceTensor:
+    """[..., d] -> [..., d] (QK-norm passes [n, heads, hd])."""
+    x = as_device(x)
+    rows = x.data.reshape(-1, x.shape[-1])  # [rows, d]
+    return DeviceTensor(ops.rms_norm(rows, constant(weight), eps).reshape(x.shape))
 
 
-def silu(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-    return ops.activation(_to_device(flat), False).copy_to_host().reshape(x.shape)
+def silu(x) -> DeviceTensor:
+    return DeviceTensor(ops.activation(as_device(x).data, False))
 
 
-def gelu_tanh(x: np.ndarray) -> np.ndarray:
-    flat = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
-    return ops.activation(_to_device(flat), True).copy_to_host().reshape(x.shape)
+def gelu_tanh(x) -> DeviceTensor:
+    return DeviceTensor(ops.activation(as_device(x).data, True))
 
 
-def rope(x: np.ndarray, positions: np.ndarray, inv_freq: np.ndarray, neox: bool, mscale: float = 1.0) -> np.ndarray:
-    """f32[n, heads, hd] -> rotated copy."""
-    x_dev = _to_device(x)
-    pos_dev = cuda.to_device(np.ascontiguousarray(positions, dtype=np.float32))
-    ops.rope_(x_dev, pos_dev, _to_device(inv_freq), neox, mscale)
-    return x_dev.copy_to_host()
+def rope(x, positions: np.ndarray, inv_freq: np.ndarray, neox: bool, mscale: float = 1.0) -> DeviceTensor:
+    """[n, heads, hd] -> a rotated copy."""
+    rotated = ops.rope(as_device(x).data, constant(positions, np.int64), constant(inv_freq), neox, mscale)
+    return DeviceTensor(rotated)
 
 
-def attention(q, k_cache, v_cache, positions, scale: float, window: int | None = None) -> np.ndarray:
-    """q f32[n, heads, hd] over the cache -> f32[n, heads, hd_v]."""
-    pos_dev = cuda.to_device(np.ascontiguousarray(positions, dtype=np.int64))
-    out = ops.attention(_to_device(q), _to_device(k_cache), _to_device(v_cache), pos_dev, int(window or 0), scale)
-    return out.copy_to_host()
+def attention(q, k_cache, v_cache, positions: np.ndarray, scale: float, window: int | None = None) -> DeviceTensor:
+    """q [n, heads, hd] over the cache [n_ctx, kv_heads, hd | hd_v] -> [n, heads, hd_v]."""
+    out = ops.attention(as_device(q).data, as_device(k_cache).data, as_device(v_cache).data,
+                        constant(positions, np.int64), int(window or 0), scale)  # fmt: skip
+    return DeviceTensor(out)
 
 
 BACKEND = Backend(
@@ -99,5 +108,7 @@ BACKEND = Backend(
     attention=attention,
     silu=silu,
     gelu_tanh=gelu_tanh,
-    softmax=softmax,  # only used outside the hot path; the attention kernel has its own
+    softmax=softmax,  # the NumPy one, on host arrays: not in the forward pass (attention has its own)
+    zeros=zeros,
+    to_host=to_host,
 )

@@ -35,10 +35,15 @@ BLOCK_LAYOUT = {
 SUPPORTED_TYPES = tuple(BLOCK_LAYOUT)
 
 UNIT = 32  # weights decoded at once by one thread
-# Threads per output row in the matvec kernel (and per row in RMSNorm/attention): a warp
-# on a GPU.  The simulator runs every thread as Python, so there it uses 8: the same
-# code and the same tree reduction, a quarter of the threads.
-WARP = 8 if os.environ.get("NUMBA_ENABLE_CUDASIM") == "1" else 32
+
+# Launch sizes.  Every kernel walks its work with grid-stride loops, so it gives the same
+# result for any grid: a GPU launches one thread block per output row (or per 1-D chunk),
+# up to MAX_BLOCKS.  The simulator runs every thread as a Python thread and every block one
+# after another, so there the same code runs with fewer, smaller blocks.
+SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
+WARP = 4 if SIMULATOR else 32  # threads per row in matmul, RMSNorm and attention (a warp on a GPU)
+THREADS = 8 if SIMULATOR else 128  # threads per block of the elementwise kernels
+MAX_BLOCKS = 2 if SIMULATOR else 1 << 16  # blocks per grid dimension
 
 
 def unit_layout(type_id: int) -> tuple[int, int]:
@@ -216,6 +221,25 @@ def decode_unit(type_id, raw, start, sub, out):
         decode_legacy(type_id, raw, start, out)
 
 
+# --------------------------------------------------------------------------- reductions
+
+
+@cuda.jit(device=True)
+def block_sum(partial, lane, value):
+    """Sum ``value`` over the WARP threads of this block; every thread gets the total.
+
+    Each thread writes its value to shared memory, waits for the others, and adds up all
+    WARP of them (every thread reads the same addresses: a broadcast, no bank conflicts).
+    """
+    partial[lane] = value
+    cuda.syncthreads()
+    total = float32(0.0)
+    for i in range(WARP):
+        total += partial[i]
+    cuda.syncthreads()  # everyone has read `partial` before the next block_sum writes it
+    return total
+
+
 # --------------------------------------------------------------------------- matrix kernels
 
 
@@ -223,110 +247,116 @@ def decode_unit(type_id, raw, start, sub, out):
 def matmul_kernel(type_id, raw, row_bytes, unit_bytes, units_per_block, x, y):
     """y[t, r] = sum_k W[r, k] * x[t, k], W quantized in `raw`.
 
-    grid: (n_rows, n_tokens) thread blocks of WARP threads; one block per output value.
     raw: uint8[n_rows * row_bytes]; x: float32[n_tokens, k]; y: float32[n_tokens, n_rows].
+    grid: (rows, tokens) blocks of WARP threads; block (bx, by) computes y[t, r] for
+    r = bx, bx + gridDim.x, ... and t = by, by + gridDim.y, ...
+    The WARP threads split the row into units of 32 weights and sum their products.
     """
-    row = cuda.blockIdx.x
-    token = cuda.blockIdx.y
     lane = cuda.threadIdx.x
     n_units = x.shape[1] // 32
     weights = cuda.local.array(32, float32)
     partial = cuda.shared.array(WARP, float32)
-
-    acc = float32(0.0)
-    for unit in range(lane, n_units, WARP):
-        block, sub = unit // units_per_block, unit % units_per_block
-        decode_unit(type_id, raw, row * row_bytes + block * unit_bytes, sub, weights)
-        for j in range(32):
-            acc += weights[j] * x[token, unit * 32 + j]
-    partial[lane] = acc
-    cuda.syncthreads()
-    step = WARP // 2
-    while step > 0:  # tree reduction of the WARP partial sums
-        if lane < step:
-            partial[lane] += partial[lane + step]
-        cuda.syncthreads()
-        step //= 2
-    if lane == 0:
-        y[token, row] = partial[0]
+    for token in range(cuda.blockIdx.y, x.shape[0], cuda.gridDim.y):
+        for row in range(cuda.blockIdx.x, y.shape[1], cuda.gridDim.x):
+            acc = float32(0.0)
+            for unit in range(lane, n_units, WARP):
+                block, sub = unit // units_per_block, unit % units_per_block
+                decode_unit(type_id, raw, row * row_bytes + block * unit_bytes, sub, weights)
+                for j in range(32):
+                    acc += weights[j] * x[token, unit * 32 + j]
+            total = block_sum(partial, lane, acc)
+            if lane == 0:
+                y[token, row] = total
 
 
 @cuda.jit
 def embedding_kernel(type_id, raw, row_bytes, unit_bytes, units_per_block, ids, out):
-    """out[t, :] = dequantized row ids[t] of the table in `raw`.  grid: (n_tokens, n_units)."""
-    token = cuda.blockIdx.x
-    unit = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
-    if unit >= out.shape[1] // 32:
-        return
+    """out[t, :] = dequantized row ids[t] of the table in `raw`.
+
+    grid: (tokens, units) blocks of THREADS threads; one thread decodes one unit of 32 weights.
+    """
+    n_units = out.shape[1] // 32
     weights = cuda.local.array(32, float32)
-    block, sub = unit // units_per_block, unit % units_per_block
-    decode_unit(type_id, raw, ids[token] * row_bytes + block * unit_bytes, sub, weights)
-    for j in range(32):
-        out[token, unit * 32 + j] = weights[j]
+    first_unit = cuda.blockIdx.y * cuda.blockDim.x + cuda.threadIdx.x
+    for token in range(cuda.blockIdx.x, out.shape[0], cuda.gridDim.x):
+        for unit in range(first_unit, n_units, cuda.gridDim.y * cuda.blockDim.x):
+            block, sub = unit // units_per_block, unit % units_per_block
+            decode_unit(type_id, raw, ids[token] * row_bytes + block * unit_bytes, sub, weights)
+            for j in range(32):
+                out[token, unit * 32 + j] = weights[j]
 
 
-# --------------------------------------------------------------------------- normalisation and activations
+# --------------------------------------------------------------------------- normalisation
 
 
 @cuda.jit
 def rms_norm_kernel(x, weight, eps, out):
-    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight.   grid: n_tokens blocks of WARP threads."""
-    t = cuda.blockIdx.x
+    """out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight.   grid: rows, blocks of WARP threads."""
     lane = cuda.threadIdx.x
     n = x.shape[1]
     partial = cuda.shared.array(WARP, float32)
-    acc = float32(0.0)
-    for i in range(lane, n, WARP):
-        acc += x[t, i] * x[t, i]
-    partial[lane] = acc
-    cuda.syncthreads()
-    step = WARP // 2
-    while step > 0:
-        if lane < step:
-            partial[lane] += partial[lane + step]
-        cuda.syncthreads()
-        step //= 2
-    inv = float32(1.0) / math.sqrt(partial[0] / n + eps)
-    for i in range(lane, n, WARP):
-        out[t, i] = x[t, i] * inv * weight[i]
+    for t in range(cuda.blockIdx.x, x.shape[0], cuda.gridDim.x):
+        acc = float32(0.0)
+        for i in range(lane, n, WARP):
+            acc += x[t, i] * x[t, i]
+        inv = float32(1.0) / math.sqrt(block_sum(partial, lane, acc) / n + eps)
+        for i in range(lane, n, WARP):
+            out[t, i] = x[t, i] * inv * weight[i]
 
 
-@cuda.jit
-def gated_activation_kernel(gate, up, use_gelu, out):
-    """out = act(gate) * up, act = SiLU or GELU (tanh approximation).  1-D grid over elements."""
-    i = cuda.grid(1)
-    if i >= gate.size:
-        return
-    t, j = i // gate.shape[1], i % gate.shape[1]
-    g = gate[t, j]
+# --------------------------------------------------------------------------- elementwise
+#
+# 1-D kernels over the elements of flat (contiguous, reshaped to 1-D) arrays.
+
+
+@cuda.jit(device=True)
+def gelu_or_silu(g, use_gelu):
+    """GELU (tanh approximation) if use_gelu, else SiLU."""
     if use_gelu:
-        a = 0.5 * g * (1.0 + math.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)))
-    else:
-        a = g / (1.0 + math.exp(-g))
-    out[t, j] = a * up[t, j]
+        return 0.5 * g * (1.0 + math.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)))
+    return g / (1.0 + math.exp(-g))
 
 
 @cuda.jit
 def activation_kernel(x, use_gelu, out):
-    """out = act(x), act = SiLU or GELU (tanh approximation).  1-D grid over elements of a 2-D x."""
-    i = cuda.grid(1)
-    if i >= x.size:
-        return
-    t, j = i // x.shape[1], i % x.shape[1]
-    g = x[t, j]
-    if use_gelu:
-        out[t, j] = 0.5 * g * (1.0 + math.tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)))
-    else:
-        out[t, j] = g / (1.0 + math.exp(-g))
+    """out = act(x), act = SiLU or GELU (tanh approximation)."""
+    for i in range(cuda.grid(1), x.size, cuda.gridsize(1)):
+        out[i] = gelu_or_silu(x[i], use_gelu)
 
 
 @cuda.jit
-def add_kernel(a, b):
-    """a += b (residual connection), elementwise over 2-D arrays."""
-    i = cuda.grid(1)
-    if i < a.size:
-        t, j = i // a.shape[1], i % a.shape[1]
-        a[t, j] += b[t, j]
+def gated_activation_kernel(gate, up, use_gelu, out):
+    """out = act(gate) * up, act = SiLU or GELU (tanh approximation)."""
+    for i in range(cuda.grid(1), gate.size, cuda.gridsize(1)):
+        out[i] = gelu_or_silu(gate[i], use_gelu) * up[i]
+
+
+@cuda.jit
+def add_kernel(a, b, out):
+    """out[i] = a[i] + b[i % b.size]: b of a's size (residual), or of its last axis (bias)."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        out[i] = a[i] + b[i % b.size]
+
+
+@cuda.jit
+def multiply_kernel(a, b, out):
+    """out[i] = a[i] * b[i % b.size]: b of a's size, or of its last axis."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        out[i] = a[i] * b[i % b.size]
+
+
+@cuda.jit
+def fill_kernel(a, value):
+    """a[i] = value."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        a[i] = value
+
+
+@cuda.jit
+def scale_kernel(a, s, out):
+    """out[i] = a[i] * s (a scalar)."""
+    for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):
+        out[i] = a[i] * s
 
 
 # --------------------------------------------------------------------------- rotary embedding and attention
@@ -336,25 +366,23 @@ def add_kernel(a, b):
 def rope_kernel(x, positions, inv_freq, neox, mscale):
     """Rotate pairs of x[t, h, :] in place by angle positions[t] * inv_freq[i].
 
-    x: float32[n_tokens, n_heads, head_dim]; inv_freq: float32[n_rot // 2];
-    dims past n_rot pass through; mscale (YaRN) multiplies cos and sin.
-    normal (GPT-J) style pairs (2i, 2i+1); NEOX style pairs (i, i + n_rot/2).
-    grid: 1-D over n_tokens * n_heads * n_rot/2.
+    x: float32[n_tokens, n_heads, head_dim]; positions: int64[n_tokens];
+    inv_freq: float32[n_rot // 2]; dims past n_rot pass through; mscale (YaRN)
+    multiplies cos and sin.  normal (GPT-J) style pairs (2i, 2i+1);
+    NEOX style pairs (i, i + n_rot/2).  1-D grid over n_tokens * n_heads * n_rot/2 pairs.
     """
-    idx = cuda.grid(1)
     n_tokens, n_heads = x.shape[0], x.shape[1]
     half = inv_freq.shape[0]
-    if idx >= n_tokens * n_heads * half:
-        return
-    t = idx // (n_heads * half)
-    h = (idx // half) % n_heads
-    i = idx % half
-    angle = positions[t] * inv_freq[i]
-    c, s = math.cos(angle) * mscale, math.sin(angle) * mscale
-    a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
-    x0, x1 = x[t, h, a], x[t, h, b]
-    x[t, h, a] = x0 * c - x1 * s
-    x[t, h, b] = x0 * s + x1 * c
+    for idx in range(cuda.grid(1), n_tokens * n_heads * half, cuda.gridsize(1)):
+        t = idx // (n_heads * half)
+        h = (idx // half) % n_heads
+        i = idx % half
+        angle = float32(positions[t]) * inv_freq[i]
+        c, s = math.cos(angle) * mscale, math.sin(angle) * mscale
+        a, b = (i, i + half) if neox else (2 * i, 2 * i + 1)
+        x0, x1 = x[t, h, a], x[t, h, b]
+        x[t, h, a] = x0 * c - x1 * s
+        x[t, h, b] = x0 * s + x1 * c
 
 
 @cuda.jit
@@ -365,34 +393,36 @@ def attention_kernel(q, k_cache, v_cache, positions, window, scale, out, scores)
     v_cache: [n_ctx, n_kv_heads, hd_v] (slot p holds position p); out: [n_tokens, n_heads, hd_v];
     scores: scratch [n_tokens, n_heads, n_ctx].  Token t sees cache positions
     p <= positions[t], and p > positions[t] - window when window > 0 (sliding window).
+    grid: (tokens, heads) blocks of WARP threads, grid-stride over both.
     """
-    t = cuda.blockIdx.x
-    h = cuda.blockIdx.y
     lane = cuda.threadIdx.x
     n_threads = cuda.blockDim.x
-    kv_head = h // (q.shape[1] // k_cache.shape[1])  # grouped-query attention
+    group = q.shape[1] // k_cache.shape[1]  # query heads per kv head (grouped-query attention)
     head_dim = q.shape[2]
-    last = positions[t]
-    first = 0
-    if window > 0 and last - window + 1 > 0:
-        first = last - window + 1
-    # 1. scores[p] = q . k[p] * scale   (threads split the positions)
-    for p in range(first + lane, last + 1, n_threads):
-        dot = float32(0.0)
-        for d in range(head_dim):
-            dot += q[t, h, d] * k_cache[p, kv_head, d]
-        scores[t, h, p] = dot * scale
-    cuda.syncthreads()
-    # 2. softmax over first..last (each thread computes the max and sum itself: short rows)
-    top = -math.inf
-    for p in range(first, last + 1):
-        top = max(top, scores[t, h, p])
-    total = float32(0.0)
-    for p in range(first, last + 1):
-        total += math.exp(scores[t, h, p] - top)
-    # 3. out[d] = sum_p softmax[p] * v[p, d]   (threads split the head dimensions)
-    for d in range(lane, out.shape[2], n_threads):
-        acc = float32(0.0)
-        for p in range(first, last + 1):
-            acc += math.exp(scores[t, h, p] - top) * v_cache[p, kv_head, d]
-        out[t, h, d] = acc / total
+    for t in range(cuda.blockIdx.x, q.shape[0], cuda.gridDim.x):
+        for h in range(cuda.blockIdx.y, q.shape[1], cuda.gridDim.y):
+            kv_head = h // group
+            last = positions[t]
+            first = 0
+            if window > 0 and last - window + 1 > 0:
+                first = last - window + 1
+            # 1. scores[p] = q . k[p] * scale   (threads split the positions)
+            for p in range(first + lane, last + 1, n_threads):
+                dot = float32(0.0)
+                for d in range(head_dim):
+                    dot += q[t, h, d] * k_cache[p, kv_head, d]
+                scores[t, h, p] = dot * scale
+            cuda.syncthreads()
+            # 2. softmax over first..last (each thread computes the max and sum itself: short rows)
+            top = -math.inf
+            for p in range(first, last + 1):
+                top = max(top, scores[t, h, p])
+            total = float32(0.0)
+            for p in range(first, last + 1):
+                total += math.exp(scores[t, h, p] - top)
+            # 3. out[d] = sum_p softmax[p] * v[p, d]   (threads split the head dimensions)
+            for d in range(lane, out.shape[2], n_threads):
+                acc = float32(0.0)
+                for p in range(first, last + 1):
+                    acc += math.exp(scores[t, h, p] - top) * v_cache[p, kv_head, d]
+                out[t, h, d] = acc / total

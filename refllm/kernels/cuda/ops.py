@@ -1,7 +1,9 @@
-"""Host-side wrappers that launch the CUDA kernels on device arrays.
+"""Host-side wrappers that launch the CUDA kernels on device arrays (numba DeviceNDArrays).
 
-Weights are uploaded once (``upload_weight``) as their raw GGML bytes; activations
-live on the device between ops; only what the caller asks for (the logits) is copied back.
+Every function here takes device arrays and returns a new device array: nothing is
+copied between host and device except where a docstring says so (``upload_weight``,
+``embedding``'s token ids).  ``refllm.kernels.cuda.tensor.DeviceTensor`` wraps these
+arrays for the forward pass; ``refllm.kernels.cuda.backend`` is the ``Backend``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,11 @@ from refllm.errors import UnsupportedModel
 
 from . import kernels as K
 
-THREADS_1D = 128
+
+def grid_size(n_items: int, per_block: int = 1) -> int:
+    """Blocks for n_items work items, per_block at a time (at most K.MAX_BLOCKS: the
+    kernels' grid-stride loops do the rest)."""
+    return max(1, min(K.MAX_BLOCKS, (n_items + per_block - 1) // per_block))
 
 
 @dataclass(frozen=True)
@@ -32,7 +38,7 @@ class DeviceWeight:
 
 
 def upload_weight(name: str, raw: np.ndarray, type_id: int, shape: tuple[int, ...]) -> DeviceWeight:
-    """Copy a tensor's raw bytes to the device once. shape is NumPy order (rows, row_length)."""
+    """Copy a tensor's raw bytes to the device (host -> device). shape is NumPy order (rows, row_length)."""
     if type_id not in K.BLOCK_LAYOUT:
         raise UnsupportedModel(f"tensor {name}: ggml type {type_id} has no CUDA kernel")
     n_rows, row_length = (1, shape[0]) if len(shape) == 1 else (int(np.prod(shape[:-1])), shape[-1])
@@ -44,63 +50,102 @@ def upload_weight(name: str, raw: np.ndarray, type_id: int, shape: tuple[int, ..
     return DeviceWeight(name, type_id, (n_rows, row_length), cuda.to_device(np.ascontiguousarray(raw)), row_bytes, unit_bytes, units_per_block)
 
 
+# --------------------------------------------------------------------------- weights
+
+
 def matmul(w: DeviceWeight, x):
-    """[n_tokens, k] device array -> [n_tokens, n_rows] device array (x @ W.T)."""
+    """[n_tokens, k] -> [n_tokens, n_rows] (x @ W.T)."""
     n_tokens = x.shape[0]
     y = cuda.device_array((n_tokens, w.shape[0]), dtype=np.float32)
-    K.matmul_kernel[(w.shape[0], n_tokens), K.WARP](w.type_id, w.raw, w.row_bytes, w.unit_bytes, w.units_per_block, x, y)
+    grid = (grid_size(w.shape[0]), grid_size(n_tokens))
+    K.matmul_kernel[grid, K.WARP](w.type_id, w.raw, w.row_bytes, w.unit_bytes, w.units_per_block, x, y)
     return y
 
 
 def embedding(w: DeviceWeight, ids: np.ndarray):
-    """Token ids (host) -> [n_tokens, row_length] device array of dequantized rows."""
+    """Token ids (host; copied host -> device) -> [n_tokens, row_length] dequantized rows."""
     ids_dev = cuda.to_device(np.ascontiguousarray(ids, dtype=np.int64))
     out = cuda.device_array((len(ids), w.shape[1]), dtype=np.float32)
-    n_units = w.shape[1] // K.UNIT
-    grid = (len(ids), (n_units + THREADS_1D - 1) // THREADS_1D)
-    K.embedding_kernel[grid, THREADS_1D](w.type_id, w.raw, w.row_bytes, w.unit_bytes, w.units_per_block, ids_dev, out)
+    grid = (grid_size(len(ids)), grid_size(w.shape[1] // K.UNIT, K.THREADS))
+    K.embedding_kernel[grid, K.THREADS](w.type_id, w.raw, w.row_bytes, w.unit_bytes, w.units_per_block, ids_dev, out)
     return out
+
+
+# --------------------------------------------------------------------------- rows
 
 
 def rms_norm(x, weight, eps: float):
     """[n, d] -> [n, d]; weight is a device float32[d]."""
     out = cuda.device_array(x.shape, dtype=np.float32)
-    K.rms_norm_kernel[x.shape[0], K.WARP](x, weight, np.float32(eps), out)
+    K.rms_norm_kernel[grid_size(x.shape[0]), K.WARP](x, weight, np.float32(eps), out)
+    return out
+
+
+def rope(x, positions, inv_freq, neox: bool, mscale: float = 1.0):
+    """A rotated copy of x [n, heads, head_dim]; positions (int64[n]) and inv_freq are device arrays."""
+    out = cuda.device_array(x.shape, dtype=np.float32)
+    out.copy_to_device(x)  # device -> device; the dims past n_rot pass through unchanged
+    n_pairs = x.shape[0] * x.shape[1] * inv_freq.shape[0]
+    K.rope_kernel[grid_size(n_pairs, K.THREADS), K.THREADS](out, positions, inv_freq, neox, np.float32(mscale))
+    return out
+
+
+def attention(q, k_cache, v_cache, positions, window: int, scale: float):
+    """q [n, heads, hd] against the cache [n_ctx, kv_heads, hd | hd_v] -> [n, heads, hd_v].
+
+    positions: device int64[n]; window 0 means no sliding window.
+    """
+    n_tokens, n_heads, head_dim = q.shape
+    out = cuda.device_array((n_tokens, n_heads, v_cache.shape[2]), dtype=np.float32)
+    scores = cuda.device_array((n_tokens, n_heads, k_cache.shape[0]), dtype=np.float32)
+    grid = (grid_size(n_tokens), grid_size(n_heads))
+    K.attention_kernel[grid, K.WARP](q, k_cache, v_cache, positions, window, np.float32(scale), out, scores)
+    return out
+
+
+# --------------------------------------------------------------------------- elementwise (any shape)
+
+
+def flat(a):
+    """A contiguous device array as 1-D (a view)."""
+    return a.reshape(a.size)
+
+
+def elementwise_grid(n: int) -> tuple[int, int]:
+    """(blocks, threads) of a 1-D kernel over n elements."""
+    return grid_size(n, K.THREADS), K.THREADS
+
+
+def activation(x, gelu: bool):
+    """act(x) elementwise; act is GELU-tanh if gelu else SiLU."""
+    out = cuda.device_array(x.shape, dtype=np.float32)
+    K.activation_kernel[elementwise_grid(x.size)](flat(x), gelu, flat(out))
     return out
 
 
 def gated_activation(gate, up, gelu: bool):
-    """act(gate) * up, [n, d_ff] -> [n, d_ff]; act is GELU-tanh if gelu else SiLU."""
+    """act(gate) * up elementwise; act is GELU-tanh if gelu else SiLU."""
     out = cuda.device_array(gate.shape, dtype=np.float32)
-    blocks = (gate.size + THREADS_1D - 1) // THREADS_1D
-    K.gated_activation_kernel[blocks, THREADS_1D](gate, up, gelu, out)
+    K.gated_activation_kernel[elementwise_grid(gate.size)](flat(gate), flat(up), gelu, flat(out))
     return out
 
 
-def activation(x, gelu: bool):
-    """act(x) elementwise on a 2-D device array; act is GELU-tanh if gelu else SiLU."""
-    out = cuda.device_array(x.shape, dtype=np.float32)
-    K.activation_kernel[(x.size + THREADS_1D - 1) // THREADS_1D, THREADS_1D](x, gelu, out)
+def add(a, b):
+    """a + b; b has a's size, or the size of a's last axis (broadcast: a bias)."""
+    out = cuda.device_array(a.shape, dtype=np.float32)
+    K.add_kernel[elementwise_grid(a.size)](flat(a), flat(b), flat(out))
     return out
 
 
-def add_(a, b):
-    """a += b in place (residual)."""
-    K.add_kernel[(a.size + THREADS_1D - 1) // THREADS_1D, THREADS_1D](a, b)
-    return a
+def multiply(a, b):
+    """a * b; b has a's size, or the size of a's last axis."""
+    out = cuda.device_array(a.shape, dtype=np.float32)
+    K.multiply_kernel[elementwise_grid(a.size)](flat(a), flat(b), flat(out))
+    return out
 
 
-def rope_(x, positions, inv_freq, neox: bool, mscale: float = 1.0):
-    """Rotate x [n, heads, head_dim] in place; positions and inv_freq are device arrays."""
-    n = x.shape[0] * x.shape[1] * inv_freq.shape[0]
-    K.rope_kernel[(n + THREADS_1D - 1) // THREADS_1D, THREADS_1D](x, positions, inv_freq, neox, np.float32(mscale))
-    return x
-
-
-def attention(q, k_cache, v_cache, positions, window: int, scale: float):
-    """q [n, heads, hd] against the cache [n_ctx, kv_heads, hd | hd_v] -> [n, heads, hd_v]."""
-    n_tokens, n_heads, head_dim = q.shape
-    out = cuda.device_array((n_tokens, n_heads, v_cache.shape[2]), dtype=np.float32)
-    scores = cuda.device_array((n_tokens, n_heads, k_cache.shape[0]), dtype=np.float32)
-    K.attention_kernel[(n_tokens, n_heads), K.WARP](q, k_cache, v_cache, positions, window, np.float32(scale), out, scores)
+def scale(a, s: float):
+    """a * s for a scalar s."""
+    out = cuda.device_array(a.shape, dtype=np.float32)
+    K.scale_kernel[elementwise_grid(a.size)](flat(a), np.float32(s), flat(out))
     return out
