@@ -422,3 +422,13 @@ def test_quantize_q4_k_m_uses_llama_cpps_mix(models_dir, tiny_model):
         relative_rms = np.sqrt(np.mean((restored - weights) ** 2) / np.mean(weights ** 2))
         assert relative_rms < (0.04 if expected == T.Q6_K else 0.12), (name, relative_rms)
     assert gguf.GGUFReader(model.gguf_path).fields["general.file_type"].contents() == 15
+
+
+def test_parameter_counts_print_as_ollama_prints_them():
+    """Ollama's format.HumanNumber: whole numbers without decimals, else 2 decimals for
+    millions and 1 for billions; thousands rounded (server details, show and the store share it)."""
+    from refllm.store.store import format_parameter_count
+
+    cases = {134515008: "134.52M", 268098176: "268.10M", 7241732096: "7.2B", 8_000_000_000: "8B",
+             2_000_000: "2M", 1500: "2K", 999: "999"}
+    assert {n: format_parameter_count(n) for n in cases} == cases

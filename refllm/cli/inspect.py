@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from refllm.gguf import GGUFFile, StringArray, read
-from refllm.store.store import _file_type_name, format_parameter_count
+from refllm.store.store import file_type_name, format_parameter_count
 
 ARRAY_SUMMARY_LIMIT = 64  # --json shows arrays up to this length in full
 
@@ -68,7 +68,7 @@ def describe_gguf(gguf_file: GGUFFile) -> dict[str, Any]:
         "parameters": format_parameter_count(n_params),  # 134515008 -> "134.52M"
         "context_length": meta.get(f"{arch}.context_length"),
         "embedding_length": meta.get(f"{arch}.embedding_length"),
-        "quantization": _file_type_name(gguf_file),  # general.file_type 15 -> "Q4_K_M"
+        "quantization": file_type_name(gguf_file),  # general.file_type 15 -> "Q4_K_M"
         "license": meta.get("general.license"),
         "chat_template": meta.get("tokenizer.chat_template"),
         "gguf_version": gguf_file.version,

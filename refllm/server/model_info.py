@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from refllm.gguf import read
+from refllm.store.store import file_type_name, format_parameter_count
 
 _digest_cache: dict[tuple[str, int, int], str] = {}
 _digest_lock = threading.Lock()
@@ -40,23 +41,6 @@ def rfc3339(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def _parameter_size(n_params: int) -> str:
-    for unit, scale in (("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if n_params >= scale:
-            return f"{n_params / scale:.2f}".rstrip("0").rstrip(".") + unit
-    return str(n_params)
-
-
-def _quantization_level(file_type) -> str:
-    import gguf
-
-    try:
-        name = gguf.LlamaFileType(int(file_type)).name
-    except (ValueError, TypeError):
-        return "unknown"
-    return name.removeprefix("MOSTLY_").removeprefix("ALL_")
-
-
 def details(path: Path) -> dict:
     """Ollama's ``details`` object: format, family, parameter size, quantization."""
     gguf_file = read(path)
@@ -64,8 +48,8 @@ def details(path: Path) -> dict:
     family = gguf_file.architecture
     return {
         "parent_model": "", "format": "gguf", "family": family, "families": [family],
-        "parameter_size": _parameter_size(n_params),
-        "quantization_level": _quantization_level(gguf_file.metadata.get("general.file_type")),
+        "parameter_size": format_parameter_count(n_params),
+        "quantization_level": file_type_name(gguf_file),
     }
 
 

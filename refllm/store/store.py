@@ -614,7 +614,7 @@ def _config_for(gguf_path: Path, parent: str, requires: str | None) -> dict:
         "model_family": family,
         "model_families": [family] if family else [],
         "model_type": format_parameter_count(n_params),
-        "file_type": _file_type_name(gguf_file),
+        "file_type": file_type_name(gguf_file),
         "parent_model": parent,
     }
     if requires:
@@ -623,15 +623,20 @@ def _config_for(gguf_path: Path, parent: str, requires: str | None) -> dict:
 
 
 def format_parameter_count(n: int) -> str:
-    """134515008 -> '134.52M', 7241732096 -> '7.24B' (Ollama's parameter_size)."""
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}B"
-    if n >= 1e6:
-        return f"{n / 1e6:.2f}M"
-    return f"{n / 1e3:.2f}K" if n >= 1e3 else str(n)
+    """A parameter count as Ollama prints it (its format.HumanNumber): 134515008 -> '134.52M',
+    268098176 -> '268.10M', 7241732096 -> '7.2B', 8000000000 -> '8B', 1500 -> '2K'."""
+
+    def scaled(value: float, decimals: int, unit: str) -> str:
+        return f"{value:.0f}{unit}" if value == int(value) else f"{value:.{decimals}f}{unit}"
+
+    if n >= 1_000_000_000:
+        return scaled(n / 1e9, 1, "B")
+    if n >= 1_000_000:
+        return scaled(n / 1e6, 2, "M")
+    return f"{n / 1e3:.0f}K" if n >= 1000 else str(n)
 
 
-def _file_type_name(gguf_file) -> str:
+def file_type_name(gguf_file) -> str:
     """general.file_type as llama.cpp names it (Q4_1, Q4_K_M, ...), else the most common tensor type."""
     import gguf
 
