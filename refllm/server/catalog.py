@@ -64,12 +64,15 @@ def show(recipe: ModelRecipe, name: str, verbose: bool = False) -> dict:
 
 
 def running_entry(loaded: LoadedModel) -> dict:
+    """One /api/ps entry.  On the cuda backend every weight runs from the GPU's memory
+    (uploaded once), so size_vram is the whole size, as Ollama reports a fully offloaded model."""
     path = loaded.recipe.gguf_path
+    on_gpu = getattr(loaded.model, "backend", "") == "cuda"
     return {
         "name": loaded.name, "model": loaded.name, "size": loaded.size,
         "digest": model_info.file_digest(path).removeprefix("sha256:"), "details": model_info.details(path),
-        "expires_at": model_info.rfc3339(loaded.expires_at), "size_vram": 0,
-        "context_length": loaded.context_length, "processor": "100% CPU",
+        "expires_at": model_info.rfc3339(loaded.expires_at), "size_vram": loaded.size if on_gpu else 0,
+        "context_length": loaded.context_length, "processor": "100% GPU" if on_gpu else "100% CPU",
     }
 
 
