@@ -82,6 +82,25 @@ def test_backend_linear_decode_and_prefill_paths(type_name, n_tokens, monkeypatc
     assert_matvec_close(got, reference_weights(type_name, raw, m, k), x)
 
 
+def test_prefill_path_on_one_and_two_threads(monkeypatch):
+    # The tiles (their count follows the threads) are tasks shared out to the tile threads.
+    monkeypatch.setattr(numba_backend, "TILE_WEIGHTS", 256 * 16)
+    m, k = 100, 512
+    w = tensor("Q4_K", random_weight("Q4_K", m, k, seed=9), m, k)
+    x = np.random.default_rng(9).standard_normal((12, k)).astype(np.float32)
+    saved = numba_backend.set_threads(None)
+    try:
+        numba_backend._max_threads = 1
+        one = numba_backend.linear(x, w)
+        numba_backend._max_threads = 2
+        two = numba_backend.linear(x, w)
+    finally:
+        numba_backend.set_threads(saved)
+    weights = reference_weights("Q4_K", w.raw, m, k)
+    assert_matvec_close(one, weights, x)
+    assert_matvec_close(two, weights, x)
+
+
 def test_embedding_rows_any_order_and_repeats():
     m, k = 50, 256
     raw = random_weight("Q6_K", m, k, seed=3)

@@ -59,13 +59,14 @@ def _numba() -> dict[str, Any]:
         "threading_layer_requested": numba.config.THREADING_LAYER,
     }
     try:  # the layer in use is known only after a parallel kernel has run
-        from refllm.kernels.numba_ops import attention_prefill  # noqa: F401
         import numpy as np
 
         from refllm.kernels import numba_backend
+        from refllm.kernels.quantized import F16_TO_F32, matvec_f32
 
-        h = np.ones((numba_backend.PARALLEL_ATTENTION_MIN_TOKENS, 1, 4), np.float32)
-        numba_backend.attention(h, h, h, np.zeros(len(h), np.int64), 1.0)
+        rows = np.ones((2, 16), np.uint8)
+        rows.flags.writeable = False
+        numba_backend._run(matvec_f32, rows, np.ones(4, np.float32), np.empty(2, np.float32), F16_TO_F32, 0)
         info["threading_layer"] = numba.threading_layer()
     except Exception as error:  # noqa: BLE001
         info["threading_layer"] = None

@@ -3,12 +3,28 @@
 Same functions, shapes and dtypes as ``refllm/kernels/reference.py`` (the NumPy
 reference); ``BACKEND`` bundles them.  What each op runs:
 
-    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py)
+    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py),
+                                rows split over Numba's threads (prange) for big matrices
     linear, n tokens (prefill)  dequantize a tile of weight rows once, then one BLAS
-                                matmul for all tokens (``x @ tile.T``), tile by tile
+                                matmul for all tokens (``x @ tile.T``); the tiles are
+                                shared out to the tile threads (``run_tasks``)
     embedding_rows              dequantize just the chosen rows
-    rms_norm, rope, attention,  numba_ops.py
-    silu, gelu_tanh, softmax
+    rms_norm, rope, attention,  numba_ops.py (prefill: chunks of rows / query tokens
+    silu, gelu_tanh, softmax    on the tile threads)
+
+Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).  Two
+kinds of parallel work, each with its own threads, never running at once:
+
+    decode matvecs   Numba's ``prange`` (OpenMP).  Between the ~200 small kernels of
+                     a token its threads spin for a moment, so waking them is cheap.
+    prefill          ``run_tasks``: Python threads, each taking the next task (a weight
+                     tile, a chunk of rows) until none is left, running ``nogil``
+                     kernels and one-thread BLAS.  Taking tasks one at a time keeps
+                     every core busy even while another process holds one of them.
+
+NumPy's BLAS is held at one thread (threadpoolctl) from the first prefill on: its
+own pool on the same cores fought the tile pipeline (measured before: 2-thread
+prefill slower than 1-thread).
 
 A weight whose GGML type has no Numba kernel falls back to the reference
 ``linear`` (``refllm.plan`` reports which, and why).
@@ -20,9 +36,12 @@ stderr (``_CompileNotice``).
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
 
 import numba
 import numba.core.event
@@ -37,14 +56,17 @@ from refllm.kernels.reference import Backend
 
 configure_cache_dir()
 
-# Prefill: this many float32 weights per dequantized tile (4 MiB), so the tile
-# stays in cache while BLAS multiplies every prompt token by it.
-TILE_WEIGHTS = 1 << 20
+# Prefill: about this many float32 weights per dequantized tile (1 MiB), so a
+# thread's tile stays in its core's L2 cache (2 MiB here) while BLAS multiplies
+# every prompt token by it (measured, 128 tokens: 4 MiB tiles lost 10-30%).
+TILE_WEIGHTS = 1 << 18
 # Up to this many tokens, ``linear`` runs the matvec once per token (decode and
 # tiny batches); above it, the dequantize-tile + BLAS path.
 MATVEC_MAX_TOKENS = 2
-# From this many query tokens on, attention runs one (token, head) per thread.
+# From this many query tokens on, attention splits the tokens over the tile threads.
 PARALLEL_ATTENTION_MIN_TOKENS = 8
+# Elementwise ops and norms over at least this many values split over the tile threads.
+PARALLEL_MIN_VALUES = 1 << 16
 # A matvec over fewer weights than this runs on one thread.  Waking a second
 # thread costs microseconds on an idle machine but milliseconds on a busy one
 # (measured here, 1536 x 768 Q4_1: 0.15 ms on 1 thread, 16-28 ms on 2 while
@@ -162,11 +184,73 @@ def set_threads(n: int | None) -> int:
 
 
 def _use_threads(n_weights: int) -> None:
-    """One thread for small work, all for big; only calls Numba when the count changes."""
+    """Decode matvecs: one thread for small work, all for big; only calls Numba when the count changes."""
     wanted = _max_threads if n_weights >= PARALLEL_MIN_WEIGHTS else 1
     if getattr(_thread_state, "threads", None) != wanted:
         numba.set_num_threads(wanted)
         _thread_state.threads = wanted
+
+
+_helpers: ThreadPoolExecutor | None = None
+_helpers_lock = threading.Lock()
+
+
+def _helper_threads() -> ThreadPoolExecutor:
+    """The tile threads besides the caller's (started on first use, then reused)."""
+    global _helpers
+    with _helpers_lock:
+        if _helpers is None:
+            _helpers = ThreadPoolExecutor(max(1, numba.config.NUMBA_NUM_THREADS - 1), thread_name_prefix="refllm-tile")
+        return _helpers
+
+
+def run_tasks(task: Callable[[int], None], n_tasks: int) -> None:
+    """Call task(0), ..., task(n_tasks - 1), on up to ``set_threads()`` threads, the caller's included.
+
+    Each thread takes the next index until none is left (``next`` on a shared counter is
+    atomic), so a thread slowed down by another process simply takes fewer tasks.  The
+    tasks must release the GIL for their heavy part (nogil kernels, BLAS).
+    """
+    threads = min(_max_threads, n_tasks)
+    if threads <= 1:
+        for i in range(n_tasks):
+            task(i)
+        return
+    next_task = itertools.count()
+
+    def work() -> None:
+        i = next(next_task)
+        while i < n_tasks:
+            task(i)
+            i = next(next_task)
+
+    helpers = [_helper_threads().submit(work) for _ in range(threads - 1)]
+    try:
+        work()
+    finally:
+        for helper in helpers:
+            helper.result()  # waits; re-raises a helper's exception here
+
+
+def _chunks(n: int, n_chunks: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges that cut range(n) into ``n_chunks`` near-equal parts."""
+    bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
+    return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+_blas_held = False
+
+
+def _one_blas_thread() -> None:
+    """Hold NumPy's BLAS at one thread for the rest of the process (the tile threads own the cores)."""
+    global _blas_held
+    if not _blas_held:
+        _blas_held = True
+        try:
+            from threadpoolctl import threadpool_limits
+        except ImportError:  # without threadpoolctl BLAS keeps OPENBLAS_NUM_THREADS & co.
+            return
+        threadpool_limits(1, user_api="blas")
 
 
 # --------------------------------------------------------------------------- weights
@@ -193,16 +277,28 @@ def matvec(w: TensorInfo, x: np.ndarray) -> np.ndarray:
     return y
 
 
-def dequantize_rows(w: TensorInfo, rows: np.ndarray, parallel: bool = True) -> np.ndarray:
-    """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k]."""
+def dequantize_rows(w: TensorInfo, rows: np.ndarray) -> np.ndarray:
+    """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k], on the calling thread."""
     _, dequantize_kernel, inner = KERNELS[w.ggml_type.name]
     if rows.flags.writeable:
         rows = rows.view()
         rows.flags.writeable = False
     out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
-    _use_threads(out.size if parallel else 0)
     _run(dequantize_kernel, rows, out, F16_TO_F32, inner)
     return out
+
+
+def _row_tiles(m: int, k: int) -> list[tuple[int, int]]:
+    """Tiles of about TILE_WEIGHTS weights over m rows of k, as [start, stop) row ranges.
+
+    Their count is a multiple of the thread count (every thread gets the same share) and
+    each tile is a multiple of 16 rows (a tile's output columns fill whole cache lines).
+    """
+    n_tiles = max(1, round(m * k / TILE_WEIGHTS))
+    n_tiles = -(-n_tiles // _max_threads) * _max_threads  # round up to whole rounds
+    per_tile = -(-m // n_tiles)  # ceil
+    per_tile = -(-per_tile // 16) * 16
+    return [(start, min(m, start + per_tile)) for start in range(0, m, per_tile)]
 
 
 def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
@@ -219,14 +315,16 @@ def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     rows = _rows(w)  # [m, row_bytes]
     m, k = rows.shape[0], w.shape[-1]
     out = np.empty((n, m), dtype=np.float32)  # [n, m]
-    tile = max(16, TILE_WEIGHTS // k)  # weight rows per tile
     x = np.ascontiguousarray(x, dtype=np.float32)
-    for start in range(0, m, tile):
-        # One thread dequantizes (a small part of the work); BLAS threads do the matmul.
-        # Numba's and BLAS's thread pools taking turns on the same cores fight each
-        # other (measured: 2-thread prefill 8x slower than 1-thread on a busy machine).
-        weights = dequantize_rows(w, rows[start : start + tile], parallel=False)  # [tile, k], float32
-        np.matmul(x, weights.T, out=out[:, start : start + tile])  # [n, k] @ [k, tile]
+    tiles = _row_tiles(m, k)
+    _one_blas_thread()
+
+    def multiply_tile(i: int) -> None:
+        start, stop = tiles[i]
+        weights = dequantize_rows(w, rows[start:stop])  # [tile, k] float32, this thread's own
+        np.matmul(x, weights.T, out=out[:, start:stop])  # [n, k] @ [k, tile]
+
+    run_tasks(multiply_tile, len(tiles))
     return out
 
 
@@ -244,25 +342,37 @@ def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- small ops
 
 
+def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int) -> None:
+    """run_rows(0, n_rows) for small work; for big work (prefill), run_rows(a, b) over
+    chunks of rows on the tile threads."""
+    if n_rows * row_size < PARALLEL_MIN_VALUES or _max_threads == 1:
+        run_rows(0, n_rows)
+        return
+    chunks = _chunks(n_rows, min(n_rows, 4 * _max_threads))
+    run_tasks(lambda i: run_rows(*chunks[i]), len(chunks))
+
+
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x: f32[..., d] -> f32[..., d]."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])  # [rows, d]
     out = np.empty_like(flat)
-    _run(numba_ops.rms_norm_rows, flat, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
+    weight = np.ascontiguousarray(weight, dtype=np.float32)
+    eps = float(eps)
+    _split_rows(lambda a, b: _run(numba_ops.rms_norm_rows, flat[a:b], weight, eps, out[a:b]), *flat.shape)
     return out.reshape(x.shape)
 
 
 def silu(x: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty_like(flat)
-    _run(numba_ops.silu_flat, flat, out)
+    _split_rows(lambda a, b: _run(numba_ops.silu_flat, flat[a:b], out[a:b]), flat.size, 1)
     return out.reshape(x.shape)
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
     out = np.empty_like(flat)
-    _run(numba_ops.gelu_tanh_flat, flat, out)
+    _split_rows(lambda a, b: _run(numba_ops.gelu_tanh_flat, flat[a:b], out[a:b]), flat.size, 1)
     return out.reshape(x.shape)
 
 
@@ -288,19 +398,22 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
     """q: f32[n, heads, hd]; caches f32[n_ctx, kv_heads, hd(_v)] -> f32[n, heads, hd_v]."""
     n, heads, _ = q.shape
     out = np.empty((n, heads, v_cache.shape[2]), dtype=np.float32)
-    kernel = numba_ops.attention_decode if n < PARALLEL_ATTENTION_MIN_TOKENS else numba_ops.attention_prefill
-    if kernel is numba_ops.attention_prefill:
-        _use_threads(PARALLEL_MIN_WEIGHTS)
-    _run(
-        kernel,
-        np.ascontiguousarray(q, dtype=np.float32),
-        np.ascontiguousarray(k_cache, dtype=np.float32),
-        np.ascontiguousarray(v_cache, dtype=np.float32),
-        np.ascontiguousarray(positions, dtype=np.int64),
-        float(scale),
-        int(window or 0),
-        out,
-    )
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    k_cache = np.ascontiguousarray(k_cache, dtype=np.float32)
+    v_cache = np.ascontiguousarray(v_cache, dtype=np.float32)
+    positions = np.ascontiguousarray(positions, dtype=np.int64)
+    scale, window = float(scale), int(window or 0)
+    if n < PARALLEL_ATTENTION_MIN_TOKENS:
+        _run(numba_ops.attention_rows, q, k_cache, v_cache, positions, scale, window, out)
+        return out
+    # Prefill: chunks of query tokens (later tokens see more keys; small chunks even that out).
+    chunks = _chunks(n, min(n, 8 * _max_threads))
+
+    def attend(i: int) -> None:
+        a, b = chunks[i]
+        _run(numba_ops.attention_rows, q[a:b], k_cache, v_cache, positions[a:b], scale, window, out[a:b])
+
+    run_tasks(attend, len(chunks))
     return out
 
 

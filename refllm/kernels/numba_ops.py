@@ -5,11 +5,11 @@ Each kernel computes exactly what the NumPy function of the same name in
 with no temporaries; ``tests/test_kernels_ops.py`` holds each against it.
 Every kernel is its own top-level ``@njit(cache=True)`` function.
 
-These ops are small (a few thousand values per token), so they run on one
-thread: waking a second thread costs more than the work, and on a busy machine
-a ``prange`` region waits for a free core (measured: 9 ms per call instead of
-microseconds).  Only prefill attention, which grows with the prompt squared,
-runs in parallel.
+The kernels run on the calling thread with the GIL released (``nogil``).  In
+decode they are small (a few thousand values per token) and run on one thread:
+waking a second thread costs more than the work.  In prefill the backend
+splits the rows (or the query tokens, for attention) into chunks and runs the
+chunks on its tile threads (``numba_backend.run_tasks``).
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from refllm.kernels.quantized import FAST
 
 # --------------------------------------------------------------------------- elementwise
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def rms_norm_rows(x, weight, eps, out):
     """x: f32[rows, d] -> out[rows, d] = x / sqrt(mean(x**2) + eps) * weight.  Reference: rms_norm."""
     rows, d = x.shape
@@ -37,14 +37,14 @@ def rms_norm_rows(x, weight, eps, out):
             out[r, i] = x[r, i] * inv_rms * weight[i]
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def silu_flat(x, out):
     """out = x * sigmoid(x), elementwise on flat arrays.  Reference: silu."""
     for i in range(x.shape[0]):
         out[i] = x[i] / (np.float32(1.0) + np.exp(-x[i]))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def gelu_tanh_flat(x, out):
     """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).  Reference: gelu_tanh.
 
@@ -57,7 +57,7 @@ def gelu_tanh_flat(x, out):
         out[i] = v / (np.float32(1.0) + np.exp(-c * (v + np.float32(0.044715) * v * v * v)))
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_rows(x, out):
     """x: f32[rows, n] -> softmax of each row.  Reference: softmax(axis=-1)."""
     rows, n = x.shape
@@ -77,7 +77,7 @@ def softmax_rows(x, out):
 # --------------------------------------------------------------------------- position
 
 
-@njit(cache=True, fastmath=FAST)
+@njit(cache=True, nogil=True, fastmath=FAST)
 def rope_inplace(x, positions, inv_freq, neox, mscale):
     """Rotate the first 2 * len(inv_freq) dims of each head of x: f32[n, heads, hd], in place.
 
@@ -136,23 +136,17 @@ def _attend(q, k_cache, v_cache, positions, scale, window, out, t, h):
             out[t, h, i] += w * v_cache[j, kv, i]
 
 
-@njit(cache=True, fastmath=FAST)
-def attention_decode(q, k_cache, v_cache, positions, scale, window, out):
-    """Causal grouped-query attention over the KV cache, on one thread (few queries).
+@njit(cache=True, nogil=True, fastmath=FAST)
+def attention_rows(q, k_cache, v_cache, positions, scale, window, out):
+    """Causal grouped-query attention of the queries ``q`` over the KV cache.
 
     q: f32[n, heads, hd];  k_cache: f32[n_ctx, kv_heads, hd];  v_cache: f32[n_ctx, kv_heads, hd_v]
     positions: int[n];  window: 0 for none, else a query at p sees keys p - window < j <= p
     out: f32[n, heads, hd_v].  Reference: attention.
+    Each query token is independent of the others, so prefill hands each thread a slice
+    of the tokens (q[a:b], positions[a:b], out[a:b]) with the whole cache.
     """
     n, heads, _ = q.shape
     for t in range(n):
         for h in range(heads):
             _attend(q, k_cache, v_cache, positions, scale, window, out, t, h)
-
-
-@njit(parallel=True, cache=True, fastmath=FAST)
-def attention_prefill(q, k_cache, v_cache, positions, scale, window, out):
-    """The same as ``attention_decode``, one (token, head) per parallel task (many queries)."""
-    n, heads, _ = q.shape
-    for task in prange(n * heads):
-        _attend(q, k_cache, v_cache, positions, scale, window, out, task // heads, task % heads)

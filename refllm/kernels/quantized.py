@@ -11,7 +11,9 @@ into the GGUF memory map: a row is ``k / block_size`` blocks laid end to end, an
 nothing is ever copied to float.  ``matvec`` decodes each block in registers and
 multiplies it by the matching 32 (or 256) entries of ``x`` (decode), rows in
 parallel (``prange``).  ``dequantize`` serves prefill (a tile of rows, then one
-BLAS matmul for all prompt tokens) and embedding lookups.
+BLAS matmul for all prompt tokens) and embedding lookups; it runs on the
+calling thread with the GIL released (``nogil``), so the backend's tile
+threads each dequantize their own tile at the same time.
 
 Two details matter for speed, both measured on this machine:
 
@@ -102,10 +104,10 @@ def matvec_f32(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_f32(rows, out, f16, inner):
     weights = rows.view(np.float32)
-    for r in prange(weights.shape[0]):
+    for r in range(weights.shape[0]):
         out[r, :] = weights[r, :]
 
 
@@ -125,10 +127,10 @@ def matvec_f16(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_f16(rows, out, f16, inner):
     bits = rows.view(np.uint16)
-    for r in prange(bits.shape[0]):
+    for r in range(bits.shape[0]):
         for i in range(bits.shape[1]):
             out[r, i] = f16[bits[r, i]]
 
@@ -157,11 +159,11 @@ def matvec_bf16(rows, x, y, f16, inner):
             y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_bf16(rows, out, f16, inner):
     bits = rows.view(np.uint16)
     wide = out.view(np.uint32)  # write the float32 bit patterns in place
-    for r in prange(bits.shape[0]):
+    for r in range(bits.shape[0]):
         for i in range(bits.shape[1]):
             wide[r, i] = np.uint32(bits[r, i]) << 16
 
@@ -201,10 +203,10 @@ def matvec_q4_0(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q4_0(rows, out, f16, inner):
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q4_0(rows[r], b * 18, out[r], b * 32, f16, inner)
 
@@ -247,10 +249,10 @@ def matvec_q4_1(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q4_1(rows, out, f16, inner):
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q4_1(rows[r], b * 20, out[r], b * 32, f16, inner)
 
@@ -294,10 +296,10 @@ def matvec_q5_0(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q5_0(rows, out, f16, inner):
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q5_0(rows[r], b * 22, out[r], b * 32, f16, inner)
 
@@ -344,10 +346,10 @@ def matvec_q5_1(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q5_1(rows, out, f16, inner):
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q5_1(rows[r], b * 24, out[r], b * 32, f16, inner)
 
@@ -383,10 +385,10 @@ def matvec_q8_0(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q8_0(rows, out, f16, inner):
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q8_0(rows[r], b * 34, out[r], b * 32, f16, inner)
 
@@ -446,10 +448,10 @@ def matvec_q2_k(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q2_k(rows, out, f16, inner):
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q2_k(rows[r], b * 84, out[r], b * 256, f16, inner)
 
@@ -515,10 +517,10 @@ def matvec_q3_k(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q3_k(rows, out, f16, inner):
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q3_k(rows[r], b * 110, out[r], b * 256, f16, inner)
 
@@ -590,10 +592,10 @@ def matvec_q4_k(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q4_k(rows, out, f16, inner):
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q4_k(rows[r], b * 144, out[r], b * 256, f16, inner)
 
@@ -657,10 +659,10 @@ def matvec_q5_k(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q5_k(rows, out, f16, inner):
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q5_k(rows[r], b * 176, out[r], b * 256, f16, inner)
 
@@ -718,10 +720,10 @@ def matvec_q6_k(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_q6_k(rows, out, f16, inner):
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_q6_k(rows[r], b * 210, out[r], b * 256, f16, inner)
 
@@ -761,11 +763,11 @@ def matvec_iq4_nl(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_iq4_nl(rows, out, f16, inner):
     levels = IQ4_LEVELS
     n_blocks = out.shape[1] // 32
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_iq4_nl(rows[r], b * 18, out[r], b * 32, f16, levels, inner)
 
@@ -824,11 +826,11 @@ def matvec_iq4_xs(rows, x, y, f16, inner):
         y[r] = acc
 
 
-@njit(parallel=True, cache=True)
+@njit(cache=True, nogil=True)
 def dequantize_iq4_xs(rows, out, f16, inner):
     levels = IQ4_LEVELS
     n_blocks = out.shape[1] // 256
-    for r in prange(rows.shape[0]):
+    for r in range(rows.shape[0]):
         for b in range(n_blocks):
             _decode_iq4_xs(rows[r], b * 136, out[r], b * 256, f16, levels, inner)
 
