@@ -102,3 +102,55 @@ def test_attention_gqa_causal_and_sliding(window):
     positions = np.array([2, 3, 4])
     got = CUDA_BACKEND.attention(q, k, v, positions, 0.3, window)
     np.testing.assert_allclose(got, ref.attention(q, k, v, positions, 0.3, window), rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- DeviceTensor
+
+
+def test_device_tensor_does_what_the_forward_pass_does_to_activations():
+    from refllm.kernels.cuda.tensor import DeviceTensor, as_device, zeros
+
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((2, 3, 4)).astype(np.float32)  # [3, 4] each
+    bias = rng.standard_normal(4).astype(np.float32)
+    dx, dy = as_device(x), as_device(y)
+
+    np.testing.assert_allclose(np.asarray(dx + dy), x + y, rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(dx + bias), x + bias, rtol=1e-6)  # a bias along the last axis
+    np.testing.assert_allclose(np.asarray(dx * dy), x * y, rtol=1e-6)
+    np.testing.assert_allclose((dx * np.float32(1.5)).to_host(), x * np.float32(1.5), rtol=1e-6)
+    product = np.float32(2.0) * dx  # NumPy defers to DeviceTensor instead of downloading it
+    assert isinstance(product, DeviceTensor)
+    np.testing.assert_allclose(product.to_host(), 2 * x, rtol=1e-6)
+
+    assert dx.reshape(3, 2, -1).shape == (3, 2, 2) and dx.reshape((12,)).shape == (12,)
+    np.testing.assert_array_equal(dx[-1:].to_host(), x[-1:])
+    np.testing.assert_array_equal(dx[1].to_host(), x[1])
+    assert len(dx) == 3 and dx.ndim == 2 and dx.size == 12
+
+    cache = zeros((5, 4))
+    np.testing.assert_array_equal(cache.to_host(), np.zeros((5, 4), np.float32))
+    cache[1:4] = dx  # device -> device
+    cache[4:5] = bias[None, :]  # host -> device
+    np.testing.assert_array_equal(cache[:5].to_host(), np.vstack([np.zeros((1, 4)), x, bias[None, :]]))
+
+    with pytest.raises(TypeError, match="views of rows"):
+        dx[:, 1]
+    with pytest.raises(ValueError, match="can't combine"):
+        dx + np.ones(3, np.float32)
+
+
+def test_host_parameters_go_to_the_device_once_and_leave_with_their_array():
+    import gc
+
+    from refllm.kernels.cuda import tensor
+
+    weight = np.arange(4, dtype=np.float32)
+    first = tensor.constant(weight)
+    assert tensor.constant(weight) is first
+    np.testing.assert_array_equal(first.copy_to_host(), weight)
+    key = (id(weight), np.dtype(np.float32).str)
+    assert key in tensor._constants
+    del weight, first
+    gc.collect()
+    assert key not in tensor._constants

@@ -146,6 +146,47 @@ def test_generate_on_cuda_gives_the_numpy_greedy_text_and_reuses_the_session(mic
     assert (got_next.tokens, got_next.text) == (expected_next.tokens, expected_next.text)
 
 
+def test_a_weight_type_without_a_cuda_kernel_runs_on_numpy_and_comes_back(micro_model):
+    """IQ4_NL has no CUDA kernel: its matmuls (and embedding rows) go through the host."""
+    path = micro_model("llama", "IQ4_NL")
+    reference = refllm.load(path)
+    reference.backend = "numpy"
+    expected = reference.logits([5, 70])
+    got = cuda_model(path).logits([5, 70])
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_refllm_run_and_the_server_answer_on_cuda(micro_model, refllm_server, capsys, monkeypatch):
+    """``refllm run --backend cuda`` (in this process, so the simulator is on where there is no
+    GPU) and a server whose loaded model runs on cuda give the NumPy backend's greedy text."""
+    import requests
+
+    from refllm.cli.main import main
+
+    path = str(micro_model("llama", "Q8_0"))
+    monkeypatch.setattr(sys, "stdin", None)  # no piped input: the prompt is the words
+    command = ["run", path, "hello", "--raw", "-n", "3", "--temperature", "0", "--num-ctx", "16"]
+    assert main([*command, "--backend", "numpy"]) == 0
+    expected = capsys.readouterr().out
+    assert expected.strip()  # three tokens of (nonsense) text
+    assert main([*command, "--backend", "cuda"]) == 0
+    assert capsys.readouterr().out == expected
+
+    from refllm import store
+
+    url, engine = refllm_server
+    store.create("micro-cuda", f"FROM {path}")  # the server's (temporary) model store
+    loaded, _ = engine.load("micro-cuda")
+    loaded.model.backend = "cuda"
+    body = {"model": "micro-cuda", "prompt": "hello", "raw": True, "stream": False,
+            "options": {"temperature": 0, "num_predict": 3, "num_ctx": 16}}  # fmt: skip
+    answer = requests.post(url + "/api/generate", json=body, timeout=300)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["response"] == expected.strip()
+    running = requests.get(url + "/api/ps", timeout=30).json()["models"]
+    assert [m["processor"] for m in running] == ["100% GPU"]
+
+
 def test_cuda_backend_is_refused_with_a_reason_when_unavailable(monkeypatch):
     from refllm.errors import InvalidRequest
     from refllm.kernels import cuda as cuda_pkg
