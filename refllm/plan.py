@@ -46,6 +46,9 @@ class QuantPlan:
 
 @dataclass
 class MemoryPlan:
+    """On the cuda backend the weights are also copied to GPU memory (once, as raw GGML
+    blocks), and the KV cache and the scratch live there, not in host memory."""
+
     weights_mapped_bytes: int  # the GGUF tensor data, memory-mapped (paged in on use, shared)
     kv_cache_bytes: int  # float32 keys + values for num_ctx positions (committed as they fill)
     scratch_bytes: int  # activations of a prefill batch, dequantized tiles, logits
@@ -233,12 +236,14 @@ def _memory(gguf_file, cfg, num_ctx: int, backend: str) -> MemoryPlan:
     batch = min(num_ctx, PREFILL_BATCH)
     q_width = cfg.n_heads * max(cfg.head_dim, cfg.head_dim_v)
     activations = 4 * batch * (3 * cfg.n_embd + 2 * cfg.n_ff + 2 * q_width)  # x, h, residual, gate, up, q, att
-    attention_scores = 4 * batch * num_ctx * (cfg.n_heads if backend == "numpy" else 1)
+    attention_scores = 4 * batch * num_ctx * (1 if backend == "numba" else cfg.n_heads)
     logits = 4 * cfg.n_vocab
     if backend == "numba":
         from refllm.kernels.numba_backend import TILE_WEIGHTS
 
         dequantized = 4 * TILE_WEIGHTS  # one tile of weight rows at a time
+    elif backend == "cuda":
+        dequantized = 0  # the kernels decode the raw blocks in registers
     else:  # the reference dequantizes a whole weight per matmul
         dequantized = 4 * max((i.n_elements for i in gguf_file.tensors.values() if len(i.shape) == 2), default=0)
     scratch = activations + attention_scores + logits + dequantized
