@@ -205,7 +205,7 @@ def build_plan(
             plan.quant_types[type_name] = QuantPlan(len(infos), n_bytes, "numpy", reason)
             fallbacks.append(reason)
         elif chosen == "cuda" and type_name not in cuda_type_names():
-            reason = f"no CUDA kernel for {type_name}: its matmuls run on the NumPy reference"
+            reason = f"no CUDA kernel for {type_name}: its matmuls and embedding rows run on the NumPy reference, through host memory"
             plan.quant_types[type_name] = QuantPlan(len(infos), n_bytes, "numpy", reason)
             fallbacks.append(reason)
         else:

@@ -156,6 +156,16 @@ def test_a_weight_type_without_a_cuda_kernel_runs_on_numpy_and_comes_back(micro_
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
 
 
+def test_hidden_states_on_cuda_match_numpy(micro_model):
+    """The embeddings path: final-normed hidden states come back as NumPy arrays."""
+    path = micro_model("gemma3", "Q4_0")
+    reference = refllm.load(path)
+    reference.backend = "numpy"
+    got = cuda_model(path).hidden_states([5, 70, 200])
+    assert type(got) is np.ndarray and got.shape == (3, MICRO["n_embd"])
+    np.testing.assert_allclose(got, reference.hidden_states([5, 70, 200]), rtol=1e-4, atol=1e-4)
+
+
 def test_refllm_run_and_the_server_answer_on_cuda(micro_model, refllm_server, capsys, monkeypatch):
     """``refllm run --backend cuda`` (in this process, so the simulator is on where there is no
     GPU) and a server whose loaded model runs on cuda give the NumPy backend's greedy text."""

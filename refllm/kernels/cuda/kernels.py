@@ -43,7 +43,7 @@ UNIT = 32  # weights decoded at once by one thread
 SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"
 WARP = 4 if SIMULATOR else 32  # threads per row in matmul, RMSNorm and attention (a warp on a GPU)
 THREADS = 8 if SIMULATOR else 128  # threads per block of the elementwise kernels
-MAX_BLOCKS = 2 if SIMULATOR else 1 << 16  # blocks per grid dimension
+MAX_BLOCKS = 2 if SIMULATOR else 65535  # blocks per grid dimension (CUDA allows 65535 in y and z)
 
 
 def unit_layout(type_id: int) -> tuple[int, int]:
