@@ -414,9 +414,10 @@ def attention_kernel(q, k_cache, v_cache, positions, window, scale, out, scores)
                 scores[t, h, p] = dot * scale
             cuda.syncthreads()
             # 2. softmax over first..last (each thread computes the max and sum itself: short rows)
-            top = -math.inf
+            top = float32(-math.inf)
             for p in range(first, last + 1):
-                top = max(top, scores[t, h, p])
+                if scores[t, h, p] > top:
+                    top = scores[t, h, p]
             total = float32(0.0)
             for p in range(first, last + 1):
                 total += math.exp(scores[t, h, p] - top)
