@@ -18,8 +18,9 @@ Host arrays that the forward pass hands to ops as parameters (norm weights, bias
 frequencies, this call's positions) go to the device once per array object (``constant``):
 they are a model's weights or one forward call's positions, never changed once made.
 
-Copies between host and device happen in ``upload``, ``download`` and
-``refllm.kernels.cuda.ops`` (weights, token ids); nowhere else.
+Copies between host and device happen in ``upload``, ``download``, ``t[a:b] = host_array``
+and ``refllm.kernels.cuda.ops`` (weights, token ids); nowhere else.  tests/test_cuda_model.py
+counts them during a decode step: the token id and its position go in, the logits come out.
 """
 
 from __future__ import annotations
