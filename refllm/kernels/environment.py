@@ -62,16 +62,27 @@ def _numba() -> dict[str, Any]:
         import numpy as np
 
         from refllm.kernels import numba_backend
-        from refllm.kernels.quantized import F16_TO_F32, matvec_f32
 
-        rows = np.ones((2, 16), np.uint8)
-        rows.flags.writeable = False
-        numba_backend._run(matvec_f32, rows, np.ones(4, np.float32), np.empty(2, np.float32), F16_TO_F32, 0)
+        numba_backend._run(_parallel_probe(), np.zeros(4))
         info["threading_layer"] = numba.threading_layer()
+        info["kernel_threads"] = numba_backend.set_threads(None)  # refllm's own threads: numba_backend.run_tasks
     except Exception as error:  # noqa: BLE001
         info["threading_layer"] = None
         info["threading_error"] = str(error)
     return info
+
+
+def _parallel_probe():
+    """A one-line parallel kernel (refllm's kernels no longer use Numba's threads, but
+    other Numba code in the process does): running it tells which layer Numba picks."""
+    from numba import njit, prange
+
+    @njit(parallel=True)
+    def add_one(x):
+        for i in prange(x.shape[0]):
+            x[i] += 1.0
+
+    return add_one
 
 
 def _blas() -> str | None:

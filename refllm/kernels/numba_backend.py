@@ -3,8 +3,8 @@
 Same functions, shapes and dtypes as ``refllm/kernels/reference.py`` (the NumPy
 reference); ``BACKEND`` bundles them.  What each op runs:
 
-    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py),
-                                rows split over Numba's threads (prange) for big matrices
+    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py);
+                                a big matrix's rows are split over the threads
     linear, n tokens (prefill)  dequantize a tile of weight rows once, then one BLAS
                                 matmul for all tokens (``x @ tile.T``); the tiles are
                                 shared out to the tile threads (``run_tasks``)
@@ -12,18 +12,19 @@ reference); ``BACKEND`` bundles them.  What each op runs:
     rms_norm, rope, attention,  numba_ops.py (prefill: chunks of rows / query tokens
     silu, gelu_tanh, softmax    on the tile threads)
 
-Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).  Two
-kinds of parallel work, each with its own threads, never running at once:
-
-    decode matvecs   Numba's ``prange`` (OpenMP).  Between the ~200 small kernels of
-                     a token its threads spin for a moment, so waking them is cheap.
-    prefill          ``run_tasks``: Python threads, each taking the next task (a weight
-                     tile, a chunk of rows) until none is left, running ``nogil``
-                     kernels and one-thread BLAS.  Taking tasks one at a time keeps
-                     every core busy even while another process holds one of them.
+Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).  Every
+kernel runs on its calling thread with the GIL released; ``run_tasks`` shares
+big work out as tasks (a weight tile, a range of rows, a chunk of query tokens)
+that the caller and its helper threads take one at a time until none is left.
+Taking tasks one at a time keeps every core busy even while another process
+holds one of them for a while: a static split (OpenMP ``prange``, as before)
+made the whole op wait for the slowest core (measured on this shared 2-core
+machine: decode 40 -> 2-26 tok/s with a second thread).  A hand-off costs
+~20-80 us, so only big work is split: prefill's tiles and chunks, and decode's
+matvecs over PARALLEL_MIN_WEIGHTS weights (the output head).
 
 NumPy's BLAS is held at one thread (threadpoolctl) from the first prefill on: its
-own pool on the same cores fought the tile pipeline (measured before: 2-thread
+own pool on the same cores fought the tile threads (measured before: 2-thread
 prefill slower than 1-thread).
 
 A weight whose GGML type has no Numba kernel falls back to the reference
@@ -65,12 +66,13 @@ TILE_WEIGHTS = 1 << 18
 MATVEC_MAX_TOKENS = 2
 # From this many query tokens on, attention splits the tokens over the tile threads.
 PARALLEL_ATTENTION_MIN_TOKENS = 8
-# Elementwise ops and norms over at least this many values split over the tile threads.
-PARALLEL_MIN_VALUES = 1 << 16
-# A matvec over fewer weights than this runs on one thread.  Waking a second
-# thread costs microseconds on an idle machine but milliseconds on a busy one
-# (measured here, 1536 x 768 Q4_1: 0.15 ms on 1 thread, 16-28 ms on 2 while
-# other processes held the second core); a big matrix (the output head) wins.
+# Elementwise activations over at least this many values split over the tile threads
+# (128 tokens x 1536 takes ~1 ms on one core; a hand-off costs 20-80 us).  RMSNorm
+# (~40 us for 128 x 640) always runs on the calling thread.
+PARALLEL_MIN_VALUES = 1 << 17
+# A matvec over fewer weights than this runs on the calling thread alone: a
+# hand-off to a helper thread (~20-80 us) costs more than it saves.  A big
+# matrix (the output head, 28M-168M weights) is split into rows chunks.
 PARALLEL_MIN_WEIGHTS = 1 << 21
 
 
@@ -172,7 +174,6 @@ def _run(kernel, *args):
 # --------------------------------------------------------------------------- threads
 
 _max_threads = numba.config.NUMBA_NUM_THREADS  # for the big kernels; see set_threads
-_thread_state = threading.local()  # Numba's thread count is per calling thread
 
 
 def set_threads(n: int | None) -> int:
@@ -181,14 +182,6 @@ def set_threads(n: int | None) -> int:
     if n is not None:
         _max_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     return _max_threads
-
-
-def _use_threads(n_weights: int) -> None:
-    """Decode matvecs: one thread for small work, all for big; only calls Numba when the count changes."""
-    wanted = _max_threads if n_weights >= PARALLEL_MIN_WEIGHTS else 1
-    if getattr(_thread_state, "threads", None) != wanted:
-        numba.set_num_threads(wanted)
-        _thread_state.threads = wanted
 
 
 _helpers: ThreadPoolExecutor | None = None
@@ -217,25 +210,45 @@ def run_tasks(task: Callable[[int], None], n_tasks: int) -> None:
             task(i)
         return
     next_task = itertools.count()
+    finished = itertools.count(1)
+    all_finished = threading.Event()
+    errors: list[BaseException] = []
 
     def work() -> None:
         i = next(next_task)
         while i < n_tasks:
-            task(i)
+            try:
+                task(i)
+            except BaseException as error:  # noqa: BLE001 - re-raised in the caller
+                errors.append(error)
+            if next(finished) == n_tasks:
+                all_finished.set()
             i = next(next_task)
 
-    helpers = [_helper_threads().submit(work) for _ in range(threads - 1)]
-    try:
-        work()
-    finally:
-        for helper in helpers:
-            helper.result()  # waits; re-raises a helper's exception here
+    for _ in range(threads - 1):
+        _helper_threads().submit(work)
+    work()
+    # Wait for the tasks, not for the helpers: a helper that only gets a core after
+    # the caller took every task finds none left and returns; nobody waits for it.
+    all_finished.wait()
+    if errors:
+        raise errors[0]
 
 
 def _chunks(n: int, n_chunks: int) -> list[tuple[int, int]]:
     """[start, stop) ranges that cut range(n) into ``n_chunks`` near-equal parts."""
     bounds = np.linspace(0, n, n_chunks + 1).round().astype(int)
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int, min_values: int | None = None) -> None:
+    """run_rows(0, n_rows) for small work; for big work (at least ``min_values``, default
+    PARALLEL_MIN_VALUES), run_rows(a, b) over chunks of rows on the threads."""
+    if n_rows * row_size < (PARALLEL_MIN_VALUES if min_values is None else min_values) or _max_threads == 1:
+        run_rows(0, n_rows)
+        return
+    chunks = _chunks(n_rows, min(n_rows, 4 * _max_threads))
+    run_tasks(lambda i: run_rows(*chunks[i]), len(chunks))
 
 
 _blas_held = False
@@ -272,8 +285,7 @@ def matvec(w: TensorInfo, x: np.ndarray) -> np.ndarray:
     rows = _rows(w)
     x = np.ascontiguousarray(x, dtype=np.float32)
     y = np.empty(rows.shape[0], dtype=np.float32)  # [m]
-    _use_threads(rows.shape[0] * x.shape[0])
-    _run(matvec_kernel, rows, x, y, F16_TO_F32, inner)
+    _split_rows(lambda a, b: _run(matvec_kernel, rows[a:b], x, y[a:b], F16_TO_F32, inner), rows.shape[0], x.shape[0], PARALLEL_MIN_WEIGHTS)
     return y
 
 
@@ -342,23 +354,11 @@ def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- small ops
 
 
-def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int) -> None:
-    """run_rows(0, n_rows) for small work; for big work (prefill), run_rows(a, b) over
-    chunks of rows on the tile threads."""
-    if n_rows * row_size < PARALLEL_MIN_VALUES or _max_threads == 1:
-        run_rows(0, n_rows)
-        return
-    chunks = _chunks(n_rows, min(n_rows, 4 * _max_threads))
-    run_tasks(lambda i: run_rows(*chunks[i]), len(chunks))
-
-
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x: f32[..., d] -> f32[..., d]."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])  # [rows, d]
     out = np.empty_like(flat)
-    weight = np.ascontiguousarray(weight, dtype=np.float32)
-    eps = float(eps)
-    _split_rows(lambda a, b: _run(numba_ops.rms_norm_rows, flat[a:b], weight, eps, out[a:b]), *flat.shape)
+    _run(numba_ops.rms_norm_rows, flat, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
     return out.reshape(x.shape)
 
 
