@@ -7,6 +7,8 @@ each GPU thread as Python, so shapes stay tiny.  References: ``refllm.quant``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES
@@ -198,7 +200,21 @@ print(json.dumps({"compiled": sorted(set(signatures) - set(failed)), "failed": f
 """
 
 
-def test_every_kernel_compiles_to_ptx():
+def nvvm_home(tmp_path) -> str:
+    """A CUDA_HOME holding only NVVM, from the ``nvidia-cuda-nvcc-cu12`` wheel (dev extra), so
+    every machine compiles with the same NVVM, GPU or not.  Numba looks for
+    ``nvvm/lib64/libnvvm.so.<version>`` and ``nvvm/libdevice/``; the wheel names the library
+    without a version, hence the link."""
+    import nvidia.cuda_nvcc
+
+    wheel = Path(list(nvidia.cuda_nvcc.__path__)[0]) / "nvvm"
+    (tmp_path / "nvvm" / "lib64").mkdir(parents=True)
+    (tmp_path / "nvvm" / "lib64" / "libnvvm.so.4").symlink_to(wheel / "lib64" / "libnvvm.so")
+    (tmp_path / "nvvm" / "libdevice").symlink_to(wheel / "libdevice")
+    return str(tmp_path)
+
+
+def test_every_kernel_compiles_to_ptx(tmp_path):
     """The simulator runs the kernels as Python, so it cannot see what Numba's CUDA compiler
     refuses (it refused ``max()`` of two float32 in the attention kernel).  NVVM compiles
     every kernel to PTX without a GPU, in a process without the simulator."""
@@ -208,10 +224,13 @@ def test_every_kernel_compiles_to_ptx():
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
-    done = subprocess.run([sys.executable, "-c", COMPILE_EVERY_KERNEL], env=env, capture_output=True, text=True, timeout=600)
+    env["CUDA_HOME"] = nvvm_home(tmp_path)
+    code = "from numba.cuda.cuda_paths import get_cuda_paths; print(get_cuda_paths()['nvvm'].info)\n" + COMPILE_EVERY_KERNEL
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout.strip().splitlines()[-1])
-    if "no_nvvm" in result:
-        pytest.skip(f"no CUDA toolkit (libNVVM) to compile with: {result['no_nvvm'][:200]}")
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith(env["CUDA_HOME"]), f"Numba took NVVM from {lines[0]}, not from the wheel"
+    result = json.loads(lines[-1])
+    assert "no_nvvm" not in result, result
     assert result["failed"] == {}
     assert len(result["compiled"]) == 11
