@@ -79,6 +79,17 @@ def _u32(row, o):
 
 
 @njit(inline="always")
+def _nibbles(byte):
+    """The low and the high 4 bits of a byte, as float32.
+
+    Going through uint8 tells LLVM that 8 bits suffice, so the vectorised loop works on
+    32-bit lanes; Numba's own integer arithmetic is 64-bit, and converting 64-bit lanes
+    to float costs twice the instructions (measured: Q4_1 / Q4_K matvec +5-7%).
+    """
+    return np.float32(np.uint8(byte & 15)), np.float32(np.uint8(byte >> 4))
+
+
+@njit(inline="always")
 def _sums_of_runs(x, run):
     """[k / run] sums of consecutive runs of x: the part of a dot product a block's
     offset (``m`` of Q4_1, ``dmin * min`` of Q4_K) multiplies.  The same for every
@@ -177,8 +188,8 @@ def _dot_q4_0(row, o, x, xo, f16, half):
     d = _f16(row, o, f16)
     s = np.float32(0.0)
     for j in range(half):
-        byte = np.int32(row[o + 2 + j])
-        s += np.float32((byte & 15) - 8) * x[xo + j] + np.float32((byte >> 4) - 8) * x[xo + half + j]
+        low, high = _nibbles(row[o + 2 + j])
+        s += (low - np.float32(8.0)) * x[xo + j] + (high - np.float32(8.0)) * x[xo + half + j]
     return d * s
 
 
@@ -186,9 +197,9 @@ def _dot_q4_0(row, o, x, xo, f16, half):
 def _decode_q4_0(row, o, out, e, f16, half):
     d = _f16(row, o, f16)
     for j in range(half):
-        byte = np.int32(row[o + 2 + j])
-        out[e + j] = d * np.float32((byte & 15) - 8)
-        out[e + half + j] = d * np.float32((byte >> 4) - 8)
+        low, high = _nibbles(row[o + 2 + j])
+        out[e + j] = d * (low - np.float32(8.0))
+        out[e + half + j] = d * (high - np.float32(8.0))
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -221,8 +232,8 @@ def _dot_q4_1(row, o, x, xo, x_sum, f16, half):
     m = _f16(row, o + 2, f16)
     s = np.float32(0.0)
     for j in range(half):
-        byte = np.int32(row[o + 4 + j])
-        s += np.float32(byte & 15) * x[xo + j] + np.float32(byte >> 4) * x[xo + half + j]
+        low, high = _nibbles(row[o + 4 + j])
+        s += low * x[xo + j] + high * x[xo + half + j]
     return d * s + m * x_sum
 
 
@@ -231,9 +242,9 @@ def _decode_q4_1(row, o, out, e, f16, half):
     d = _f16(row, o, f16)
     m = _f16(row, o + 2, f16)
     for j in range(half):
-        byte = np.int32(row[o + 4 + j])
-        out[e + j] = d * np.float32(byte & 15) + m
-        out[e + half + j] = d * np.float32(byte >> 4) + m
+        low, high = _nibbles(row[o + 4 + j])
+        out[e + j] = d * low + m
+        out[e + half + j] = d * high + m
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -556,9 +567,9 @@ def _dot_q4_k(row, o, x, xo, x_sums, f16, sub):
         s0 = np.float32(0.0)
         s1 = np.float32(0.0)
         for l in range(sub):
-            byte = np.int32(row[o + 16 + 32 * c + l])
-            s0 += np.float32(byte & 15) * x[base + l]
-            s1 += np.float32(byte >> 4) * x[base + sub + l]
+            low, high = _nibbles(row[o + 16 + 32 * c + l])
+            s0 += low * x[base + l]
+            s1 += high * x[base + sub + l]
         sx0 = x_sums[base // 32]
         sx1 = x_sums[base // 32 + 1]
         acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
@@ -574,9 +585,9 @@ def _decode_q4_k(row, o, out, e, f16, sub):
         sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
         base = e + 64 * c
         for l in range(sub):
-            byte = np.int32(row[o + 16 + 32 * c + l])
-            out[base + l] = d * sc0 * np.float32(byte & 15) - dmin * m0
-            out[base + sub + l] = d * sc1 * np.float32(byte >> 4) - dmin * m1
+            low, high = _nibbles(row[o + 16 + 32 * c + l])
+            out[base + l] = d * sc0 * low - dmin * m0
+            out[base + sub + l] = d * sc1 * high - dmin * m1
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -674,8 +685,15 @@ def dequantize_q5_k(rows, out, f16, inner):
 #   weight = d * scales[e // 16] * (q - 32)
 
 
+@njit(inline="always")
+def _q6(low_byte, low_shift, high_byte, high_shift):
+    """The unsigned 6-bit quant (0..63) from its low 4 and high 2 bits, as float32
+    (through uint8, as in ``_nibbles``)."""
+    return np.float32(np.uint8(((low_byte >> low_shift) & 15) | (((high_byte >> high_shift) & 3) << 4)))
+
+
 @njit(inline="always", fastmath=FAST)
-def _dot_q6_k(row, o, x, xo, f16, sixteen):
+def _dot_q6_k(row, o, x, xo, x_sums, f16, sixteen):
     d = _f16(row, o + 208, f16)
     acc = np.float32(0.0)
     for n in range(2):
@@ -684,12 +702,13 @@ def _dot_q6_k(row, o, x, xo, f16, sixteen):
                 g = 8 * n + 2 * j + h
                 scale = np.float32(np.int8(row[o + 192 + g]))
                 base = xo + 128 * n + 32 * j + 16 * h
+                low_at = o + 64 * n + 32 * (j % 2) + 16 * h
+                high_at = o + 128 + 32 * n + 16 * h
                 s = np.float32(0.0)
                 for l in range(sixteen):
-                    low = (np.int32(row[o + 64 * n + 32 * (j % 2) + 16 * h + l]) >> (4 * (j // 2))) & 15
-                    high = (np.int32(row[o + 128 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                    s += np.float32((low | (high << 4)) - 32) * x[base + l]
-                acc += d * scale * s
+                    s += _q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) * x[base + l]
+                # sum((q - 32) x) = sum(q x) - 32 sum(x), the group's sum(x) computed once per matvec
+                acc += d * scale * (s - np.float32(32.0) * x_sums[base // 16])
     return acc
 
 
@@ -702,20 +721,21 @@ def _decode_q6_k(row, o, out, e, f16, sixteen):
                 g = 8 * n + 2 * j + h
                 dl = d * np.float32(np.int8(row[o + 192 + g]))
                 base = e + 128 * n + 32 * j + 16 * h
+                low_at = o + 64 * n + 32 * (j % 2) + 16 * h
+                high_at = o + 128 + 32 * n + 16 * h
                 for l in range(sixteen):
-                    low = (np.int32(row[o + 64 * n + 32 * (j % 2) + 16 * h + l]) >> (4 * (j // 2))) & 15
-                    high = (np.int32(row[o + 128 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
-                    out[base + l] = dl * np.float32((low | (high << 4)) - 32)
+                    out[base + l] = dl * (_q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) - np.float32(32.0))
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
 def matvec_q6_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q6_k."""
     n_blocks = x.shape[0] // 256
+    x_sums = _sums_of_runs(x, 16)  # [16 * n_blocks], one per group of 16
     for r in range(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q6_k(rows[r], b * 210, x, b * 256, f16, inner)
+            acc += _dot_q6_k(rows[r], b * 210, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
 
