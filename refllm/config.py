@@ -116,6 +116,7 @@ SECTIONS: dict[str, type] = {"runtime": RuntimeSettings, "generation": Generatio
 # REFLLM_HOST is special: "host", "host:port", ":port" or "http://host:port" (like OLLAMA_HOST).
 SHORT_ENV_NAMES: dict[str, str] = {
     "REFLLM_MODELS": "runtime.models_dir",
+    "REFLLM_DEVICE": "runtime.device",
     "REFLLM_KEEP_ALIVE": "server.keep_alive",
     "REFLLM_NUM_PARALLEL": "server.num_parallel",
     "REFLLM_MAX_QUEUE": "server.max_queue",

@@ -26,6 +26,16 @@ from refllm.errors import InvalidRequest, RefllmError
 
 BACKENDS = ("numpy", "numba", "cuda")
 DEFAULT_BACKEND = "numba"
+
+
+def configured_backend(device: str | None = None) -> str:
+    """The backend a model runs on when none is asked for: ``runtime.device`` (refllm.toml,
+    REFLLM_DEVICE) "cuda" -> the cuda backend, "cpu" -> numba."""
+    if device is None:
+        from refllm.config import load_settings
+
+        device = load_settings().runtime.device
+    return "cuda" if device == "cuda" else DEFAULT_BACKEND
 # Prompt tokens evaluated in one prefill step, for the scratch estimate.
 PREFILL_BATCH = 512
 
@@ -148,7 +158,7 @@ def build_plan(
     elif no_specialization:
         chosen = "numpy"
     else:
-        chosen = DEFAULT_BACKEND
+        chosen = configured_backend()
     if chosen == "numba" and not numba_available():
         chosen = "numpy"
         fallbacks.append("numba is not installed: every op runs on the NumPy reference")

@@ -129,3 +129,58 @@ def test_to_dict_is_json_with_sources():
     data = json.loads(json.dumps(settings.to_dict(with_sources=True)))
     assert data["server"]["port"] == {"value": 1, "source": "cli"}
     assert isinstance(data["runtime"]["models_dir"]["value"], str)
+
+
+# --------------------------------------------------------------------------- runtime.device
+
+
+def test_runtime_device_picks_the_default_backend_of_plan_run_and_server(tmp_path, monkeypatch, tiny_model):
+    """runtime.device = "cuda" (here REFLLM_DEVICE) makes cuda the default backend everywhere
+    a model is loaded without an explicit --backend (the CUDA simulator stands in for a GPU)."""
+    from refllm.plan import build_plan, configured_backend
+    from refllm.server.run import settings_from_config
+
+    monkeypatch.chdir(tmp_path)
+    assert configured_backend("cpu") == "numba" and configured_backend("cuda") == "cuda"
+    path = tiny_model("llama", "F16")
+    monkeypatch.delenv("REFLLM_DEVICE", raising=False)
+    assert build_plan(path).backend == "numba"
+    monkeypatch.setenv("REFLLM_DEVICE", "cuda")
+    assert build_plan(path).backend == "cuda"
+    assert build_plan(path, backend="numpy").backend == "numpy"  # an explicit backend still wins
+    _, engine_settings = settings_from_config()
+    assert engine_settings.backend == "cuda"
+
+    from refllm.cli.run import _load
+
+    assert _load(str(path), None).backend == "cuda"
+    assert _load(str(path), "numpy").backend == "numpy"
+
+
+def test_engine_runs_every_model_on_its_configured_backend(tiny_model):
+    from refllm.engine.engine import Engine, EngineSettings, GenerationRequest, ModelRecipe
+
+    path = tiny_model("llama", "F16")
+    engine = Engine(EngineSettings(backend="numpy"), resolver=lambda name: ModelRecipe(name=name, gguf_path=path))
+    try:
+        finished = engine.generate(GenerationRequest("tiny", "hello", raw=True, options={"num_predict": 2, "temperature": 0})).collect()
+        assert finished.eval_count >= 1
+        assert [loaded.model.backend for loaded in engine.running()] == ["numpy"]
+    finally:
+        engine.close()
+
+
+def test_serve_refuses_a_device_it_cannot_use(monkeypatch):
+    import refllm.kernels.cuda as cuda_package
+    from refllm.engine.engine import EngineSettings
+    from refllm.server.run import ServeError, ServerSettings, serve
+
+    monkeypatch.setattr(cuda_package, "cuda_status", lambda: (False, "no NVIDIA driver found"))
+    with pytest.raises(ServeError, match="no NVIDIA driver found"):
+        serve(ServerSettings(host="127.0.0.1", port=0), EngineSettings(backend="cuda"))
+
+
+def test_unknown_device_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="runtime.device"):
+        load_settings(environ={"REFLLM_DEVICE": "gpu"})

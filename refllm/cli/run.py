@@ -162,11 +162,14 @@ def _load(name_or_recipe, backend: str | None):
 
     recipe = name_or_recipe if isinstance(name_or_recipe, ModelRecipe) else model_recipe(name_or_recipe)
     model = default_loader(recipe)  # the server's loader: a store TEMPLATE replaces the GGUF's chat template
-    if backend is not None:
-        from refllm.kernels.reference import get_backend
+    if backend is None:  # runtime.device decides (refllm.toml, REFLLM_DEVICE)
+        from refllm.plan import configured_backend
 
-        get_backend(backend)  # InvalidRequest when it can't run here (e.g. cuda without a GPU)
-        model.backend = backend
+        backend = configured_backend()
+    from refllm.kernels.reference import get_backend
+
+    get_backend(backend)  # InvalidRequest when it can't run here (e.g. cuda without a GPU)
+    model.backend = backend
     from refllm.generate import prepare
 
     prepare(model)  # tokenizer and weights now, under the spinner, rather than at the first token

@@ -35,6 +35,7 @@ class EngineSettings:
     max_queue: int = 512  # REFLLM_MAX_QUEUE: requests allowed to wait per model
     max_loaded_models: int = 3  # REFLLM_MAX_LOADED_MODELS
     queue_timeout_s: float | None = None  # how long a queued request may wait (None: no limit)
+    backend: str | None = None  # compute backend for every model (runtime.device "cuda" -> "cuda"); None: the model's default
 
 
 @dataclass
@@ -329,6 +330,8 @@ class Engine:
                 self._make_room()
                 started = time.perf_counter_ns()
                 model = self._load(recipe)
+                if self.settings.backend is not None and hasattr(model, "backend"):
+                    model.backend = self.settings.backend
                 load_ns = time.perf_counter_ns() - started
                 size = recipe.gguf_path.stat().st_size if recipe.gguf_path.exists() else 0
                 loaded = LoadedModel(recipe.name, recipe, model, size, RequestQueue(self.settings.num_parallel, self.settings.max_queue), keep_alive_s)

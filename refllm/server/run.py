@@ -32,6 +32,7 @@ class ServeError(RefllmError):
 def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
     """Server and engine settings from ``refllm.config`` (flags > REFLLM_* env > refllm.toml > defaults)."""
     from refllm.config import load_settings
+    from refllm.plan import configured_backend
 
     config = config or load_settings()
     server = config.server
@@ -39,7 +40,7 @@ def settings_from_config(config=None) -> tuple[ServerSettings, EngineSettings]:
         ServerSettings(host=server.host, port=server.port, api_key=server.api_key or None, origins=list(server.origins),
                        response_store_backend=server.response_store_backend, models_dir=str(config.runtime.models_dir)),
         EngineSettings(keep_alive_s=parse_keep_alive(server.keep_alive), num_parallel=server.num_parallel,
-                       max_queue=server.max_queue,
+                       max_queue=server.max_queue, backend=configured_backend(config.runtime.device),
                        max_loaded_models=getattr(server, "max_loaded_models", EngineSettings.max_loaded_models)),
     )
 
@@ -64,6 +65,13 @@ def make_server(app, host: str, port: int, threads: int = 16):
 
 def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> None:
     """Run the API in the foreground until interrupted."""
+    if engine_settings.backend is not None:
+        from refllm.kernels.reference import get_backend
+
+        try:
+            get_backend(engine_settings.backend)  # runtime.device = "cuda" on a machine without one
+        except RefllmError as e:
+            raise ServeError(f"cannot serve on runtime.device's backend: {e}") from None
     engine = Engine(engine_settings)
     app = create_app(engine, server_settings)
     try:
