@@ -143,3 +143,30 @@ def test_compile_notice_shows_once_when_numba_compiles(monkeypatch, capsys):
     assert add_one(1.5) == 2.5  # a second compile: the notice is not repeated
     time.sleep(0.2)
     assert capsys.readouterr().err.count("compiling kernels") == 1
+
+
+def test_decode_threads_follow_the_measured_faster_count(monkeypatch):
+    """_DecodeThreads: measure both counts, keep the faster, try the other ever more rarely
+    while it loses, and switch when a try wins (another process left the second core)."""
+    monkeypatch.setattr(nb, "_max_threads", 2)
+    monkeypatch.setattr(nb._DecodeThreads, "PHASE_CALLS", 4)
+    choice = nb._DecodeThreads()
+    n = nb.PARALLEL_MIN_WEIGHTS
+    assert choice.choose(n - 1) == 1  # small matvecs always run on one thread
+
+    def run_phases(count, seconds_on):
+        used = []
+        for _ in range(count):
+            threads = choice.choose(n)
+            used.append(threads)
+            for _ in range(nb._DecodeThreads.PHASE_CALLS):
+                choice.record(n, threads, seconds_on[threads])
+        return used
+
+    used = run_phases(40, {1: 1.0, 2: 3.0})  # the second core is busy: two threads lose
+    assert used[:2] == [1, 2]  # each count measured once
+    tries = [i for i, threads in enumerate(used) if threads == 2][1:]
+    assert len(tries) >= 2 and all(b - a > 2 for a, b in zip(tries, tries[1:]))  # tries get rarer
+    assert used.count(2) < 8
+    used = run_phases(80, {1: 1.0, 2: 0.6})  # the core is free again: a try wins and stays
+    assert used[-10:] == [2] * 10

@@ -3,8 +3,8 @@
 Same functions, shapes and dtypes as ``refllm/kernels/reference.py`` (the NumPy
 reference); ``BACKEND`` bundles them.  What each op runs:
 
-    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py);
-                                a big matrix's rows are split over the threads
+    linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py),
+                                rows over Numba's threads when that measures faster
     linear, n tokens (prefill)  dequantize a tile of weight rows once, then one BLAS
                                 matmul for all tokens (``x @ tile.T``); the tiles are
                                 shared out to the tile threads (``run_tasks``)
@@ -12,16 +12,20 @@ reference); ``BACKEND`` bundles them.  What each op runs:
     rms_norm, rope, attention,  numba_ops.py (prefill: chunks of rows / query tokens
     silu, gelu_tanh, softmax    on the tile threads)
 
-Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).  Every
-kernel runs on its calling thread with the GIL released; ``run_tasks`` shares
-big work out as tasks (a weight tile, a range of rows, a chunk of query tokens)
-that the caller and its helper threads take one at a time until none is left.
-Taking tasks one at a time keeps every core busy even while another process
-holds one of them for a while: a static split (OpenMP ``prange``, as before)
-made the whole op wait for the slowest core (measured on this shared 2-core
-machine: decode 40 -> 2-26 tok/s with a second thread).  A hand-off costs
-~20-80 us, so only big work is split: prefill's tiles and chunks, and decode's
-matvecs over PARALLEL_MIN_WEIGHTS weights (the output head).
+Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).
+
+    decode   each matvec runs its rows on one thread or on all (Numba's ``prange``,
+             OpenMP), whichever is measured faster (``_DecodeThreads``): with an
+             idle second core SmolLM2 decodes ~1.45x faster on two threads (65-68
+             vs 36-47 tok/s, interleaved runs), but OpenMP splits the rows statically,
+             so while another process holds a core every matvec waits for it
+             (measured: 2-3x slower than one thread, down to 2 tok/s).
+    prefill  ``run_tasks`` shares big work out as tasks (a weight tile, a range of
+             rows, a chunk of query tokens) that the caller and its helper threads
+             take one at a time until none is left, running ``nogil`` kernels and
+             one-thread BLAS; a thread slowed down by another process just takes
+             fewer tasks.  A hand-off costs ~20-80 us: fine for prefill's tiles,
+             too slow for decode's 20-150 us matvecs.
 
 NumPy's BLAS is held at one thread (threadpoolctl) from the first prefill on: its
 own pool on the same cores fought the tile threads (measured before: 2-thread
@@ -71,10 +75,9 @@ PARALLEL_ATTENTION_MIN_TOKENS = 8
 # (128 tokens x 1536 takes ~1 ms on one core; a hand-off costs 20-80 us).  RMSNorm
 # (~40 us for 128 x 640) always runs on the calling thread.
 PARALLEL_MIN_VALUES = 1 << 17
-# A matvec over fewer weights than this runs on the calling thread alone: a
-# hand-off to a helper thread (~20-80 us) costs more than it saves.  A big
-# matrix (the output head, 28M-168M weights) is split into rows chunks.
-PARALLEL_MIN_WEIGHTS = 1 << 21
+# A decode matvec over fewer weights than this always runs on one thread (waking
+# a second one costs more than it saves); from it on, _DecodeThreads chooses.
+PARALLEL_MIN_WEIGHTS = 1 << 16
 
 
 def supports(ggml_type) -> bool:
@@ -175,6 +178,7 @@ def _run(kernel, *args):
 # --------------------------------------------------------------------------- threads
 
 _max_threads = numba.config.NUMBA_NUM_THREADS  # for the big kernels; see set_threads
+_numba_threads = threading.local()  # Numba's thread count is per calling thread
 
 
 def set_threads(n: int | None) -> int:
@@ -183,6 +187,70 @@ def set_threads(n: int | None) -> int:
     if n is not None:
         _max_threads = max(1, min(int(n), numba.config.NUMBA_NUM_THREADS))
     return _max_threads
+
+
+def _set_numba_threads(n: int) -> None:
+    """Numba's thread count for the calling thread; only calls Numba when it changes."""
+    if getattr(_numba_threads, "count", None) != n:
+        numba.set_num_threads(n)
+        _numba_threads.count = n
+
+
+class _DecodeThreads:
+    """One thread or all for the decode matvecs, chosen by measuring both.
+
+    The matvecs run in phases of PHASE_CALLS calls (about one token of a small model)
+    on one thread count, and the phase's seconds per weight are kept for that count.
+    The next phase uses the faster count, except that now and then a phase tries the
+    other one; each time that try loses, tries get rarer (up to every MAX_GAP phases),
+    and a try that wins switches.  Whole phases, not single calls: OpenMP's threads
+    are only quick to wake while they are still spinning from the previous call, so a
+    lone parallel call always measures slow.
+    """
+
+    PHASE_CALLS = 256
+    MAX_GAP = 64
+
+    def __init__(self) -> None:
+        self.threads = 1  # for the current phase
+        self.trying = False  # is the current phase a try of the slower count?
+        self.seconds_per_weight: dict[int, float] = {}  # thread count -> its last phase's
+        self.calls, self.seconds, self.weights = 0, 0.0, 0
+        self.gap, self.phases_since_try = 2, 0
+
+    def choose(self, n_weights: int) -> int:
+        if n_weights < PARALLEL_MIN_WEIGHTS or _max_threads == 1:
+            return 1
+        if self.threads not in (1, _max_threads):  # set_threads changed the count
+            self.__init__()
+        return self.threads
+
+    def record(self, n_weights: int, threads: int, seconds: float) -> None:
+        if n_weights < PARALLEL_MIN_WEIGHTS or threads != self.threads:
+            return
+        self.calls, self.seconds, self.weights = self.calls + 1, self.seconds + seconds, self.weights + n_weights
+        if self.calls == self.PHASE_CALLS:
+            self.seconds_per_weight[self.threads] = self.seconds / self.weights
+            self.calls, self.seconds, self.weights = 0, 0.0, 0
+            self.threads = self._next_phase()
+
+    def _next_phase(self) -> int:
+        one, many = self.seconds_per_weight.get(1), self.seconds_per_weight.get(_max_threads)
+        if one is None or many is None:  # measure each count once first
+            return 1 if one is None else _max_threads
+        faster, slower = (1, _max_threads) if one <= many else (_max_threads, 1)
+        if self.trying:  # a try that won resets the gap; one that lost doubles it
+            self.gap = 2 if self.threads == faster else min(2 * self.gap, self.MAX_GAP)
+            self.trying, self.phases_since_try = False, 0
+        else:
+            self.phases_since_try += 1
+        if self.phases_since_try >= self.gap:
+            self.trying = True
+            return slower
+        return faster
+
+
+_decode_threads = _DecodeThreads()
 
 
 _helpers: ThreadPoolExecutor | None = None
@@ -242,10 +310,10 @@ def _chunks(n: int, n_chunks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
-def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int, min_values: int | None = None) -> None:
-    """run_rows(0, n_rows) for small work; for big work (at least ``min_values``, default
-    PARALLEL_MIN_VALUES), run_rows(a, b) over chunks of rows on the threads."""
-    if n_rows * row_size < (PARALLEL_MIN_VALUES if min_values is None else min_values) or _max_threads == 1:
+def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int) -> None:
+    """run_rows(0, n_rows) for small work; for big work (PARALLEL_MIN_VALUES and more),
+    run_rows(a, b) over chunks of rows on the tile threads."""
+    if n_rows * row_size < PARALLEL_MIN_VALUES or _max_threads == 1:
         run_rows(0, n_rows)
         return
     chunks = _chunks(n_rows, min(n_rows, 4 * _max_threads))
@@ -287,7 +355,12 @@ def matvec(w: TensorInfo, x: np.ndarray, y: np.ndarray | None = None) -> np.ndar
     x = np.ascontiguousarray(x, dtype=np.float32)
     if y is None:
         y = np.empty(rows.shape[0], dtype=np.float32)  # [m]
-    _split_rows(lambda a, b: _run(matvec_kernel, rows[a:b], x, y[a:b], F16_TO_F32, inner), rows.shape[0], x.shape[0], PARALLEL_MIN_WEIGHTS)
+    n_weights = rows.shape[0] * x.shape[0]
+    threads = _decode_threads.choose(n_weights)
+    _set_numba_threads(threads)
+    start = time.perf_counter()
+    _run(matvec_kernel, rows, x, y, F16_TO_F32, inner)
+    _decode_threads.record(n_weights, threads, time.perf_counter() - start)
     return y
 
 

@@ -9,12 +9,12 @@ NumPy reference of the same job in ``refllm.quant`` (``DEQUANTIZERS[type]``):
 ``rows`` is the weight's raw bytes as uint8 [n_rows, row_bytes], a view straight
 into the GGUF memory map: a row is ``k / block_size`` blocks laid end to end, and
 nothing is ever copied to float.  ``matvec`` decodes each block in registers and
-multiplies it by the matching 32 (or 256) entries of ``x`` (decode).
+multiplies it by the matching 32 (or 256) entries of ``x`` (decode), rows in
+parallel (``prange``; the backend picks one thread or all per call).
 ``dequantize`` serves prefill (a tile of rows, then one BLAS matmul for all
-prompt tokens) and embedding lookups.  Both run on the calling thread with the
-GIL released (``nogil``): the backend splits big work into row ranges and runs
-them on its threads (``numba_backend.run_tasks``), so one kernel serves any
-number of threads.
+prompt tokens) and embedding lookups; it runs on the calling thread with the
+GIL released (``nogil``), and the backend's tile threads each dequantize their
+own tile at the same time (``numba_backend.run_tasks``).
 
 Two details matter for speed, both measured on this machine:
 
@@ -46,7 +46,7 @@ from refllm.kernels.cache import configure_cache_dir
 
 configure_cache_dir()  # before Numba decorates anything: see cache.py
 
-from numba import njit  # noqa: E402
+from numba import njit, prange  # noqa: E402
 
 # fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise the sums,
 # while a NaN or inf in the data still comes out as NaN or inf.
@@ -104,12 +104,12 @@ def _sums_of_runs(x, run):
 # A "block" is one float: 4 bytes, little-endian IEEE single.
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_f32(rows, x, y, f16, inner):
     """rows: uint8[m, 4k] -> y[m] = W @ x.  Reference: refllm.quant.floats.dequantize_f32."""
     weights = rows.view(np.float32)  # [m, k], same bytes
     k = x.shape[0]
-    for r in range(weights.shape[0]):
+    for r in prange(weights.shape[0]):
         acc = np.float32(0.0)
         for i in range(k):
             acc += weights[r, i] * x[i]
@@ -127,12 +127,12 @@ def dequantize_f32(rows, out, f16, inner):
 # One half float per element: s eeeee mmmmmmmmmm, converted through the table.
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_f16(rows, x, y, f16, inner):
     """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_f16."""
     bits = rows.view(np.uint16)  # [m, k]
     k = x.shape[0]
-    for r in range(bits.shape[0]):
+    for r in prange(bits.shape[0]):
         acc = np.float32(0.0)
         for i in range(k):
             acc += f16[bits[r, i]] * x[i]
@@ -153,20 +153,22 @@ def dequantize_f16(rows, out, f16, inner):
 # uint32 scratch row that is then *viewed* as float32.
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_bf16(rows, x, y, f16, inner):
     """rows: uint8[m, 2k].  Reference: refllm.quant.floats.dequantize_bf16."""
     bits = rows.view(np.uint16)  # [m, k]
     m, k = bits.shape
-    wide = np.empty(k, dtype=np.uint32)  # one scratch row, reused
-    values = wide.view(np.float32)
-    for r in range(m):
-        for i in range(k):
-            wide[i] = np.uint32(bits[r, i]) << 16
-        acc = np.float32(0.0)
-        for i in range(k):
-            acc += values[i] * x[i]
-        y[r] = acc
+    n_chunks = (m + 63) // 64
+    for c in prange(n_chunks):
+        wide = np.empty(k, dtype=np.uint32)  # one scratch row per chunk of 64 rows
+        values = wide.view(np.float32)
+        for r in range(c * 64, min(m, c * 64 + 64)):
+            for i in range(k):
+                wide[i] = np.uint32(bits[r, i]) << 16
+            acc = np.float32(0.0)
+            for i in range(k):
+                acc += values[i] * x[i]
+            y[r] = acc
 
 
 @njit(cache=True, nogil=True)
@@ -202,11 +204,11 @@ def _decode_q4_0(row, o, out, e, f16, half):
         out[e + half + j] = d * (high - np.float32(8.0))
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q4_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_0."""
     n_blocks = x.shape[0] // 32
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
@@ -247,12 +249,12 @@ def _decode_q4_1(row, o, out, e, f16, half):
         out[e + half + j] = d * high + m
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q4_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_1."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q4_1(rows[r], b * 20, x, b * 32, x_sums[b], f16, inner)
@@ -295,11 +297,11 @@ def _decode_q5_0(row, o, out, e, f16, half):
         out[e + half + j] = d * np.float32(((byte >> 4) | (((qh >> (j + half)) & 1) << 4)) - 16)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q5_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_0."""
     n_blocks = x.shape[0] // 32
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q5_0(rows[r], b * 22, x, b * 32, f16, inner)
@@ -344,12 +346,12 @@ def _decode_q5_1(row, o, out, e, f16, half):
         out[e + half + j] = d * np.float32((byte >> 4) | (((qh >> (j + half)) & 1) << 4)) + m
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q5_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_1."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q5_1(rows[r], b * 24, x, b * 32, x_sums[b], f16, inner)
@@ -384,11 +386,11 @@ def _decode_q8_0(row, o, out, e, f16, n):
         out[e + j] = d * np.float32(np.int8(row[o + 2 + j]))
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q8_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q8_0."""
     n_blocks = x.shape[0] // 32
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q8_0(rows[r], b * 34, x, b * 32, f16, inner)
@@ -447,11 +449,11 @@ def _decode_q2_k(row, o, out, e, f16, sixteen):
                     out[base + l] = dl * np.float32(q) - ml
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q2_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q2_k."""
     n_blocks = x.shape[0] // 256
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q2_k(rows[r], b * 84, x, b * 256, f16, inner)
@@ -516,11 +518,11 @@ def _decode_q3_k(row, o, out, e, f16, sixteen):
                     out[base + l] = dl * np.float32(low - 4 + 4 * high)
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q3_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q3_k."""
     n_blocks = x.shape[0] // 256
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q3_k(rows[r], b * 110, x, b * 256, f16, inner)
@@ -590,12 +592,12 @@ def _decode_q4_k(row, o, out, e, f16, sub):
             out[base + sub + l] = d * sc1 * high - dmin * m1
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q4_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q4_k."""
     n_blocks = x.shape[0] // 256
     x_sums = _sums_of_runs(x, 32)  # [8 * n_blocks], one per sub-block
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q4_k(rows[r], b * 144, x, b * 256, x_sums, f16, inner)
@@ -657,12 +659,12 @@ def _decode_q5_k(row, o, out, e, f16, sub):
             out[base + sub + l] = d * sc1 * np.float32(q1) - dmin * m1
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q5_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q5_k."""
     n_blocks = x.shape[0] // 256
     x_sums = _sums_of_runs(x, 32)  # [8 * n_blocks], one per sub-block
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q5_k(rows[r], b * 176, x, b * 256, x_sums, f16, inner)
@@ -727,12 +729,12 @@ def _decode_q6_k(row, o, out, e, f16, sixteen):
                     out[base + l] = dl * (_q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) - np.float32(32.0))
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q6_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q6_k."""
     n_blocks = x.shape[0] // 256
     x_sums = _sums_of_runs(x, 16)  # [16 * n_blocks], one per group of 16
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_q6_k(rows[r], b * 210, x, b * 256, x_sums, f16, inner)
@@ -770,12 +772,12 @@ def _decode_iq4_nl(row, o, out, e, f16, levels, half):
         out[e + half + j] = d * levels[byte >> 4]
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_iq4_nl(rows, x, y, f16, inner):
     """Reference: gguf.quants.IQ4_NL (refllm.quant when it lands)."""
     levels = IQ4_LEVELS
     n_blocks = x.shape[0] // 32
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_iq4_nl(rows[r], b * 18, x, b * 32, f16, levels, inner)
@@ -833,12 +835,12 @@ def _decode_iq4_xs(row, o, out, e, f16, levels, sixteen):
             out[base + sixteen + l] = dl * levels[byte >> 4]
 
 
-@njit(cache=True, nogil=True, fastmath=FAST)
+@njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_iq4_xs(rows, x, y, f16, inner):
     """Reference: gguf.quants.IQ4_XS (refllm.quant when it lands)."""
     levels = IQ4_LEVELS
     n_blocks = x.shape[0] // 256
-    for r in range(rows.shape[0]):
+    for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
             acc += _dot_iq4_xs(rows[r], b * 136, x, b * 256, f16, levels, inner)
