@@ -7,8 +7,10 @@ shapes SmolLM2 and Gemma 3 use.  ``matvec`` is one token (the fused
 dequantize x matvec kernel); ``matmul`` is 128 tokens (dequantized tiles times
 BLAS).  The throughput table after pytest-benchmark's gives GB/s of weight
 bytes read ("in") and GFLOP/s as "out" bytes would be meaningless here, so
-"out MB" is the float32 result size.  Thread count: NUMBA_NUM_THREADS /
-OPENBLAS_NUM_THREADS.
+"out MB" is the float32 result size.  Threads: the prefill matmul runs on 1 and
+on every thread (NUMBA_NUM_THREADS; BLAS is held at one thread per tile task);
+the decode matvecs pick their thread count by measurement
+(``numba_backend._DecodeThreads``).
 """
 
 from __future__ import annotations
@@ -41,13 +43,19 @@ def test_matvec(benchmark, record_throughput, type_name):
     record_throughput(f"mv {type_name}", w.n_bytes, SHAPE[0] * 4)
 
 
+@pytest.mark.parametrize("threads", [1, None])  # one thread, every thread
 @pytest.mark.parametrize("type_name", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"])
-def test_matmul_128_tokens(benchmark, record_throughput, type_name):
+def test_matmul_128_tokens(benchmark, record_throughput, type_name, threads):
     w = weight(type_name, *SHAPE)
     x = np.random.default_rng(1).standard_normal((128, SHAPE[1])).astype(np.float32)
-    numba_backend.linear(x, w)
-    benchmark(numba_backend.linear, x, w)
-    record_throughput(f"mm {type_name}", w.n_bytes, 128 * SHAPE[0] * 4)
+    saved = numba_backend.set_threads(None)
+    numba_backend.set_threads(threads or saved)
+    try:
+        numba_backend.linear(x, w)
+        benchmark(numba_backend.linear, x, w)
+    finally:
+        numba_backend.set_threads(saved)
+    record_throughput(f"mm {type_name} {threads or saved}t", w.n_bytes, 128 * SHAPE[0] * 4)
 
 
 def test_output_head_q8_0_gemma3(benchmark, record_throughput):
