@@ -729,16 +729,22 @@ def _decode_q6_k(row, o, out, e, f16, sixteen):
                     out[base + l] = dl * (_q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) - np.float32(32.0))
 
 
+@njit(fastmath=FAST)
+def _row_q6_k(row, x, x_sums, f16, inner):
+    """One row's dot product, compiled as a function of its own: inlined into the
+    prange body below, the same loops ran 5x slower (measured, 640 x 2048)."""
+    acc = np.float32(0.0)
+    for b in range(x.shape[0] // 256):
+        acc += _dot_q6_k(row, b * 210, x, b * 256, x_sums, f16, inner)
+    return acc
+
+
 @njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q6_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q6_k."""
-    n_blocks = x.shape[0] // 256
     x_sums = _sums_of_runs(x, 16)  # [16 * n_blocks], one per group of 16
     for r in prange(rows.shape[0]):
-        acc = np.float32(0.0)
-        for b in range(n_blocks):
-            acc += _dot_q6_k(rows[r], b * 210, x, b * 256, x_sums, f16, inner)
-        y[r] = acc
+        y[r] = _row_q6_k(rows[r], x, x_sums, f16, inner)
 
 
 @njit(cache=True, nogil=True)
