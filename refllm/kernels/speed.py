@@ -8,11 +8,8 @@ llama.cpp the same way on the same GGUF).  The workload is fixed so runs compare
     decode  ``n_gen`` forward calls of one token each (the ids are the prompt's again:
             the cost of a step does not depend on which token it is)
 
-Loading (``load_s``) opens the model, compiles or loads the kernels and maps the
-weights in (``touch_weights``), as llama.cpp's load does with its warm-up pass, so
-the prefill is timed on a warm model for both engines.  Time to first token =
-prefill + picking the token.  Peak RSS is the process's high-water mark
-(``ru_maxrss``) at the end.
+Time to first token = prefill + picking the token.  Peak RSS is the process's
+high-water mark (``ru_maxrss``) at the end.
 """
 
 from __future__ import annotations
@@ -52,13 +49,6 @@ class SpeedResult:
 def prompt_ids(model, n_prompt: int) -> list[int]:
     ids = model.tokenize(PROMPT_TEXT, add_special=False)
     return (ids * (n_prompt // len(ids) + 1))[:n_prompt]
-
-
-def touch_weights(gguf_file) -> None:
-    """Read one byte of every 4 KiB page of every tensor: the page faults of a first pass
-    over the memory-mapped weights (~40 ms for Gemma 3 270M) happen here, not in the prefill."""
-    for info in gguf_file.tensors.values():
-        int(info.raw[::4096].sum())
 
 
 def peak_rss_mb() -> float:
@@ -101,7 +91,6 @@ def measure(model_ref, n_prompt: int = 128, n_gen: int = 32, threads: int | None
         from refllm.kernels.numba_backend import warm_up
 
         warm_up({info.ggml_type for info in model.gguf.tensors.values()})
-    touch_weights(model.gguf)
     ids = prompt_ids(model, n_prompt)
     cache = model.new_cache(n_prompt + n_gen + 1)
     load_s = time.perf_counter() - start
