@@ -170,3 +170,21 @@ def test_decode_threads_follow_the_measured_faster_count(monkeypatch):
     assert used.count(2) < 8
     used = run_phases(80, {1: 1.0, 2: 0.6})  # the core is free again: a try wins and stays
     assert used[-10:] == [2] * 10
+
+
+@pytest.mark.parametrize("window", [0, 3])
+def test_causal_softmax_rows_matches_masked_softmax(window):
+    from refllm.kernels import numba_ops
+
+    c, group, first_key, n_keys = 5, 3, 4, 12
+    positions = np.arange(10, 10 + c)  # keys 4..15: the queries see up to their own position
+    scores = randn(c * group, n_keys) * 3
+    key_pos = np.arange(first_key, first_key + n_keys)
+    query_pos = np.repeat(positions, group)[:, None]
+    visible = key_pos[None, :] <= query_pos
+    if window:
+        visible &= key_pos[None, :] > query_pos - window
+    want = ref.softmax(np.where(visible, scores, -np.inf))
+    got = np.empty_like(scores)
+    numba_ops.causal_softmax_rows(scores, positions, first_key, window, group, got)
+    close(got, want)

@@ -74,6 +74,36 @@ def softmax_rows(x, out):
             out[r, i] /= total
 
 
+@njit(cache=True, nogil=True, fastmath=FAST)
+def causal_softmax_rows(scores, positions, first_key, window, group, out):
+    """Softmax of each row of attention scores over the keys its query may see; 0 elsewhere.
+
+    scores: f32[c * group, n_keys], row r for query token r // group (``group`` query heads
+    share a key/value head), which sits at positions[r // group]; column j is the key at
+    position first_key + j, visible when it is <= the query's position (and, with a
+    window > 0, > position - window).  Reference: the mask + softmax of ``attention``.
+    """
+    rows, n_keys = scores.shape
+    for r in range(rows):
+        p = positions[r // group] - first_key  # the query's own key column
+        lo = max(0, p - window + 1) if window > 0 else 0
+        hi = min(n_keys, p + 1)
+        largest = -np.inf
+        for j in range(lo, hi):
+            largest = max(largest, scores[r, j])
+        total = np.float32(0.0)
+        for j in range(lo, hi):
+            e = np.exp(scores[r, j] - largest)
+            out[r, j] = e
+            total += e
+        for j in range(lo, hi):
+            out[r, j] /= total
+        for j in range(lo):
+            out[r, j] = 0.0
+        for j in range(hi, n_keys):
+            out[r, j] = 0.0
+
+
 # --------------------------------------------------------------------------- position
 
 
