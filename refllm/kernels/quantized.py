@@ -281,16 +281,16 @@ def dequantize_q4_1(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_0(row, o, x, xo, f16, half):
+def _dot_q5_0(row, o, x, xo, x_sum, f16, half):
     d = _f16(row, o, f16)
     qh = _u32(row, o + 2)
     s = np.float32(0.0)
     for j in range(min(half, 16)):
-        byte = np.int64(row[o + 6 + j])
-        lo = (byte & 15) | (((qh >> j) & 1) << 4)
-        hi = (byte >> 4) | (((qh >> (j + half)) & 1) << 4)
-        s += np.float32(lo - 16) * x[xo + j] + np.float32(hi - 16) * x[xo + half + j]
-    return d * s
+        byte = row[o + 6 + j]
+        low = np.float32(np.uint8((byte & 15) | (((qh >> j) & 1) << 4)))  # uint8: see _nibbles
+        high = np.float32(np.uint8((byte >> 4) | (((qh >> (j + half)) & 1) << 4)))
+        s += low * x[xo + j] + high * x[xo + half + j]
+    return d * (s - np.float32(16.0) * x_sum)  # sum((q - 16) x) = sum(q x) - 16 sum(x)
 
 
 @njit(inline="always")
@@ -307,10 +307,11 @@ def _decode_q5_0(row, o, out, e, f16, half):
 def matvec_q5_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_0."""
     n_blocks = x.shape[0] // 32
+    x_sums = _sums_of_runs(x, 32)  # [n_blocks]
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
-            acc += _dot_q5_0(rows[r], b * 22, x, b * 32, f16, inner)
+            acc += _dot_q5_0(rows[r], b * 22, x, b * 32, x_sums[b], f16, inner)
         y[r] = acc
 
 
