@@ -121,12 +121,28 @@ def numba_available() -> bool:
 
 
 def default_threads() -> int:
+    """Threads the Numba kernels use: ``runtime.num_threads`` (refllm.toml) when set, else all
+    cores (NUMBA_NUM_THREADS), never more than Numba has."""
     try:
         from numba import config
 
-        return int(config.NUMBA_NUM_THREADS)
+        available = int(config.NUMBA_NUM_THREADS)
     except ImportError:
-        return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from refllm.config import load_settings
+
+    asked = load_settings().runtime.num_threads
+    return min(asked, available) if asked > 0 else available
+
+
+def apply_thread_setting() -> int:
+    """Make the Numba kernels use ``default_threads()``; returns the count (called where models load)."""
+    threads = default_threads()
+    if numba_available():
+        from refllm.kernels import numba_backend
+
+        numba_backend.set_threads(threads)
+    return threads
 
 
 def _activation_op(architecture: str) -> str:

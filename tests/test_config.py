@@ -184,3 +184,23 @@ def test_unknown_device_is_a_config_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match="runtime.device"):
         load_settings(environ={"REFLLM_DEVICE": "gpu"})
+
+
+def test_runtime_num_threads_sets_the_kernel_threads(tmp_path, monkeypatch, tiny_model):
+    import numba
+
+    from refllm.cli.run import _load
+    from refllm.kernels import numba_backend
+    from refllm.plan import build_plan
+
+    monkeypatch.chdir(tmp_path)
+    path = tiny_model("llama", "Q8_0")
+    monkeypatch.setenv("REFLLM_RUNTIME__NUM_THREADS", "1")
+    try:
+        assert build_plan(path).threads == 1
+        _load(str(path), "numba")
+        assert numba_backend.set_threads(None) == 1
+        monkeypatch.setenv("REFLLM_RUNTIME__NUM_THREADS", "0")  # 0: every core Numba has
+        assert build_plan(path).threads == numba.config.NUMBA_NUM_THREADS
+    finally:
+        numba_backend.set_threads(numba.config.NUMBA_NUM_THREADS)

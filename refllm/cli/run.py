@@ -170,6 +170,10 @@ def _load(name_or_recipe, backend: str | None):
 
     get_backend(backend)  # InvalidRequest when it can't run here (e.g. cuda without a GPU)
     model.backend = backend
+    if backend == "numba":
+        from refllm.plan import apply_thread_setting
+
+        apply_thread_setting()  # runtime.num_threads
     from refllm.generate import prepare
 
     prepare(model)  # tokenizer and weights now, under the spinner, rather than at the first token
