@@ -251,27 +251,34 @@ def build_plan(
         plan.support_level, plan.specialization = "optimized", "numba-cpu"
     if chosen == "cuda" and not fallbacks:
         plan.support_level, plan.specialization = "optimized", "numba-cuda"
-    plan.memory = _memory(gguf_file, cfg, plan.num_ctx, chosen)
+    plan.memory = _memory(gguf_file, cfg, plan.num_ctx, chosen, plan.threads)
     return plan
 
 
-def _memory(gguf_file, cfg, num_ctx: int, backend: str) -> MemoryPlan:
+def _memory(gguf_file, cfg, num_ctx: int, backend: str, threads: int = 1) -> MemoryPlan:
     """Bytes: mapped weights, the float32 KV cache, and the scratch of one prefill batch."""
     weights = sum(info.n_bytes for info in gguf_file.tensors.values())
     kv_cache = 4 * cfg.n_layers * num_ctx * cfg.n_kv_heads * (cfg.head_dim + cfg.head_dim_v)
     batch = min(num_ctx, PREFILL_BATCH)
     q_width = cfg.n_heads * max(cfg.head_dim, cfg.head_dim_v)
     activations = 4 * batch * (3 * cfg.n_embd + 2 * cfg.n_ff + 2 * q_width)  # x, h, residual, gate, up, q, att
-    attention_scores = 4 * batch * num_ctx * (1 if backend == "numba" else cfg.n_heads)
     logits = 4 * cfg.n_vocab
     if backend == "numba":
-        from refllm.kernels.numba_backend import TILE_WEIGHTS
+        from refllm.kernels.numba_backend import ATTENTION_CHUNK_TOKENS, TILE_WEIGHTS
 
-        dequantized = 4 * TILE_WEIGHTS  # one tile of weight rows at a time
-    elif backend == "cuda":
-        dequantized = 0  # the kernels decode the raw blocks in registers
-    else:  # the reference dequantizes a whole weight per matmul
-        dequantized = 4 * max((i.n_elements for i in gguf_file.tensors.values() if len(i.shape) == 2), default=0)
+        # each thread holds one weight tile, and the scores of one chunk of queries x one kv head's group
+        group = cfg.n_heads // cfg.n_kv_heads
+        attention_scores = 4 * threads * min(batch, ATTENTION_CHUNK_TOKENS) * group * num_ctx
+        dequantized = 4 * TILE_WEIGHTS * threads
+    else:
+        from refllm.kernels.reference import WEIGHTS_PER_CHUNK
+
+        attention_scores = 4 * batch * num_ctx * cfg.n_heads  # every head's scores at once
+        if backend == "cuda":
+            dequantized = 0  # the kernels decode the raw blocks in registers
+        else:  # the reference dequantizes up to WEIGHTS_PER_CHUNK weights per step of a matmul
+            largest = max((i.n_elements for i in gguf_file.tensors.values() if len(i.shape) == 2), default=0)
+            dequantized = 4 * min(largest, WEIGHTS_PER_CHUNK)
     scratch = activations + attention_scores + logits + dequantized
     return MemoryPlan(weights, kv_cache, scratch, weights + kv_cache + scratch)
 

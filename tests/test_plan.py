@@ -50,6 +50,18 @@ def test_numpy_backend_is_generic(smollm2_gguf, kwargs):
     assert {p.backend for p in plan.ops.values()} == {"numpy"}
 
 
+def test_scratch_estimate_follows_the_kernels(gemma3_gguf):
+    """Numba: one 1 MiB weight tile and one chunk of attention scores per thread; the NumPy
+    reference: a chunk of dequantized weights and every head's scores at once."""
+    from refllm.kernels.numba_backend import TILE_WEIGHTS
+    from refllm.kernels.reference import WEIGHTS_PER_CHUNK
+
+    one, two = (build_plan(gemma3_gguf, backend="numba", threads=t, num_ctx=1024).memory for t in (1, 2))
+    assert two.scratch_bytes - one.scratch_bytes >= 4 * TILE_WEIGHTS
+    reference = build_plan(gemma3_gguf, backend="numpy", num_ctx=1024).memory
+    assert reference.scratch_bytes >= 4 * WEIGHTS_PER_CHUNK and reference.scratch_bytes > one.scratch_bytes
+
+
 def test_bad_arguments_are_clear_errors(smollm2_gguf):
     with pytest.raises(InvalidRequest, match="unknown backend"):
         build_plan(str(smollm2_gguf), backend="cuda-ish")
