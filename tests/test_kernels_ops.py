@@ -7,6 +7,8 @@ Numba op must agree with its reference on random data, every shape class.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -188,3 +190,35 @@ def test_causal_softmax_rows_matches_masked_softmax(window):
     got = np.empty_like(scores)
     numba_ops.causal_softmax_rows(scores, positions, first_key, window, group, got)
     close(got, want)
+
+
+def test_concurrent_matvecs_survive_numbas_workqueue_layer(tiny_model):
+    """Where neither libgomp nor TBB is installed Numba falls back to its workqueue layer,
+    which aborts the process when two threads launch parallel kernels at once (a server's
+    concurrent requests).  numba_backend makes such launches take turns there."""
+    import subprocess
+    import sys
+
+    path = tiny_model("llama", "Q8_0")
+    code = f"""
+import threading, numpy as np, numba, refllm
+from refllm.kernels import numba_backend
+from refllm.kernels.reference import get_backend
+model = refllm.load({str(path)!r})
+w = model.transformer.weights.layers[0].w_gate
+x = np.linspace(-1, 1, w.shape[1]).astype(np.float32)
+expected = numba_backend.matvec(w, x).copy()
+assert numba.threading_layer() == "workqueue"
+errors = []
+def work():
+    for _ in range(300):
+        if not np.array_equal(numba_backend.matvec(w, x), expected):
+            errors.append("differs")
+threads = [threading.Thread(target=work) for _ in range(3)]
+[t.start() for t in threads]; [t.join() for t in threads]
+print("ok", len(errors))
+"""
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue", "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-2:] == ["ok", "0"]

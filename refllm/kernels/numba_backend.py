@@ -177,6 +177,28 @@ def _run(kernel, *args):
     return kernel(*args)
 
 
+_parallel_lock = threading.Lock()
+_parallel_launches_must_take_turns: bool | None = None  # None until the first parallel kernel has run
+
+
+def _run_parallel(kernel, *args):
+    """Call a ``parallel=True`` kernel (the matvecs).
+
+    Numba's OpenMP and TBB threading layers take parallel launches from several Python
+    threads at once (a server's concurrent requests).  Its last resort, the workqueue
+    layer (where neither libgomp nor TBB is installed, e.g. slim containers), aborts the
+    whole process instead; there, launches take turns behind a lock.
+    """
+    global _parallel_launches_must_take_turns
+    if _parallel_launches_must_take_turns is False:
+        return _run(kernel, *args)
+    with _parallel_lock:
+        result = _run(kernel, *args)
+        if _parallel_launches_must_take_turns is None:
+            _parallel_launches_must_take_turns = numba.threading_layer() == "workqueue"
+        return result
+
+
 # --------------------------------------------------------------------------- threads
 
 _max_threads = numba.config.NUMBA_NUM_THREADS  # for the big kernels; see set_threads
@@ -361,7 +383,7 @@ def matvec(w: TensorInfo, x: np.ndarray, y: np.ndarray | None = None) -> np.ndar
     threads = _decode_threads.choose(n_weights)
     _set_numba_threads(threads)
     start = time.perf_counter()
-    _run(matvec_kernel, rows, x, y, F16_TO_F32, inner)
+    _run_parallel(matvec_kernel, rows, x, y, F16_TO_F32, inner)
     _decode_threads.record(n_weights, threads, time.perf_counter() - start)
     return y
 
@@ -531,7 +553,7 @@ def warm_up(ggml_types=()) -> float:
         block_size, type_size = GGML_QUANT_SIZES[GGMLQuantizationType[name]]
         rows = np.zeros((1, 256 // block_size * type_size), dtype=np.uint8)
         rows.flags.writeable = False
-        _run(matvec_kernel, rows, x[0], np.empty(1, np.float32), F16_TO_F32, inner)
+        _run_parallel(matvec_kernel, rows, x[0], np.empty(1, np.float32), F16_TO_F32, inner)
         _run(dequantize_kernel, rows, np.empty((1, 256), np.float32), F16_TO_F32, inner)
     h = np.ones((2, 2, 4), dtype=np.float32)
     rms_norm(h, np.ones(4, np.float32), 1e-6)
