@@ -27,9 +27,10 @@ Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).
              fewer tasks.  A hand-off costs ~20-80 us: fine for prefill's tiles,
              too slow for decode's 20-150 us matvecs.
 
-NumPy's BLAS is held at one thread (threadpoolctl) from the first prefill on: its
-own pool on the same cores fought the tile threads (measured before: 2-thread
-prefill slower than 1-thread).
+NumPy's BLAS is held at one thread (threadpoolctl) while prefill's tile threads
+run (``_blas_on_one_thread``): its own pool on the same cores fought them (measured
+before: 2-thread prefill slower than 1-thread).  Other NumPy code in the process
+gets BLAS's threads back between calls.
 
 A weight whose GGML type has no Numba kernel falls back to the reference
 ``linear`` (``refllm.plan`` reports which, and why).
@@ -41,12 +42,14 @@ stderr (``_CompileNotice``).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Callable
 
 import numba
@@ -344,19 +347,53 @@ def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int
     run_tasks(lambda i: run_rows(*chunks[i]), len(chunks))
 
 
-_blas_held = False
+_blas_lock = threading.Lock()
+_blas_callers = 0  # prefill calls inside _blas_on_one_thread right now (a server runs several)
+_blas_restore = None  # undoes the limit when the last of them leaves
 
 
-def _one_blas_thread() -> None:
-    """Hold NumPy's BLAS at one thread for the rest of the process (the tile threads own the cores)."""
-    global _blas_held
-    if not _blas_held:
-        _blas_held = True
-        try:
-            from threadpoolctl import threadpool_limits
-        except ImportError:  # without threadpoolctl BLAS keeps OPENBLAS_NUM_THREADS & co.
-            return
-        threadpool_limits(1, user_api="blas")
+@contextmanager
+def _blas_on_one_thread():
+    """NumPy's BLAS at one thread while prefill's tile threads own the cores.
+
+    BLAS's own thread pool on the same cores fought the tile threads (measured: 2-thread
+    prefill slower than 1-thread).  The limit is process-wide (OpenBLAS has one thread
+    count), so it holds from the first concurrent prefill call in to the last one out,
+    then BLAS gets its threads back for the rest of the program (~10 us per call).
+    OpenBLAS only takes a new count from the main thread (measured: a limit set from
+    another thread is ignored), so a server, whose requests run on worker threads,
+    calls ``hold_blas_at_one_thread`` once at start instead.
+    """
+    global _blas_callers, _blas_restore
+    with _blas_lock:
+        _blas_callers += 1
+        if _blas_callers == 1 and _blas_controller() is not None:
+            _blas_restore = _blas_controller().limit(limits=1, user_api="blas")
+    try:
+        yield
+    finally:
+        with _blas_lock:
+            _blas_callers -= 1
+            if _blas_callers == 0 and _blas_restore is not None:
+                _blas_restore.restore_original_limits()
+                _blas_restore = None
+
+
+def hold_blas_at_one_thread() -> None:
+    """NumPy's BLAS at one thread for the rest of the process: for ``refllm serve``, whose
+    prefills run on worker threads (call it from the main thread)."""
+    if _blas_controller() is not None:
+        _blas_controller().limit(limits=1, user_api="blas")
+
+
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (None without threadpoolctl)."""
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:  # then BLAS keeps OPENBLAS_NUM_THREADS & co.
+        return None
+    return ThreadpoolController()
 
 
 # --------------------------------------------------------------------------- weights
@@ -428,14 +465,14 @@ def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     out = np.empty((n, m), dtype=np.float32)  # [n, m]
     x = np.ascontiguousarray(x, dtype=np.float32)
     tiles = _row_tiles(m, k)
-    _one_blas_thread()
 
     def multiply_tile(i: int) -> None:
         start, stop = tiles[i]
         weights = dequantize_rows(w, rows[start:stop])  # [tile, k] float32, this thread's own
         np.matmul(x, weights.T, out=out[:, start:stop])  # [n, k] @ [k, tile]
 
-    run_tasks(multiply_tile, len(tiles))
+    with _blas_on_one_thread():
+        run_tasks(multiply_tile, len(tiles))
     return out
 
 
@@ -516,7 +553,8 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
         a, b = chunks[i // kv_heads]
         _attend_chunk(q[a:b], k_cache, v_cache, positions[a:b], scale, window, i % kv_heads, out[a:b])
 
-    run_tasks(attend, len(chunks) * kv_heads)
+    with _blas_on_one_thread():
+        run_tasks(attend, len(chunks) * kv_heads)
     return out
 
 
