@@ -23,7 +23,8 @@ import json
 import sys
 import time
 
-from refllm.cli.run import Chat, Spinner, _default_model_name, _load, model_recipe, options_from_args, prompt_from, stream_answer
+from refllm.cli.run import (Chat, Spinner, _default_model_name, _load, add_generation_arguments, model_recipe,
+                            options_from_args, prompt_from, stream_answer)
 from refllm.errors import InvalidRequest, UnsupportedModel
 from refllm.plan import BACKENDS
 
@@ -34,13 +35,13 @@ def register(subparsers) -> None:
     p.add_argument("prompt", nargs="*", help="the prompt; stdin, when piped, comes first")
     p.add_argument("--json", action="store_true", help="print the response and its metadata as JSON")
     _add_model_arguments(p)
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     p.set_defaults(func=prompt_command)
 
     p = subparsers.add_parser("chat", help="interactive chat (a terminal only; use `prompt` in scripts)",
                               description="Chat with a model on a terminal (the chat of `refllm run MODEL`).")
     _add_model_arguments(p)
-    _add_generation_arguments(p)
+    add_generation_arguments(p)
     p.add_argument("--verbose", action="store_true", help="print timings after each answer")
     p.set_defaults(func=chat_command)
 
@@ -58,7 +59,7 @@ def register(subparsers) -> None:
 
 
 def _add_runtime_controls(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: numba when available)")
+    p.add_argument("--backend", choices=BACKENDS, help='force a backend (default: runtime.device\'s: numba for "cpu", cuda for "cuda")')
     p.add_argument("--no-specialization", action="store_true", help="prefer the generic NumPy reference path")
     p.add_argument("--plan-json", action="store_true", help="print the resolved runtime plan as JSON and exit")
 
@@ -67,18 +68,6 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", help="a model reference (default: the config's runtime.model_reference)")
     p.add_argument("--system", help="system message")
     _add_runtime_controls(p)
-
-
-def _add_generation_arguments(p: argparse.ArgumentParser) -> None:
-    """The sampling flags of ``refllm run`` (read by its ``options_from_args``)."""
-    p.add_argument("--seed", type=int, help="random seed: the same seed and options give the same answer")
-    p.add_argument("-n", "--num-predict", "--max-new-tokens", type=int, dest="num_predict", help="most tokens to generate (-1: no limit)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument("--num-ctx", type=int, dest="num_ctx", help="context window in tokens")
-    p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="any Ollama option")
 
 
 # --------------------------------------------------------------------------- prompt and chat

@@ -23,7 +23,7 @@ def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="show how a model would run (backend per op, memory), without running it")
     p.add_argument("model", help="a .gguf path or a model name")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
-    p.add_argument("--backend", choices=BACKENDS, help="force a backend (default: numba when available)")
+    p.add_argument("--backend", choices=BACKENDS, help='force a backend (default: runtime.device\'s: numba for "cpu", cuda for "cuda")')
     p.add_argument("--no-specialization", action="store_true", help="prefer the generic NumPy reference path")
     p.add_argument("--num-ctx", type=int, dest="num_ctx", help="context window in tokens (default 4096, at most the model's)")
     p.add_argument("--threads", type=int, help="CPU threads for the kernels")

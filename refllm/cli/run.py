@@ -39,15 +39,9 @@ def register(subparsers) -> None:
     p.add_argument("--verbose", action="store_true", help="print timings (load, prompt eval rate, eval rate) after each answer")
     p.add_argument("--raw", action="store_true", help="give the prompt to the model as is, without the chat template")
     p.add_argument("--system", help="system message")
-    p.add_argument("--backend", choices=BACKEND_NAMES, help="compute backend (default: the model's default)")
-    p.add_argument("--seed", type=int, help="random seed: the same seed and options give the same answer")
-    p.add_argument("-n", "--num-predict", type=int, dest="num_predict", help="most tokens to generate (-1: no limit)")
-    p.add_argument("--temperature", type=float)
-    p.add_argument("--top-k", type=int, dest="top_k")
-    p.add_argument("--top-p", type=float, dest="top_p")
-    p.add_argument("--num-ctx", type=int, dest="num_ctx", help="context window in tokens (default 4096, at most the model's)")
-    p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
-    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="any Ollama option, e.g. -o repeat_penalty=1.0")
+    p.add_argument("--backend", choices=BACKEND_NAMES,
+                   help='compute backend (default: runtime.device\'s: numba for "cpu", cuda for "cuda")')
+    add_generation_arguments(p)
     p.add_argument("--format", help='response format: "json" or a JSON schema (constrained decoding)')
     p.add_argument("--think", nargs="?", const="true", metavar="true|false|low|medium|high",
                    help="thinking models: think before answering (the reasoning is printed apart)")
@@ -88,6 +82,18 @@ def run_command(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- arguments
+
+
+def add_generation_arguments(p: argparse.ArgumentParser) -> None:
+    """The sampling flags that ``options_from_args`` reads (``refllm run``, ``prompt``, ``chat``)."""
+    p.add_argument("--seed", type=int, help="random seed: the same seed and options give the same answer")
+    p.add_argument("-n", "--num-predict", "--max-new-tokens", type=int, dest="num_predict", help="most tokens to generate (-1: no limit)")
+    p.add_argument("--temperature", type=float)
+    p.add_argument("--top-k", type=int, dest="top_k")
+    p.add_argument("--top-p", type=float, dest="top_p")
+    p.add_argument("--num-ctx", type=int, dest="num_ctx", help="context window in tokens (default 4096, at most the model's)")
+    p.add_argument("--stop", action="append", help="stop sequence (repeatable)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="NAME=VALUE", help="any Ollama option, e.g. -o repeat_penalty=1.0")
 
 
 def options_from_args(args: argparse.Namespace, defaults: dict | None = None) -> Options:

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "serve", help="start the REST API (Ollama /api/* and OpenAI /v1/*)",
         description="Serve the Ollama- and OpenAI-compatible REST API. The address comes from --host/--port, else "
                     "REFLLM_HOST (e.g. 127.0.0.1:11435), else refllm.toml ([server] host/port). Also read: "
-                    "REFLLM_API_KEY, REFLLM_ORIGINS, REFLLM_KEEP_ALIVE, REFLLM_NUM_PARALLEL, REFLLM_MAX_QUEUE.",
+                    "REFLLM_API_KEY, REFLLM_ORIGINS, REFLLM_KEEP_ALIVE, REFLLM_NUM_PARALLEL, REFLLM_MAX_QUEUE, "
+                    "REFLLM_DEVICE (cpu or cuda).",
     )
     parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="port to listen on (default 11435)")
