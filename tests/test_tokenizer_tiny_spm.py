@@ -17,6 +17,7 @@ from refllm.gguf import read
 from refllm.tokenizer import Tokenizer, Vocab, tokenizer_from_gguf
 
 from conftest import GOLDEN, load_tool
+from test_tokenizer import _mismatches
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,6 @@ def golden():
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model):
     return tokenizer_from_gguf(read(tiny_model("gemma3")))
-
-
-def _mismatches(tokenizer, cases, add_special, parse_special):
-    bad = []
-    for case in cases:
-        ids = tokenizer.encode(case["text"], add_special=add_special, parse_special=parse_special)
-        if ids != case["ids"]:
-            bad.append((case["text"], ids, case["ids"]))
-    return bad
 
 
 def test_golden_covers_the_tool_corpus(golden):
