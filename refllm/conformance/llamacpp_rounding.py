@@ -172,10 +172,7 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
     """
     n_ctx, n_kv_heads, _ = k_cache.shape
     group = q.shape[1] // n_kv_heads
-    key_pos = np.arange(n_ctx)[None, :]  # [1, n_ctx]
-    visible = key_pos <= positions[:, None]  # [n, n_ctx]
-    if window is not None:
-        visible &= key_pos > positions[:, None] - window
+    visible = reference.visible_keys(positions, n_ctx, window)  # [n, n_ctx]
 
     k = np.repeat(f16_round_trip(k_cache), group, axis=1)  # [n_ctx, heads, hd]
     v = np.repeat(f16_round_trip(v_cache), group, axis=1)  # [n_ctx, heads, hd_v]

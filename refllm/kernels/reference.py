@@ -149,6 +149,20 @@ def rope(
 # --------------------------------------------------------------------------- attention
 
 
+def visible_keys(positions: np.ndarray, n_ctx: int, window: int | None = None) -> np.ndarray:
+    """The attention mask: which key positions each query may see.
+
+    positions: int[n], each query's position -> bool[n, n_ctx]: key j is visible to a query
+    at position p when j <= p (causal) and, with a window, p - window < j.
+    """
+    key_pos = np.arange(n_ctx)[None, :]  # [1, n_ctx]
+    query_pos = positions[:, None]  # [n, 1]
+    visible = key_pos <= query_pos  # [n, n_ctx], causal
+    if window is not None:
+        visible &= key_pos > query_pos - window
+    return visible
+
+
 def attention(
     q: np.ndarray,
     k_cache: np.ndarray,
@@ -173,13 +187,7 @@ def attention(
     n, n_heads, _ = q.shape
     n_ctx, n_kv_heads, _ = k_cache.shape
     group = n_heads // n_kv_heads
-
-    # Mask: which key positions each query may see.
-    key_pos = np.arange(n_ctx)[None, :]  # [1, n_ctx]
-    query_pos = positions[:, None]  # [n, 1]
-    visible = key_pos <= query_pos  # [n, n_ctx], causal
-    if window is not None:
-        visible &= key_pos > query_pos - window
+    visible = visible_keys(positions, n_ctx, window)  # [n, n_ctx]
 
     # Repeat each kv head for the query heads that share it (GQA).
     k = np.repeat(k_cache, group, axis=1)  # [n_ctx, heads, hd]
