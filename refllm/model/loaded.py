@@ -21,7 +21,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from refllm.errors import ModelNotFound
 from refllm.gguf import GGUFFile, read
 
 
