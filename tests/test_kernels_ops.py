@@ -174,6 +174,21 @@ def test_decode_threads_follow_the_measured_faster_count(monkeypatch):
     assert used[-10:] == [2] * 10
 
 
+@pytest.mark.parametrize(
+    "n,k,m",
+    [(1, 5, 1), (3, 7, 5), (4, 64, 4), (67, 640, 130), (130, 96, 19)],  # leftover tokens / rows, >1 token block
+)
+def test_matmul_nt_matches_numpy_and_writes_only_its_columns(n, k, m):
+    from refllm.kernels import numba_ops
+
+    x, w = randn(n, k), randn(m, k)
+    out = np.full((n, m + 7), np.nan, dtype=np.float32)
+    numba_ops.matmul_nt(x, w, out, 3)  # into columns 3 .. 3 + m
+    want = x.astype(np.float64) @ w.T.astype(np.float64)
+    np.testing.assert_allclose(out[:, 3 : 3 + m], want, rtol=1e-5, atol=1e-5 * np.sqrt(k))
+    assert np.isnan(out[:, :3]).all() and np.isnan(out[:, 3 + m :]).all()
+
+
 @pytest.mark.parametrize("window", [0, 3])
 def test_causal_softmax_rows_matches_masked_softmax(window):
     from refllm.kernels import numba_ops

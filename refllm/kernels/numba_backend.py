@@ -5,9 +5,9 @@ reference); ``BACKEND`` bundles them.  What each op runs:
 
     linear, 1 token  (decode)   fused dequantize x matvec on the raw blocks (quantized.py),
                                 rows over Numba's threads when that measures faster
-    linear, n tokens (prefill)  dequantize a tile of weight rows once, then one BLAS
-                                matmul for all tokens (``x @ tile.T``); the tiles are
-                                shared out to the tile threads (``run_tasks``)
+    linear, n tokens (prefill)  dequantize a tile of weight rows once, then multiply
+                                every token by it (``numba_ops.matmul_nt``, x @ tile.T);
+                                the tiles are shared out to the tile threads (``run_tasks``)
     embedding_rows              dequantize just the chosen rows
     rms_norm, rope, attention,  numba_ops.py (prefill: chunks of rows / query tokens
     silu, gelu_tanh, softmax    on the tile threads)
@@ -23,14 +23,14 @@ Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).
     prefill  ``run_tasks`` shares big work out as tasks (a weight tile, a range of
              rows, a chunk of query tokens) that the caller and its helper threads
              take one at a time until none is left, running ``nogil`` kernels and
-             one-thread BLAS; a thread slowed down by another process just takes
+             one-thread BLAS calls; a thread slowed down by another process just takes
              fewer tasks.  A hand-off costs ~20-80 us: fine for prefill's tiles,
              too slow for decode's 20-150 us matvecs.
 
-NumPy's BLAS is held at one thread (threadpoolctl) while prefill's tile threads
-run (``_blas_on_one_thread``): its own pool on the same cores fought them (measured
-before: 2-thread prefill slower than 1-thread).  Other NumPy code in the process
-gets BLAS's threads back between calls.
+Prefill attention's two matmuls per chunk are NumPy's (BLAS).  BLAS is held at one
+thread (threadpoolctl) while they run on the tile threads (``_blas_on_one_thread``):
+its own pool on the same cores fought them (measured before: 2-thread prefill slower
+than 1-thread).  Other NumPy code in the process gets BLAS's threads back between calls.
 
 A weight whose GGML type has no Numba kernel falls back to the reference
 ``linear`` (``refllm.plan`` reports which, and why).
@@ -66,11 +66,11 @@ from refllm.kernels.reference import Backend
 configure_cache_dir()
 
 # Prefill: about this many float32 weights per dequantized tile (1 MiB), so a
-# thread's tile stays in its core's L2 cache (2 MiB here) while BLAS multiplies
-# every prompt token by it (measured, 128 tokens: 4 MiB tiles lost 10-30%).
+# thread's tile stays in its core's L2 cache (2 MiB here) while every prompt token
+# is multiplied by it (measured with BLAS, 128 tokens: 4 MiB tiles lost 10-30%).
 TILE_WEIGHTS = 1 << 18
 # Up to this many tokens, ``linear`` runs the matvec once per token (decode and
-# tiny batches); above it, the dequantize-tile + BLAS path.
+# tiny batches); above it, the dequantize-tile + matmul path.
 MATVEC_MAX_TOKENS = 2
 # From this many query tokens on, attention runs as BLAS matmuls, in chunks of
 # ATTENTION_CHUNK_TOKENS query tokens (per key/value head) on the tile threads.
@@ -153,7 +153,7 @@ def _start_numba() -> None:
     The first kernel call of a process makes Numba load its registries; one of them
     (``numba.np.arraymath``) imports ``scipy.linalg`` just to see whether BLAS exists,
     for ``np.dot``-like code in jitted functions. No refllm kernel calls BLAS from Numba
-    (prefill's matmul is NumPy's), yet that import costs ~0.45 s and ~30 MB in every
+    (prefill attention's matmuls are NumPy's), yet that import costs ~0.45 s and ~30 MB in every
     process that has SciPy installed. Hiding ``scipy.linalg`` for the duration makes
     Numba take its "no BLAS" branch; afterwards SciPy imports normally, and Numba's
     ``np.dot`` still finds it when some jitted code needs it.
@@ -469,10 +469,9 @@ def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     def multiply_tile(i: int) -> None:
         start, stop = tiles[i]
         weights = dequantize_rows(w, rows[start:stop])  # [tile, k] float32, this thread's own
-        np.matmul(x, weights.T, out=out[:, start:stop])  # [n, k] @ [k, tile]
+        _run(numba_ops.matmul_nt, x, weights, out, start)  # out[:, start:stop] = [n, k] @ [k, tile]
 
-    with _blas_on_one_thread():
-        run_tasks(multiply_tile, len(tiles))
+    run_tasks(multiply_tile, len(tiles))
     return out
 
 

@@ -104,6 +104,78 @@ def causal_softmax_rows(scores, positions, first_key, window, group, out):
             out[r, j] = 0.0
 
 
+# --------------------------------------------------------------------------- matrix product
+
+# matmul_nt works through the prompt in blocks of this many tokens, so the activation
+# rows it is using stay in the core's caches while every weight row passes by.
+MATMUL_TOKEN_BLOCK = 64
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def matmul_nt(x, w, out, col):
+    """out[:, col : col + m] = x @ w.T, the prefill product of ``linear`` for one weight tile.
+
+    x: f32[n, k] (n prompt tokens);  w: f32[m, k] (m dequantized weight rows);
+    out: f32[n, >= col + m].  Reference: ``x @ w.T`` in linear.
+
+    Every output is one dot product over k.  They are computed 4 tokens x 4 rows at
+    a time, in 16 named sums:
+
+        for p in 0..k:      s[t][j] += x[t, p] * w[j, p]     (t, j in 0..3)
+
+    With reassociation allowed (FAST) LLVM turns each of the 16 sums into one 16-lane
+    AVX-512 register (8 lanes with AVX2), so a step over p loads 4 x vectors and 4 w
+    vectors and issues 16 fused multiply-adds -- the arithmetic, not the loads, sets
+    the pace -- and each register is folded into its scalar once, at the end.  Measured,
+    one core, 128 tokens, k = 640 / 2048: 120-160 GFLOP/s against 90-105 for NumPy's
+    ``x @ w.T`` (OpenBLAS, held to its Haswell kernels by this machine's
+    OPENBLAS_CORETYPE); 2 x 4 blocks: 85-115.  Tokens and rows left over from the
+    blocks of 4 take one dot product each.
+    """
+    n, k = x.shape
+    m = w.shape[0]
+    m4 = m - m % 4
+    for t0 in range(0, n, MATMUL_TOKEN_BLOCK):
+        t1 = min(n, t0 + MATMUL_TOKEN_BLOCK)
+        t4 = t0 + (t1 - t0) // 4 * 4
+        for j in range(0, m4, 4):
+            for t in range(t0, t4, 4):
+                s00 = s01 = s02 = s03 = np.float32(0.0)
+                s10 = s11 = s12 = s13 = np.float32(0.0)
+                s20 = s21 = s22 = s23 = np.float32(0.0)
+                s30 = s31 = s32 = s33 = np.float32(0.0)
+                for p in range(k):
+                    w0, w1, w2, w3 = w[j, p], w[j + 1, p], w[j + 2, p], w[j + 3, p]
+                    x0 = x[t, p]
+                    s00 += x0 * w0; s01 += x0 * w1; s02 += x0 * w2; s03 += x0 * w3  # noqa: E702
+                    x1 = x[t + 1, p]
+                    s10 += x1 * w0; s11 += x1 * w1; s12 += x1 * w2; s13 += x1 * w3  # noqa: E702
+                    x2 = x[t + 2, p]
+                    s20 += x2 * w0; s21 += x2 * w1; s22 += x2 * w2; s23 += x2 * w3  # noqa: E702
+                    x3 = x[t + 3, p]
+                    s30 += x3 * w0; s31 += x3 * w1; s32 += x3 * w2; s33 += x3 * w3  # noqa: E702
+                c = col + j
+                out[t, c], out[t, c + 1], out[t, c + 2], out[t, c + 3] = s00, s01, s02, s03
+                out[t + 1, c], out[t + 1, c + 1], out[t + 1, c + 2], out[t + 1, c + 3] = s10, s11, s12, s13
+                out[t + 2, c], out[t + 2, c + 1], out[t + 2, c + 2], out[t + 2, c + 3] = s20, s21, s22, s23
+                out[t + 3, c], out[t + 3, c + 1], out[t + 3, c + 2], out[t + 3, c + 3] = s30, s31, s32, s33
+            for t in range(t4, t1):  # tokens left over: one at a time
+                for jj in range(j, j + 4):
+                    out[t, col + jj] = _dot(x, t, w, jj, k)
+        for j in range(m4, m):  # rows left over
+            for t in range(t0, t1):
+                out[t, col + j] = _dot(x, t, w, j, k)
+
+
+@njit(inline="always", fastmath=FAST)
+def _dot(x, t, w, j, k):
+    """x[t] . w[j] over k values."""
+    s = np.float32(0.0)
+    for p in range(k):
+        s += x[t, p] * w[j, p]
+    return s
+
+
 # --------------------------------------------------------------------------- position
 
 
