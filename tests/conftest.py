@@ -13,15 +13,6 @@ import os
 if "NUMBA_ENABLE_CUDASIM" not in os.environ and not os.path.exists("/dev/nvidiactl"):
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"
 
-# refllm's own caches (derived tokenizer merges) go to a temporary folder, never the user's.
-if "REFLLM_CACHE_DIR" not in os.environ:
-    import atexit
-    import shutil
-    import tempfile
-
-    os.environ["REFLLM_CACHE_DIR"] = tempfile.mkdtemp(prefix="refllm-test-cache-")
-    atexit.register(shutil.rmtree, os.environ["REFLLM_CACHE_DIR"], ignore_errors=True)
-
 import importlib.util
 import sys
 from pathlib import Path

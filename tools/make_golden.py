@@ -5,6 +5,7 @@
     python tools/make_golden.py chat       # transformers' chat-template renderer -> golden/tokens/chat_smollm2.json
     python tools/make_golden.py logits     # forward-pass logits (tools/golden_logits.py, when present)
     python tools/make_golden.py ops        # llama.cpp's intermediate tensors (tools/capture_llamacpp_tensors.py)
+    python tools/make_golden.py spm        # llama.cpp's SentencePiece ids, long texts / equal scores (tools/golden_spm.py)
 
 Needs the ``reference`` extra (``pip install -e .[reference]``); the tests only read the
 files this writes, never these engines.
@@ -33,6 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str | None, str]] = {
     "chat": (None, "transformers' renderings of SmolLM2's chat template"),
     "logits": ("golden_logits", "forward-pass logits from llama.cpp / transformers"),
     "ops": ("capture_llamacpp_tensors", "llama.cpp's intermediate tensors, op by op (golden/llamacpp_ops/)"),
+    "spm": ("golden_spm", "llama.cpp's SentencePiece ids on long texts and equal scores (golden/tokens/gemma3_spm.json)"),
 }
 
 

@@ -11,7 +11,7 @@
     ids = tok.encode_chat(prompt, [m["content"] for m in messages])   # markers typed by users stay text
 
 Modules: vocab (GGUF metadata) -> specials (split on special tokens) -> bpe (gpt2 byte-level)
-/ spm (SentencePiece-style; merge_cache keeps its derived merges on disk) -> tokenizer (encode/decode) ; chat (Jinja templates, sandboxed)
+/ spm (SentencePiece-style, llama.cpp's merge loop) -> tokenizer (encode/decode) ; chat (Jinja templates, sandboxed)
 -> go_template (Ollama Modelfile TEMPLATE).
 
 Every id is checked against llama.cpp (golden/tokens/, written by tools/make_golden.py).
