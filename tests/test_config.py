@@ -204,27 +204,3 @@ def test_runtime_num_threads_sets_the_kernel_threads(tmp_path, monkeypatch, tiny
         assert build_plan(path).threads == numba.config.NUMBA_NUM_THREADS
     finally:
         numba_backend.set_threads(numba.config.NUMBA_NUM_THREADS)
-
-
-def test_serve_holds_blas_at_one_thread_from_the_main_thread():
-    """A server's prefills run on worker threads, where OpenBLAS ignores a new thread
-    count; ``serve`` sets it once from the main thread (before it binds the port)."""
-    import subprocess
-    import sys
-
-    code = """
-import threadpoolctl, refllm.server.run as run
-from refllm.engine.engine import EngineSettings
-def no_port(*args, **kwargs):
-    raise OSError("stop here")
-run.make_server = no_port
-try:
-    run.serve(run.ServerSettings(host="127.0.0.1", port=0), EngineSettings())
-except run.ServeError:
-    pass
-print(sorted({i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}))
-"""
-    env = {k: v for k, v in __import__("os").environ.items() if not k.endswith("_NUM_THREADS")}
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split("\n")[-2] == "[1]"

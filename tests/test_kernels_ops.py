@@ -237,26 +237,3 @@ print("ok", len(errors))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["ok", "0"]
-
-
-def test_prefill_holds_blas_at_one_thread_only_while_it_runs(tiny_model):
-    """The BLAS limit covers the prefill calls that are running (nested here) and is undone
-    when the last one leaves: other NumPy code in the process keeps its threads."""
-    threadpoolctl = pytest.importorskip("threadpoolctl")  # a runtime dependency (setup.cfg)
-
-    def blas_threads() -> set[int]:
-        return {i["num_threads"] for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"}
-
-    with threadpoolctl.threadpool_limits(2, user_api="blas"):
-        assert blas_threads() == {2}
-        with nb._blas_on_one_thread():
-            with nb._blas_on_one_thread():
-                assert blas_threads() == {1}
-            assert blas_threads() == {1}  # the outer call is still running
-        assert blas_threads() == {2}
-        import refllm
-
-        w = refllm.load(tiny_model("llama", "Q8_0")).transformer.weights.layers[0].w_gate
-        x = np.random.default_rng(0).standard_normal((64, w.shape[1])).astype(np.float32)
-        np.testing.assert_allclose(nb.linear(x, w), ref.linear(x, w), rtol=1e-4, atol=1e-4)  # a prefill
-        assert blas_threads() == {2}

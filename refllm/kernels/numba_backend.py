@@ -23,14 +23,14 @@ Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).
     prefill  ``run_tasks`` shares big work out as tasks (a weight tile, a range of
              rows, a chunk of query tokens) that the caller and its helper threads
              take one at a time until none is left, running ``nogil`` kernels and
-             one-thread BLAS calls; a thread slowed down by another process just takes
+             a thread slowed down by another process just takes
              fewer tasks.  A hand-off costs ~20-80 us: fine for prefill's tiles,
              too slow for decode's 20-150 us matvecs.
 
-Prefill attention's two matmuls per chunk are NumPy's (BLAS).  BLAS is held at one
-thread (threadpoolctl) while they run on the tile threads (``_blas_on_one_thread``):
-its own pool on the same cores fought them (measured before: 2-thread prefill slower
-than 1-thread).  Other NumPy code in the process gets BLAS's threads back between calls.
+Prefill calls no BLAS: its matrix products are ``numba_ops.matmul_nt`` on the tile
+threads.  (They were NumPy's, and OpenBLAS's own thread pool on the same cores fought
+the tile threads -- 2-thread prefill measured slower than 1-thread -- until held at
+one thread; OpenBLAS also ignores a thread count set from any thread but the main one.)
 
 A weight whose GGML type has no Numba kernel falls back to the reference
 ``linear`` (``refllm.plan`` reports which, and why).
@@ -42,14 +42,12 @@ stderr (``_CompileNotice``).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from typing import Callable
 
 import numba
@@ -72,7 +70,7 @@ TILE_WEIGHTS = 1 << 18
 # Up to this many tokens, ``linear`` runs the matvec once per token (decode and
 # tiny batches); above it, the dequantize-tile + matmul path.
 MATVEC_MAX_TOKENS = 2
-# From this many query tokens on, attention runs as BLAS matmuls, in chunks of
+# From this many query tokens on, attention runs as two matmul_nt products, in chunks of
 # ATTENTION_CHUNK_TOKENS query tokens (per key/value head) on the tile threads.
 PARALLEL_ATTENTION_MIN_TOKENS = 8
 ATTENTION_CHUNK_TOKENS = 32
@@ -153,7 +151,7 @@ def _start_numba() -> None:
     The first kernel call of a process makes Numba load its registries; one of them
     (``numba.np.arraymath``) imports ``scipy.linalg`` just to see whether BLAS exists,
     for ``np.dot``-like code in jitted functions. No refllm kernel calls BLAS from Numba
-    (prefill attention's matmuls are NumPy's), yet that import costs ~0.45 s and ~30 MB in every
+    (prefill's products are ``matmul_nt``), yet that import costs ~0.45 s and ~30 MB in every
     process that has SciPy installed. Hiding ``scipy.linalg`` for the duration makes
     Numba take its "no BLAS" branch; afterwards SciPy imports normally, and Numba's
     ``np.dot`` still finds it when some jitted code needs it.
@@ -298,7 +296,7 @@ def run_tasks(task: Callable[[int], None], n_tasks: int) -> None:
 
     Each thread takes the next index until none is left (``next`` on a shared counter is
     atomic), so a thread slowed down by another process simply takes fewer tasks.  The
-    tasks must release the GIL for their heavy part (nogil kernels, BLAS).
+    tasks must release the GIL for their heavy part (nogil kernels).
     """
     threads = min(_max_threads, n_tasks)
     if threads <= 1:
@@ -345,55 +343,6 @@ def _split_rows(run_rows: Callable[[int, int], None], n_rows: int, row_size: int
         return
     chunks = _chunks(n_rows, min(n_rows, 4 * _max_threads))
     run_tasks(lambda i: run_rows(*chunks[i]), len(chunks))
-
-
-_blas_lock = threading.Lock()
-_blas_callers = 0  # prefill calls inside _blas_on_one_thread right now (a server runs several)
-_blas_restore = None  # undoes the limit when the last of them leaves
-
-
-@contextmanager
-def _blas_on_one_thread():
-    """NumPy's BLAS at one thread while prefill's tile threads own the cores.
-
-    BLAS's own thread pool on the same cores fought the tile threads (measured: 2-thread
-    prefill slower than 1-thread).  The limit is process-wide (OpenBLAS has one thread
-    count), so it holds from the first concurrent prefill call in to the last one out,
-    then BLAS gets its threads back for the rest of the program (~10 us per call).
-    OpenBLAS only takes a new count from the main thread (measured: a limit set from
-    another thread is ignored), so a server, whose requests run on worker threads,
-    calls ``hold_blas_at_one_thread`` once at start instead.
-    """
-    global _blas_callers, _blas_restore
-    with _blas_lock:
-        _blas_callers += 1
-        if _blas_callers == 1 and _blas_controller() is not None:
-            _blas_restore = _blas_controller().limit(limits=1, user_api="blas")
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_callers -= 1
-            if _blas_callers == 0 and _blas_restore is not None:
-                _blas_restore.restore_original_limits()
-                _blas_restore = None
-
-
-def hold_blas_at_one_thread() -> None:
-    """NumPy's BLAS at one thread for the rest of the process: for ``refllm serve``, whose
-    prefills run on worker threads (call it from the main thread)."""
-    if _blas_controller() is not None:
-        _blas_controller().limit(limits=1, user_api="blas")
-
-
-@functools.cache
-def _blas_controller():
-    """threadpoolctl's view of the loaded BLAS libraries (None without threadpoolctl)."""
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:  # then BLAS keeps OPENBLAS_NUM_THREADS & co.
-        return None
-    return ThreadpoolController()
 
 
 # --------------------------------------------------------------------------- weights
@@ -541,7 +490,7 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
     if n < PARALLEL_ATTENTION_MIN_TOKENS:
         _run(numba_ops.attention_rows, q, k_cache, v_cache, positions, scale, window, out)
         return out
-    # Prefill: one task per (chunk of query tokens, key/value head): two BLAS matmuls
+    # Prefill: one task per (chunk of query tokens, key/value head): two matrix products
     # around a masked softmax (measured, 128 tokens, one thread: SmolLM2 0.93 -> 0.73 ms,
     # Gemma 3 1.0 -> 0.5 ms per layer; 512 tokens 18.5 -> 9.4 ms; attention_rows' per-key
     # dot products before).
@@ -552,8 +501,7 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
         a, b = chunks[i // kv_heads]
         _attend_chunk(q[a:b], k_cache, v_cache, positions[a:b], scale, window, i % kv_heads, out[a:b])
 
-    with _blas_on_one_thread():
-        run_tasks(attend, len(chunks) * kv_heads)
+    run_tasks(attend, len(chunks) * kv_heads)
     return out
 
 
@@ -570,11 +518,14 @@ def _attend_chunk(q, k_cache, v_cache, positions, scale: float, window: int, kv:
     keys = k_cache[first_key : last_key + 1, kv]  # [n_keys, hd]
     values = v_cache[first_key : last_key + 1, kv]  # [n_keys, hd_v]
 
-    queries = q[:, kv * group : (kv + 1) * group].reshape(c * group, hd)  # [c * group, hd], token-major
-    scores = (queries @ keys.T) * np.float32(scale)  # [c * group, n_keys]
+    queries = q[:, kv * group : (kv + 1) * group].reshape(c * group, hd) * np.float32(scale)  # [c * group, hd]
+    scores = np.empty((c * group, keys.shape[0]), dtype=np.float32)  # [c * group, n_keys]
+    _run(numba_ops.matmul_nt, queries, np.ascontiguousarray(keys), scores, 0)  # queries @ keys.T
     probs = np.empty_like(scores)
     _run(numba_ops.causal_softmax_rows, scores, positions, first_key, window, group, probs)  # masked keys -> 0
-    out[:, kv * group : (kv + 1) * group] = (probs @ values).reshape(c, group, -1)  # [c, group, hd_v]
+    mixed = np.empty((c * group, values.shape[1]), dtype=np.float32)  # [c * group, hd_v]
+    _run(numba_ops.matmul_nt, probs, np.ascontiguousarray(values.T), mixed, 0)  # probs @ values
+    out[:, kv * group : (kv + 1) * group] = mixed.reshape(c, group, -1)  # [c, group, hd_v]
 
 
 def warm_up(ggml_types=()) -> float:
@@ -592,6 +543,7 @@ def warm_up(ggml_types=()) -> float:
         rows.flags.writeable = False
         _run_parallel(matvec_kernel, rows, x[0], np.empty(1, np.float32), F16_TO_F32, inner)
         _run(dequantize_kernel, rows, np.empty((1, 256), np.float32), F16_TO_F32, inner)
+    _run(numba_ops.matmul_nt, np.ones((2, 4), np.float32), np.ones((2, 4), np.float32), np.empty((2, 2), np.float32), 0)
     h = np.ones((2, 2, 4), dtype=np.float32)
     rms_norm(h, np.ones(4, np.float32), 1e-6)
     silu(h)

@@ -72,13 +72,9 @@ def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> N
             get_backend(engine_settings.backend)  # runtime.device = "cuda" on a machine without one
         except RefllmError as e:
             raise ServeError(f"cannot serve on runtime.device's backend: {e}") from None
-    from refllm.plan import apply_thread_setting, numba_available
+    from refllm.plan import apply_thread_setting
 
     apply_thread_setting()  # runtime.num_threads, for every model this server loads
-    if numba_available():  # prefill's tile threads own the cores; BLAS only obeys the main thread
-        from refllm.kernels.numba_backend import hold_blas_at_one_thread
-
-        hold_blas_at_one_thread()
     engine = Engine(engine_settings)
     app = create_app(engine, server_settings)
     try:
