@@ -2,7 +2,7 @@
 
     python -m pytest benchmarks/bench_tokenizer.py --benchmark-enable -q
 
-Build = GGUF metadata -> Vocab -> HF tokenizers model (Gemma: merges derived from 262k tokens).
+Build = GGUF metadata -> Vocab -> encoder (SmolLM2: HF tokenizers BPE; Gemma: refllm.tokenizer.spm, no build step).
 Encode/decode run on ~100 kB of mixed text (the golden corpus repeated).
 """
 
