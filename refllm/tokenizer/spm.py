@@ -42,7 +42,7 @@ no "l"). So each final symbol is a token, or a single character that no merge to
 llama.cpp's ``resegment`` splits a non-token symbol back along the merges that made it;
 since merged symbols are always tokens, that only ever meets single characters, which it
 writes as their UTF-8 bytes (``byte_to_token``: <0xXX>). Construction needs only the
-vocabulary's text -> id dict and its scores.
+vocabulary's text -> id dict and its scores, ranked once.
 
 Gemma's user-defined tokens made of spaces ("   "), newlines and tabs never reach this
 code: like llama.cpp, ``specials.py`` splits them off the raw text first, so they need
@@ -52,6 +52,8 @@ no re-spelling as "▁" runs.
 from __future__ import annotations
 
 import heapq
+
+import numpy as np
 
 from refllm.tokenizer.vocab import Vocab
 
@@ -63,32 +65,50 @@ class SentencePieceBPE:
 
     def __init__(self, vocab: Vocab):
         self.token_to_id = vocab.token_to_id  # text -> id
-        self.scores: list[float] = vocab.scores.tolist()  # [n_vocab] higher merges first
+        # rank[id]: 0 for the highest score, 1 for the next distinct score, ...; equal scores share a rank
+        _, rank = np.unique(-vocab.scores.astype(np.float64), return_inverse=True)  # [n_vocab]
+        self.rank: list[int] = rank.ravel().tolist()
         self.byte_ids = [_byte_token_id(vocab, byte) for byte in range(256)]  # byte -> id of <0xXX>
 
     def encode(self, fragment: str) -> list[int]:
         """Token ids of one ▁-escaped fragment: llama.cpp's merge loop, then byte fallback."""
         n = len(fragment)
         # Symbol i starts at character i and spans length[i] characters; a merge folds the right
-        # symbol into the left one (its length becomes 0). prev/next link the live symbols.
+        # symbol into the left one (its length becomes 0). prev/next_ link the live symbols.
         length = [1] * n
         prev = list(range(-1, n - 1))
         next_ = list(range(1, n)) + [-1]
-        # the heap: (-score, left, right, size) -- heapq pops the smallest, so the highest
-        # score comes first and, among equal scores, the leftmost pair (as llama.cpp)
-        heap = [bigram for left in range(n - 1) if (bigram := self._bigram(fragment, left, left + 1, length))]
+
+        def bigram(left: int, right: int) -> int | None:
+            """Heap key of merging symbols left and right, or None if their text is no token.
+
+            One int that sorts like (rank of the merged token, left) and carries the pair's
+            size: heapq pops the smallest, so the best score comes first and, among equal
+            scores, the leftmost pair -- llama.cpp's order. (Ints compare ~2x faster than tuples.)
+            """
+            size = length[left] + length[right]
+            token_id = self.token_to_id.get(fragment[left : left + size])
+            if token_id is None:
+                return None
+            return (self.rank[token_id] * n + left) * (n + 1) + size
+
+        heap = [key for left in range(n - 1) if (key := bigram(left, left + 1)) is not None]
         heapq.heapify(heap)
         while heap:
-            _, left, right, size = heapq.heappop(heap)
-            if length[left] == 0 or length[right] == 0 or length[left] + length[right] != size:
-                continue  # stale: one side has merged with something else since this was pushed
+            rank_and_left, size = divmod(heapq.heappop(heap), n + 1)
+            left = rank_and_left % n
+            right = next_[left]
+            # stale: left was merged away, or either side grew since the push (lengths only
+            # grow, so they add up to the pushed size only if neither changed)
+            if length[left] == 0 or right < 0 or length[left] + length[right] != size:
+                continue
             length[left], length[right] = size, 0  # merge right into left ...
             next_[left] = next_[right]  # ... and unlink right
             if next_[left] >= 0:
                 prev[next_[left]] = left
             for pair in ((prev[left], left), (left, next_[left])):  # the merged symbol's new neighbours
-                if pair[0] >= 0 and pair[1] >= 0 and (bigram := self._bigram(fragment, *pair, length)):
-                    heapq.heappush(heap, bigram)
+                if pair[0] >= 0 and pair[1] >= 0 and (key := bigram(*pair)) is not None:
+                    heapq.heappush(heap, key)
         ids: list[int] = []
         symbol = 0 if n else -1
         while symbol >= 0:  # walk the final symbols left to right
@@ -100,14 +120,6 @@ class SentencePieceBPE:
                 ids += [self.byte_ids[byte] for byte in text.encode("utf-8")]
             symbol = next_[symbol]
         return ids
-
-    def _bigram(self, fragment: str, left: int, right: int, length: list[int]) -> tuple | None:
-        """The heap entry for merging the adjacent symbols left and right, or None if that makes no token."""
-        size = length[left] + length[right]
-        token_id = self.token_to_id.get(fragment[left : left + size])
-        if token_id is None:
-            return None
-        return (-self.scores[token_id], left, right, size)
 
 
 def _byte_token_id(vocab: Vocab, byte: int) -> int:
