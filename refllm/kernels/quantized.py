@@ -66,6 +66,12 @@ F16_TO_F32.flags.writeable = False
 IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 IQ4_LEVELS.flags.writeable = False
 
+# 1 << j for j < 32: "bit j of qh is set" is qh & BIT_MASKS[j].  The plain qh >> j is a
+# shift by a different amount in every lane, which Numba's 64-bit integers make a
+# 64-bit shift (half as many lanes per instruction); the mask test stays 32-bit.
+BIT_MASKS = np.array([1 << j for j in range(32)], dtype=np.uint32)
+BIT_MASKS.flags.writeable = False
+
 
 @njit(inline="always")
 def _f16(row, o, f16):
@@ -235,14 +241,14 @@ def dequantize_q4_0(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q4_1(row, o, x, xo, x_sum, f16, half):
+def _dot_q4_1(row, o, x, xo, f16, half):
+    """d * sum(nibble * x) of one block; the caller adds m * sum(x)."""
     d = _f16(row, o, f16)
-    m = _f16(row, o + 2, f16)
     s = np.float32(0.0)
-    for j in range(min(half, 16)):
+    for j in range(half & 16):
         low, high = _nibbles(row[o + 4 + j])
-        s += low * x[xo + j] + high * x[xo + half + j]
-    return d * s + m * x_sum
+        s += low * x[xo + j] + high * x[xo + 16 + j]
+    return d * s
 
 
 @njit(inline="always")
@@ -261,10 +267,12 @@ def matvec_q4_1(rows, x, y, f16, inner):
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
     for r in prange(rows.shape[0]):
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)  # sum of d * sum(nibble * x)
+        offsets = np.float32(0.0)  # sum of m * sum(x): a second, independent chain of adds
         for b in range(n_blocks):
-            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, x_sums[b], f16, inner)
-        y[r] = acc
+            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, f16, inner)
+            offsets += _f16(rows[r], b * 20 + 2, f16) * x_sums[b]
+        y[r] = acc + offsets
 
 
 @njit(cache=True, nogil=True)
@@ -281,16 +289,19 @@ def dequantize_q4_1(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_0(row, o, x, xo, x_sum, f16, half):
-    d = _f16(row, o, f16)
-    qh = _u32(row, o + 2)
+def _dot_q5_0(row, o, x, xo, bit_masks, half):
+    """sum(q * x) of one block, q = nibble + 16 * 5th bit (0..31); the caller scales it
+    by d and subtracts 16 * d * sum(x): sum((q - 16) x) = sum(q x) - 16 sum(x)."""
+    qh = np.uint32(_u32(row, o + 2))
     s = np.float32(0.0)
-    for j in range(min(half, 16)):
-        byte = row[o + 6 + j]
-        low = np.float32(np.uint8((byte & 15) | (((qh >> j) & 1) << 4)))  # uint8: see _nibbles
-        high = np.float32(np.uint8((byte >> 4) | (((qh >> (j + half)) & 1) << 4)))
-        s += low * x[xo + j] + high * x[xo + half + j]
-    return d * (s - np.float32(16.0) * x_sum)  # sum((q - 16) x) = sum(q x) - 16 sum(x)
+    for j in range(half & 16):
+        low, high = _nibbles(row[o + 6 + j])
+        if qh & bit_masks[j]:  # a mask, not qh >> j: see "bit_masks" above
+            low += np.float32(16.0)
+        if qh & bit_masks[j + 16]:
+            high += np.float32(16.0)
+        s += low * x[xo + j] + high * x[xo + 16 + j]
+    return s
 
 
 @njit(inline="always")
@@ -308,11 +319,15 @@ def matvec_q5_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_0."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
+    bit_masks = BIT_MASKS
     for r in prange(rows.shape[0]):
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)  # sum of d * sum(q * x)
+        offsets = np.float32(0.0)  # sum of d * sum(x), a second chain of adds
         for b in range(n_blocks):
-            acc += _dot_q5_0(rows[r], b * 22, x, b * 32, x_sums[b], f16, inner)
-        y[r] = acc
+            d = _f16(rows[r], b * 22, f16)
+            acc += d * _dot_q5_0(rows[r], b * 22, x, b * 32, bit_masks, inner)
+            offsets += d * x_sums[b]
+        y[r] = acc - np.float32(16.0) * offsets
 
 
 @njit(cache=True, nogil=True)
@@ -568,21 +583,19 @@ def _k_scale_min(row, o, j):
 def _dot_q4_k(row, o, x, xo, x_sums, f16, sub):
     d = _f16(row, o, f16)
     dmin = _f16(row, o + 2, f16)
-    acc = np.float32(0.0)
+    acc = np.float32(0.0)  # sum of scale * sum(q * x)
+    offsets = np.float32(0.0)  # sum of min * sum(x)
     for c in range(4):
         sc0, m0 = _k_scale_min(row, o, 2 * c)
         sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
         base = xo + 64 * c
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        for l in range(min(sub, 32)):
+        s = np.float32(0.0)  # both sub-blocks in one vector sum: one horizontal add per 64 weights
+        for l in range(sub & 32):
             low, high = _nibbles(row[o + 16 + 32 * c + l])
-            s0 += low * x[base + l]
-            s1 += high * x[base + sub + l]
-        sx0 = x_sums[base // 32]
-        sx1 = x_sums[base // 32 + 1]
-        acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
-    return acc
+            s += sc0 * low * x[base + l] + sc1 * high * x[base + 32 + l]
+        acc += s
+        offsets += m0 * x_sums[base // 32] + m1 * x_sums[base // 32 + 1]
+    return d * acc - dmin * offsets
 
 
 @njit(inline="always")
@@ -629,24 +642,22 @@ def dequantize_q4_k(rows, out, f16, inner):
 def _dot_q5_k(row, o, x, xo, x_sums, f16, sub):
     d = _f16(row, o, f16)
     dmin = _f16(row, o + 2, f16)
-    acc = np.float32(0.0)
+    acc = np.float32(0.0)  # sum of scale * sum(q * x)
+    offsets = np.float32(0.0)  # sum of min * sum(x)
     for c in range(4):
         sc0, m0 = _k_scale_min(row, o, 2 * c)
         sc1, m1 = _k_scale_min(row, o, 2 * c + 1)
         base = xo + 64 * c
-        s0 = np.float32(0.0)
-        s1 = np.float32(0.0)
-        for l in range(min(sub, 32)):
+        s = np.float32(0.0)
+        for l in range(sub & 32):
             byte = np.int32(row[o + 48 + 32 * c + l])
             high = np.int32(row[o + 16 + l])
             q0 = (byte & 15) | (((high >> (2 * c)) & 1) << 4)
             q1 = (byte >> 4) | (((high >> (2 * c + 1)) & 1) << 4)
-            s0 += np.float32(q0) * x[base + l]
-            s1 += np.float32(q1) * x[base + sub + l]
-        sx0 = x_sums[base // 32]
-        sx1 = x_sums[base // 32 + 1]
-        acc += d * (sc0 * s0 + sc1 * s1) - dmin * (m0 * sx0 + m1 * sx1)
-    return acc
+            s += sc0 * np.float32(q0) * x[base + l] + sc1 * np.float32(q1) * x[base + 32 + l]
+        acc += s
+        offsets += m0 * x_sums[base // 32] + m1 * x_sums[base // 32 + 1]
+    return d * acc - dmin * offsets
 
 
 @njit(inline="always")
@@ -703,22 +714,40 @@ def _q6(low_byte, low_shift, high_byte, high_shift):
 
 @njit(inline="always", fastmath=FAST)
 def _dot_q6_k(row, o, x, xo, x_sums, f16, sixteen):
+    """One block.  Per half n, one 16-lane loop covers all 8 groups of 16 (l < 16 below;
+    group 2j + h reads ql/qh at l + 16h), so the vector sum is reduced once per 128 weights."""
     d = _f16(row, o + 208, f16)
-    acc = np.float32(0.0)
+    acc = np.float32(0.0)  # sum of scale * sum(q * x), q = 0..63
+    offsets = np.float32(0.0)  # sum of scale * sum(x): sum((q - 32) x) = sum(q x) - 32 sum(x)
     for n in range(2):
-        for j in range(4):
-            for h in range(2):
-                g = 8 * n + 2 * j + h
-                scale = np.float32(np.int8(row[o + 192 + g]))
-                base = xo + 128 * n + 32 * j + 16 * h
-                low_at = o + 64 * n + 32 * (j % 2) + 16 * h
-                high_at = o + 128 + 32 * n + 16 * h
-                s = np.float32(0.0)
-                for l in range(min(sixteen, 16)):
-                    s += _q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) * x[base + l]
-                # sum((q - 32) x) = sum(q x) - 32 sum(x), the group's sum(x) computed once per matvec
-                acc += d * scale * (s - np.float32(32.0) * x_sums[base // 16])
-    return acc
+        scales = o + 192 + 8 * n
+        sc0 = np.float32(np.int8(row[scales]))
+        sc1 = np.float32(np.int8(row[scales + 1]))
+        sc2 = np.float32(np.int8(row[scales + 2]))
+        sc3 = np.float32(np.int8(row[scales + 3]))
+        sc4 = np.float32(np.int8(row[scales + 4]))
+        sc5 = np.float32(np.int8(row[scales + 5]))
+        sc6 = np.float32(np.int8(row[scales + 6]))
+        sc7 = np.float32(np.int8(row[scales + 7]))
+        ql = o + 64 * n
+        qh = o + 128 + 32 * n
+        base = xo + 128 * n
+        s = np.float32(0.0)
+        for l in range(sixteen & 16):
+            #          scale   low nibble: byte, shift      high bits: byte, shift     x
+            s += (sc0 * _q6(row[ql + l], 0, row[qh + l], 0) * x[base + l]  # j=0
+                  + sc1 * _q6(row[ql + 16 + l], 0, row[qh + 16 + l], 0) * x[base + 16 + l]
+                  + sc2 * _q6(row[ql + 32 + l], 0, row[qh + l], 2) * x[base + 32 + l]  # j=1
+                  + sc3 * _q6(row[ql + 48 + l], 0, row[qh + 16 + l], 2) * x[base + 48 + l]
+                  + sc4 * _q6(row[ql + l], 4, row[qh + l], 4) * x[base + 64 + l]  # j=2
+                  + sc5 * _q6(row[ql + 16 + l], 4, row[qh + 16 + l], 4) * x[base + 80 + l]
+                  + sc6 * _q6(row[ql + 32 + l], 4, row[qh + l], 6) * x[base + 96 + l]  # j=3
+                  + sc7 * _q6(row[ql + 48 + l], 4, row[qh + 16 + l], 6) * x[base + 112 + l])
+        acc += s
+        g = base // 16  # the group sums of x this half covers
+        offsets += (sc0 * x_sums[g] + sc1 * x_sums[g + 1] + sc2 * x_sums[g + 2] + sc3 * x_sums[g + 3]
+                    + sc4 * x_sums[g + 4] + sc5 * x_sums[g + 5] + sc6 * x_sums[g + 6] + sc7 * x_sums[g + 7])
+    return d * (acc - np.float32(32.0) * offsets)
 
 
 @njit(inline="always")
@@ -736,22 +765,16 @@ def _decode_q6_k(row, o, out, e, f16, sixteen):
                     out[base + l] = dl * (_q6(row[low_at + l], 4 * (j // 2), row[high_at + l], 2 * j) - np.float32(32.0))
 
 
-@njit(fastmath=FAST)
-def _row_q6_k(row, x, x_sums, f16, inner):
-    """One row's dot product, compiled as a function of its own: inlined into the
-    prange body below, the same loops ran 5x slower (measured, 640 x 2048)."""
-    acc = np.float32(0.0)
-    for b in range(x.shape[0] // 256):
-        acc += _dot_q6_k(row, b * 210, x, b * 256, x_sums, f16, inner)
-    return acc
-
-
 @njit(parallel=True, cache=True, nogil=True, fastmath=FAST)
 def matvec_q6_k(rows, x, y, f16, inner):
     """Reference: refllm.quant.kquants.dequantize_q6_k."""
+    n_blocks = x.shape[0] // 256
     x_sums = _sums_of_runs(x, 16)  # [16 * n_blocks], one per group of 16
     for r in prange(rows.shape[0]):
-        y[r] = _row_q6_k(rows[r], x, x_sums, f16, inner)
+        acc = np.float32(0.0)
+        for b in range(n_blocks):
+            acc += _dot_q6_k(rows[r], b * 210, x, b * 256, x_sums, f16, inner)
+        y[r] = acc
 
 
 @njit(cache=True, nogil=True)
