@@ -16,7 +16,8 @@ prompt tokens) and embedding lookups; it runs on the calling thread with the
 GIL released (``nogil``), and the backend's tile threads each dequantize their
 own tile at the same time (``numba_backend.run_tasks``).
 
-Two details matter for speed, both measured on this machine:
+Three details matter for speed, all measured on this machine (Zen 5, one core,
+interleaved A/B runs):
 
 * ``inner``, the trip count of the innermost loop (16 or 32 weights, see
   ``KERNELS``), arrives as a run-time argument, never as a constant or as
@@ -24,13 +25,24 @@ Two details matter for speed, both measured on this machine:
   fully unrolled by LLVM, which then vectorises the *outer* loop over blocks
   with slow gathers; with an opaque bound the inner loop is the vectorised one
   (Q8_0 matvec: 6 -> 34 GFLOP/s; Q4_1 with ``block_size // 2``: 4.7, with
-  ``inner``: 17 GFLOP/s, one core).  Most loops then say ``range(min(inner, 16))``
-  (or 32): an upper bound that is known, on a count that is not.  Without it
-  LLVM builds a 64-lane main loop that a 16-trip loop never enters and runs the
-  8-lane leftover loop instead; with it, one pass of 16 lanes (interleaved A/B,
-  512 x 2048: matvec Q4_0 +31%, Q4_K +16-19%, Q6_K +16-31%, Q8_0 +7-39%; Q6_K
-  dequantize 2.1x).  Where the bound measured slower (the 4/5-bit dequantizers:
-  4x slower, Q3_K, IQ4_XS's dot) the loop keeps the plain opaque count.
+  ``inner``: 17 GFLOP/s).  The matvec loops then say ``range(inner & 16)``: from
+  the bits LLVM reads off that the count is 0 or 16, so it emits exactly one
+  16-lane pass, with no leftover loops and no per-block branching between 64-,
+  16- and 8-lane versions (``min(inner, 16)`` did half of that; ``& 16`` on top:
+  Q4_1 +30-40%, Q4_0 +12%, Q2_K/IQ4_XS +20%).  Q4_K/Q5_K count ``inner & 32``
+  (two passes); Q8_0 keeps ``min(inner, 32)`` (``& 32`` measured no better).
+  The dequantizers keep their plain or ``min`` counts (bounds measured slower
+  there).
+* A vectorised sum ends in a horizontal add of its 16 lanes (about 9
+  instructions), once per loop.  So each loop covers as many weights as one
+  scale allows to fold in: one Q4_1 block (32), both sub-blocks of a Q4_K chunk
+  (64: the two scales multiply inside the loop), all eight groups of half a Q6_K
+  block (128; 2x over one loop per group).  A block's offset part (``m * sum(x)``,
+  or ``d * sum(x)`` times the constant 8 / 16 / 32) adds into a second
+  accumulator, a chain of its own, from ``x``'s run sums computed once per
+  matvec (``_sums_of_runs``).  Keeping 16-lane partial sums across blocks in a
+  scratch array, or two or four rows per pass sharing the loads of ``x``,
+  measured slower or equal (the array round-trips through memory; ``x`` is in L1).
 * ``f16`` is a 65536-entry table, float32 value of every half-float bit pattern
   (llama.cpp keeps the same table): a block scale costs one lookup.
 
@@ -199,12 +211,13 @@ def dequantize_bf16(rows, out, f16, inner):
 
 @njit(inline="always", fastmath=FAST)
 def _dot_q4_0(row, o, x, xo, f16, half):
-    d = _f16(row, o, f16)
+    """sum(nibble * x) of one block; the caller scales it by d and subtracts
+    8 * d * sum(x): sum((q - 8) x) = sum(q x) - 8 sum(x)."""
     s = np.float32(0.0)
-    for j in range(min(half, 16)):
+    for j in range(half & 16):
         low, high = _nibbles(row[o + 2 + j])
-        s += (low - np.float32(8.0)) * x[xo + j] + (high - np.float32(8.0)) * x[xo + half + j]
-    return d * s
+        s += low * x[xo + j] + high * x[xo + 16 + j]
+    return s
 
 
 @njit(inline="always")
@@ -220,11 +233,15 @@ def _decode_q4_0(row, o, out, e, f16, half):
 def matvec_q4_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q4_0."""
     n_blocks = x.shape[0] // 32
+    x_sums = _sums_of_runs(x, 32)  # [n_blocks]
     for r in prange(rows.shape[0]):
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)  # sum of d * sum(nibble * x)
+        offsets = np.float32(0.0)  # sum of d * sum(x)
         for b in range(n_blocks):
-            acc += _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
-        y[r] = acc
+            d = _f16(rows[r], b * 18, f16)
+            acc += d * _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
+            offsets += d * x_sums[b]
+        y[r] = acc - np.float32(8.0) * offsets
 
 
 @njit(cache=True, nogil=True)
@@ -344,17 +361,19 @@ def dequantize_q5_0(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_1(row, o, x, xo, x_sum, f16, half):
-    d = _f16(row, o, f16)
-    m = _f16(row, o + 2, f16)
-    qh = _u32(row, o + 4)
+def _dot_q5_1(row, o, x, xo, bit_masks, half):
+    """sum(q * x) of one block, q = nibble + 16 * 5th bit (as Q5_0); the caller
+    scales it by d and adds m * sum(x)."""
+    qh = np.uint32(_u32(row, o + 4))
     s = np.float32(0.0)
-    for j in range(min(half, 16)):
-        byte = np.int64(row[o + 8 + j])
-        lo = (byte & 15) | (((qh >> j) & 1) << 4)
-        hi = (byte >> 4) | (((qh >> (j + half)) & 1) << 4)
-        s += np.float32(lo) * x[xo + j] + np.float32(hi) * x[xo + half + j]
-    return d * s + m * x_sum
+    for j in range(half & 16):
+        low, high = _nibbles(row[o + 8 + j])
+        if qh & bit_masks[j]:
+            low += np.float32(16.0)
+        if qh & bit_masks[j + 16]:
+            high += np.float32(16.0)
+        s += low * x[xo + j] + high * x[xo + 16 + j]
+    return s
 
 
 @njit(inline="always")
@@ -373,11 +392,14 @@ def matvec_q5_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_1."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
+    bit_masks = BIT_MASKS
     for r in prange(rows.shape[0]):
-        acc = np.float32(0.0)
+        acc = np.float32(0.0)  # sum of d * sum(q * x)
+        offsets = np.float32(0.0)  # sum of m * sum(x)
         for b in range(n_blocks):
-            acc += _dot_q5_1(rows[r], b * 24, x, b * 32, x_sums[b], f16, inner)
-        y[r] = acc
+            acc += _f16(rows[r], b * 24, f16) * _dot_q5_1(rows[r], b * 24, x, b * 32, bit_masks, inner)
+            offsets += _f16(rows[r], b * 24 + 2, f16) * x_sums[b]
+        y[r] = acc + offsets
 
 
 @njit(cache=True, nogil=True)
@@ -446,7 +468,7 @@ def _dot_q2_k(row, o, x, xo, f16, sixteen):
                 base = xo + 128 * n + 32 * j + 16 * h
                 s = np.float32(0.0)
                 sx = np.float32(0.0)
-                for l in range(min(sixteen, 16)):
+                for l in range(sixteen & 16):
                     q = (np.int32(row[o + 16 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
                     s += np.float32(q) * x[base + l]
                     sx += x[base + l]
@@ -516,7 +538,7 @@ def _dot_q3_k(row, o, x, xo, f16, sixteen):
                 g = 8 * n + 2 * j + h
                 base = xo + 128 * n + 32 * j + 16 * h
                 s = np.float32(0.0)
-                for l in range(sixteen):
+                for l in range(sixteen & 16):
                     low = (np.int32(row[o + 32 + 32 * n + 16 * h + l]) >> (2 * j)) & 3
                     high = (np.int32(row[o + 16 * h + l]) >> bit) & 1
                     s += np.float32(low - 4 + 4 * high) * x[base + l]
@@ -793,9 +815,9 @@ def dequantize_q6_k(rows, out, f16, inner):
 def _dot_iq4_nl(row, o, x, xo, f16, levels, half):
     d = _f16(row, o, f16)
     s = np.float32(0.0)
-    for j in range(min(half, 16)):
+    for j in range(half & 16):
         byte = np.int32(row[o + 2 + j])
-        s += levels[byte & 15] * x[xo + j] + levels[byte >> 4] * x[xo + half + j]
+        s += levels[byte & 15] * x[xo + j] + levels[byte >> 4] * x[xo + 16 + j]
     return d * s
 
 
@@ -852,9 +874,9 @@ def _dot_iq4_xs(row, o, x, xo, f16, levels, sixteen):
     for j in range(8):
         base = xo + 32 * j
         s = np.float32(0.0)
-        for l in range(sixteen):
+        for l in range(sixteen & 16):
             byte = np.int32(row[o + 8 + 16 * j + l])
-            s += levels[byte & 15] * x[base + l] + levels[byte >> 4] * x[base + sixteen + l]
+            s += levels[byte & 15] * x[base + l] + levels[byte >> 4] * x[base + 16 + l]
         acc += d * _iq4_xs_scale(row, o, j) * s
     return acc
 
