@@ -64,7 +64,10 @@ from refllm.kernels.cache import configure_cache_dir
 
 configure_cache_dir()  # before Numba decorates anything: see cache.py
 
+from llvmlite import ir  # noqa: E402
 from numba import njit, prange  # noqa: E402
+from numba.core import cgutils, types  # noqa: E402
+from numba.extending import intrinsic  # noqa: E402
 
 # fastmath without 'nnan'/'ninf': reassociation lets LLVM vectorise the sums,
 # while a NaN or inf in the data still comes out as NaN or inf.
@@ -122,6 +125,42 @@ def _sums_of_runs(x, run):
     for i in range(x.shape[0]):
         sums[i // run] += x[i]
     return sums
+
+
+# Decode reads every weight once per token, straight from the memory map: tens of MB,
+# more than the caches hold.  The hardware prefetcher follows that stream but stays
+# too close behind while the core is busy decoding blocks, so each matvec also asks
+# for the bytes PREFETCH_AHEAD further on, one request per block (Q4_1 matvec with
+# weights not in cache, one core: +25-45%; 2-8 KiB measured alike, 0.5 KiB too short).
+PREFETCH_AHEAD = 4096  # bytes
+
+
+@intrinsic
+def _prefetch(typingctx, array, at):
+    """Ask the CPU to start loading the cache line of byte ``at`` of a contiguous
+    ``array`` (LLVM's llvm.prefetch: a read, kept in all cache levels).  A hint
+    only: it never faults, never changes a result."""
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        address = builder.gep(data, [args[1]])
+        i32 = ir.IntType(32)
+        hint_type = ir.FunctionType(ir.VoidType(), [address.type, i32, i32, i32])
+        prefetch = cgutils.get_or_insert_function(builder.module, hint_type, "llvm.prefetch.p0")
+        builder.call(prefetch, [address, i32(0), i32(3), i32(1)])  # read, keep in L1, data
+        return context.get_dummy_value()
+
+    return types.void(array, at), codegen
+
+
+@njit(inline="always")
+def _prefetch_ahead(rows, r, o, n_bytes):
+    """Prefetch the ``n_bytes`` (one block) that lie PREFETCH_AHEAD past byte ``o`` of
+    row ``r``: one request per 64-byte cache line.  Rows are contiguous, so this runs
+    on into the next rows; clamped to the last byte."""
+    at = r * rows.shape[1] + o + PREFETCH_AHEAD
+    for line in range(0, n_bytes, 64):
+        _prefetch(rows, min(at + line, rows.size - 1))
 
 
 # =========================================================================== F32
@@ -238,6 +277,7 @@ def matvec_q4_0(rows, x, y, f16, inner):
         acc = np.float32(0.0)  # sum of d * sum(nibble * x)
         offsets = np.float32(0.0)  # sum of d * sum(x)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 18, 18)
             d = _f16(rows[r], b * 18, f16)
             acc += d * _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
             offsets += d * x_sums[b]
@@ -287,6 +327,7 @@ def matvec_q4_1(rows, x, y, f16, inner):
         acc = np.float32(0.0)  # sum of d * sum(nibble * x)
         offsets = np.float32(0.0)  # sum of m * sum(x): a second, independent chain of adds
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 20, 20)
             acc += _dot_q4_1(rows[r], b * 20, x, b * 32, f16, inner)
             offsets += _f16(rows[r], b * 20 + 2, f16) * x_sums[b]
         y[r] = acc + offsets
@@ -341,6 +382,7 @@ def matvec_q5_0(rows, x, y, f16, inner):
         acc = np.float32(0.0)  # sum of d * sum(q * x)
         offsets = np.float32(0.0)  # sum of d * sum(x), a second chain of adds
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 22, 22)
             d = _f16(rows[r], b * 22, f16)
             acc += d * _dot_q5_0(rows[r], b * 22, x, b * 32, bit_masks, inner)
             offsets += d * x_sums[b]
@@ -397,6 +439,7 @@ def matvec_q5_1(rows, x, y, f16, inner):
         acc = np.float32(0.0)  # sum of d * sum(q * x)
         offsets = np.float32(0.0)  # sum of m * sum(x)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 24, 24)
             acc += _f16(rows[r], b * 24, f16) * _dot_q5_1(rows[r], b * 24, x, b * 32, bit_masks, inner)
             offsets += _f16(rows[r], b * 24 + 2, f16) * x_sums[b]
         y[r] = acc + offsets
@@ -437,6 +480,7 @@ def matvec_q8_0(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 34, 34)
             acc += _dot_q8_0(rows[r], b * 34, x, b * 32, f16, inner)
         y[r] = acc
 
@@ -500,6 +544,7 @@ def matvec_q2_k(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 84, 84)
             acc += _dot_q2_k(rows[r], b * 84, x, b * 256, f16, inner)
         y[r] = acc
 
@@ -569,6 +614,7 @@ def matvec_q3_k(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 110, 110)
             acc += _dot_q3_k(rows[r], b * 110, x, b * 256, f16, inner)
         y[r] = acc
 
@@ -642,6 +688,7 @@ def matvec_q4_k(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 144, 144)
             acc += _dot_q4_k(rows[r], b * 144, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
@@ -707,6 +754,7 @@ def matvec_q5_k(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 176, 176)
             acc += _dot_q5_k(rows[r], b * 176, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
@@ -795,6 +843,7 @@ def matvec_q6_k(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 210, 210)
             acc += _dot_q6_k(rows[r], b * 210, x, b * 256, x_sums, f16, inner)
         y[r] = acc
 
@@ -838,6 +887,7 @@ def matvec_iq4_nl(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 18, 18)
             acc += _dot_iq4_nl(rows[r], b * 18, x, b * 32, f16, levels, inner)
         y[r] = acc
 
@@ -901,6 +951,7 @@ def matvec_iq4_xs(rows, x, y, f16, inner):
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)
         for b in range(n_blocks):
+            _prefetch_ahead(rows, r, b * 136, 136)
             acc += _dot_iq4_xs(rows[r], b * 136, x, b * 256, f16, levels, inner)
         y[r] = acc
 
