@@ -31,6 +31,8 @@ The loop, step by step (``_run``):
 Context (``num_ctx``, default 4096, capped at the model's training context)
     The prompt must be shorter than num_ctx so that at least one token can be generated:
     otherwise ``InvalidRequest`` names both lengths. Nothing is ever truncated silently.
+    A text too long to fit whatever it tokenizes to (``check_prompt_text_fits``) is refused
+    the same way before it is tokenized.
     Generation stops with done_reason "length" when num_predict tokens are out or the
     context is full.
 
@@ -134,13 +136,10 @@ def generate(
 
     started = time.perf_counter_ns()
     load_duration = prepare(model)
+    num_ctx = context_size(model, opts)
+    check_prompt_text_fits(model, prompt, num_ctx)  # a huge text is refused before it is tokenized
     prompt_ids = prompt_token_ids(model, prompt, raw=raw, system=system)
-    num_ctx = min(opts.num_ctx, model.n_ctx_train)
-    if len(prompt_ids) >= num_ctx:
-        raise InvalidRequest(
-            f"the prompt is {len(prompt_ids)} tokens but the context (num_ctx) is {num_ctx}: "
-            f"shorten the prompt or raise num_ctx (this model allows up to {model.n_ctx_train})"
-        )
+    check_prompt_fits(model, len(prompt_ids), num_ctx)
     events = _run(model, prompt_ids, opts, num_ctx, session or Session(), logprobs or top_logprobs > 0, top_logprobs, started, load_duration, constraint)
     if stream:
         return events
@@ -275,6 +274,43 @@ def prepare(model) -> int:
 
 
 # --------------------------------------------------------------------------- prompts
+
+
+def context_size(model, opts: Options) -> int:
+    """``num_ctx`` as asked, capped at the model's training context."""
+    return min(opts.num_ctx, model.n_ctx_train)
+
+
+def check_prompt_fits(model, n_tokens: int, num_ctx: int, *, at_least: bool = False) -> None:
+    """The context rule: a prompt of ``n_tokens`` must leave room for one generated token."""
+    if n_tokens >= num_ctx:
+        raise InvalidRequest(
+            f"the prompt is {'at least ' if at_least else ''}{n_tokens} tokens but the context (num_ctx) is {num_ctx}: "
+            f"shorten the prompt or raise num_ctx (this model allows up to {model.n_ctx_train})"
+        )
+
+
+def check_prompt_text_fits(model, prompt, num_ctx: int) -> None:
+    """The context rule before tokenizing: refuse a prompt whose text alone cannot fit.
+
+    No token stands for more than ``tokenizer.longest_token_chars`` characters (Gemma 3: 31,
+    SmolLM2: 81), so C characters give at least C / that many tokens, whatever the chat
+    template or BOS adds. A 16 MB prompt is refused at once instead of after its BPE
+    (~20 s and ~2 GB for SmolLM2's). A tokenizer that does not tell its longest token is
+    left to the check after tokenizing.
+    """
+    longest = getattr(model.tokenizer, "longest_token_chars", None)
+    if longest:
+        check_prompt_fits(model, -(-prompt_text_chars(prompt) // longest), num_ctx, at_least=True)
+
+
+def prompt_text_chars(prompt) -> int:
+    """Characters of text in a prompt: a string's, or its messages' contents (token ids: 0)."""
+    if isinstance(prompt, str):
+        return len(prompt)
+    if isinstance(prompt, (list, tuple)):
+        return sum(len(m["content"]) for m in prompt if isinstance(m, dict) and isinstance(m.get("content"), str))
+    return 0
 
 
 def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = None) -> list[int]:

@@ -200,7 +200,9 @@ def stream_answer(model, prompt, options: Options, *, system=None, raw=False, se
     """
     out = out or sys.stdout
     from refllm.chat.turn import plan_turn
+    from refllm.generate import check_prompt_text_fits, context_size
 
+    check_prompt_text_fits(model, prompt, context_size(model, options))  # before plan_turn may tokenize it
     turn = plan_turn(model, prompt, raw=raw, system=system, rules=rules)
     stream = model.generate(turn.prompt, stream=True, raw=turn.raw, system=turn.system, session=session, options=options,
                             constraint=turn.constraint)

@@ -47,6 +47,29 @@ def context_length(model, options: dict) -> int:
     return min(num_ctx, int(getattr(model, "n_ctx_train", 0) or num_ctx))
 
 
+TRUNCATE_MARGIN_TOKENS = 64  # tokens encoded past n_ctx before cutting (see text_to_tokenize)
+
+
+def text_to_tokenize(model, text: str, n_ctx: int, truncate: bool) -> str:
+    """As much of ``text`` as can matter for ``n_ctx`` tokens: a huge input is never tokenized whole.
+
+    No token stands for more than ``longest_token_chars`` characters, so the first
+    (n_ctx + margin) x that many characters give at least n_ctx + margin tokens. Only the last
+    few tokens before the cut can differ from the whole text's (a word cut in half), and the
+    margin keeps them past n_ctx, where truncation drops them anyway. Without truncation, a
+    text that cannot fit is refused before tokenizing (the same message as after).
+    """
+    longest = getattr(getattr(model, "tokenizer", None), "longest_token_chars", None)
+    if not longest:
+        return text
+    if truncate:
+        return text[: (n_ctx + TRUNCATE_MARGIN_TOKENS) * longest]
+    at_least = -(-len(text) // longest)  # [chars] -> a lower bound on [tokens]
+    if at_least > n_ctx:
+        raise InvalidRequest(f"input length at least {at_least} tokens exceeds the context length {n_ctx} (set truncate: true to cut it)")
+    return text
+
+
 def embed_texts(model, texts: list[str], *, truncate: bool = True, dimensions: int | None = None,
                 options: dict | None = None) -> tuple[list[list[float]], int]:
     """Unit-length embeddings of ``texts`` and the number of tokens read."""
@@ -57,7 +80,7 @@ def embed_texts(model, texts: list[str], *, truncate: bool = True, dimensions: i
     pooling = pooling_type(model)
     vectors, n_tokens = [], 0
     for text in texts:
-        ids = model.tokenize(text, add_special=True, parse_special=False)
+        ids = model.tokenize(text_to_tokenize(model, text, n_ctx, truncate), add_special=True, parse_special=False)
         if not ids:
             raise InvalidRequest("input is empty: nothing to embed")
         if len(ids) > n_ctx:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import ctypes
+import functools
 import gc
 import os
 from typing import Iterable, Sequence
@@ -70,6 +71,12 @@ class Tokenizer:
     @property
     def add_bos(self) -> bool:
         return self.vocab.add_bos
+
+    @functools.cached_property
+    def longest_token_chars(self) -> int:
+        """The most characters of text one token stands for (at most its vocabulary text's length:
+        a gpt2 byte character is one byte, "▁" one space, a byte token less than a character)."""
+        return max(map(len, self.vocab.tokens), default=1)
 
     def token_id(self, text: str) -> int | None:
         """The id of a token given its exact vocabulary text ("<|im_end|>"), or None."""
