@@ -29,7 +29,7 @@ interleaved A/B runs):
   the bits LLVM reads off that the count is 0 or 16, so it emits exactly one
   16-lane pass, with no leftover loops and no per-block branching between 64-,
   16- and 8-lane versions (``min(inner, 16)`` did half of that; ``& 16`` on top:
-  Q4_1 +30-40%, Q4_0 +12%, Q2_K/IQ4_XS +20%).  Q4_K/Q5_K count ``inner & 32``
+  Q4_1 +30-40%, Q4_0 +12%, Q2_K/IQ4_XS +20%; Q5's 5th bits: see BYTE_BITS).  Q4_K/Q5_K count ``inner & 32``
   (two passes); Q8_0 keeps ``min(inner, 32)`` (``& 32`` measured no better).
   The dequantizers keep their plain or ``min`` counts (bounds measured slower
   there).
@@ -81,11 +81,12 @@ F16_TO_F32.flags.writeable = False
 IQ4_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], dtype=np.float32)
 IQ4_LEVELS.flags.writeable = False
 
-# 1 << j for j < 32: "bit j of qh is set" is qh & BIT_MASKS[j].  The plain qh >> j is a
-# shift by a different amount in every lane, which Numba's 64-bit integers make a
-# 64-bit shift (half as many lanes per instruction); the mask test stays 32-bit.
-BIT_MASKS = np.array([1 << j for j in range(32)], dtype=np.uint32)
-BIT_MASKS.flags.writeable = False
+# 1 << (j % 8) for j < 16: bit j of a 16-bit field is bit j % 8 of its byte j // 8, so
+# "is it set" is byte & BYTE_BITS[j], all in 8-bit lanes.  (The plain (qh >> j) & 1 is
+# a shift by a different amount in every lane, which Numba's 64-bit integers turn
+# into 64-bit lanes: Q5_0 matvec +20-30% this way.)
+BYTE_BITS = np.array([1 << (j % 8) for j in range(16)], dtype=np.uint8)
+BYTE_BITS.flags.writeable = False
 
 
 @njit(inline="always")
@@ -347,16 +348,16 @@ def dequantize_q4_1(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_0(row, o, x, xo, bit_masks, half):
+def _dot_q5_0(row, o, x, xo, byte_bits, half):
     """sum(q * x) of one block, q = nibble + 16 * 5th bit (0..31); the caller scales it
     by d and subtracts 16 * d * sum(x): sum((q - 16) x) = sum(q x) - 16 sum(x)."""
-    qh = np.uint32(_u32(row, o + 2))
+    qh0, qh1, qh2, qh3 = row[o + 2], row[o + 3], row[o + 4], row[o + 5]  # the 32 5th bits
     s = np.float32(0.0)
     for j in range(half & 16):
         low, high = _nibbles(row[o + 6 + j])
-        if qh & bit_masks[j]:  # a mask, not qh >> j: see "bit_masks" above
+        if np.uint8((qh0 if j < 8 else qh1) & byte_bits[j]):  # bit j of qh
             low += np.float32(16.0)
-        if qh & bit_masks[j + 16]:
+        if np.uint8((qh2 if j < 8 else qh3) & byte_bits[j]):  # bit 16 + j
             high += np.float32(16.0)
         s += low * x[xo + j] + high * x[xo + 16 + j]
     return s
@@ -377,14 +378,14 @@ def matvec_q5_0(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_0."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
-    bit_masks = BIT_MASKS
+    byte_bits = BYTE_BITS
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)  # sum of d * sum(q * x)
         offsets = np.float32(0.0)  # sum of d * sum(x), a second chain of adds
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 22, 22)
             d = _f16(rows[r], b * 22, f16)
-            acc += d * _dot_q5_0(rows[r], b * 22, x, b * 32, bit_masks, inner)
+            acc += d * _dot_q5_0(rows[r], b * 22, x, b * 32, byte_bits, inner)
             offsets += d * x_sums[b]
         y[r] = acc - np.float32(16.0) * offsets
 
@@ -403,16 +404,16 @@ def dequantize_q5_0(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_1(row, o, x, xo, bit_masks, half):
+def _dot_q5_1(row, o, x, xo, byte_bits, half):
     """sum(q * x) of one block, q = nibble + 16 * 5th bit (as Q5_0); the caller
     scales it by d and adds m * sum(x)."""
-    qh = np.uint32(_u32(row, o + 4))
+    qh0, qh1, qh2, qh3 = row[o + 4], row[o + 5], row[o + 6], row[o + 7]
     s = np.float32(0.0)
     for j in range(half & 16):
         low, high = _nibbles(row[o + 8 + j])
-        if qh & bit_masks[j]:
+        if np.uint8((qh0 if j < 8 else qh1) & byte_bits[j]):
             low += np.float32(16.0)
-        if qh & bit_masks[j + 16]:
+        if np.uint8((qh2 if j < 8 else qh3) & byte_bits[j]):
             high += np.float32(16.0)
         s += low * x[xo + j] + high * x[xo + 16 + j]
     return s
@@ -434,13 +435,13 @@ def matvec_q5_1(rows, x, y, f16, inner):
     """Reference: refllm.quant.legacy.dequantize_q5_1."""
     n_blocks = x.shape[0] // 32
     x_sums = _sums_of_runs(x, 32)  # [n_blocks]
-    bit_masks = BIT_MASKS
+    byte_bits = BYTE_BITS
     for r in prange(rows.shape[0]):
         acc = np.float32(0.0)  # sum of d * sum(q * x)
         offsets = np.float32(0.0)  # sum of m * sum(x)
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 24, 24)
-            acc += _f16(rows[r], b * 24, f16) * _dot_q5_1(rows[r], b * 24, x, b * 32, bit_masks, inner)
+            acc += _f16(rows[r], b * 24, f16) * _dot_q5_1(rows[r], b * 24, x, b * 32, byte_bits, inner)
             offsets += _f16(rows[r], b * 24 + 2, f16) * x_sums[b]
         y[r] = acc + offsets
 
