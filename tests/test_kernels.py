@@ -68,6 +68,24 @@ def test_dequantize_and_matvec_match_reference(type_name):
         assert_matvec_close(y, weights, x)
 
 
+@pytest.mark.parametrize("type_name", list(KERNELS))
+def test_matvec_keeps_nan_and_inf(type_name):
+    # fastmath without 'nnan'/'ninf', and the x-sum shortcuts (sum((q - 8) x) = sum(q x) - 8 sum(x)
+    # and the like) must still carry a non-finite activation into every output, as W @ x does.
+    matvec_kernel, _, inner = KERNELS[type_name]
+    m, k = 9, 512
+    raw = random_weight(type_name, m, k, seed=5)
+    raw.flags.writeable = False
+    for bad in (np.nan, np.inf, -np.inf):
+        x = np.random.default_rng(5).standard_normal(k).astype(np.float32)
+        x[300] = bad
+        y = np.empty(m, dtype=np.float32)
+        matvec_kernel(raw, x, y, F16_TO_F32, inner)
+        assert not np.isfinite(y).any(), (bad, y)
+        if np.isnan(bad):
+            assert np.isnan(y).all()
+
+
 @pytest.mark.parametrize("type_name", ["F16", "Q4_0", "Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K", "IQ4_XS"])
 @pytest.mark.parametrize("n_tokens", [1, 2, 5, 40])
 def test_backend_linear_decode_and_prefill_paths(type_name, n_tokens, monkeypatch):
