@@ -2,6 +2,13 @@
 """Gemma 3's SentencePiece tokenizer: build time and encode time on 1-100 kB of text.
 
     python tools/bench_spm_tokenizer.py            # median of --rounds runs each, printed as a table
+    python tools/bench_spm_tokenizer.py --huge     # 1M / 16M-character single lines: time and peak memory
+
+--huge runs each case once in a fresh process (so its peak RSS is its own): one-line
+English through ``encode`` (cut at safe points) and through the single merge loop
+(``SentencePieceBPE.merge``: what encode did before), one character repeated (no safe
+point at all), and SmolLM2's gpt2 BPE (HF tokenizers) for comparison. (16M through the
+single loop is left out: ~130 s and +2 GB when measured.)
 
 Build = ``Tokenizer(vocab)`` for an already-read ``Vocab`` (the part refllm.tokenizer.spm
 owns); reading the vocabulary out of the GGUF is timed on its own line. The texts are
@@ -73,10 +80,74 @@ def median_seconds(fn, rounds: int) -> float:
     return statistics.median(times)
 
 
+HUGE_CASES = [  # (label, model, text kind, characters, how)
+    ("Gemma 1M English 1 line, encode", "gemma3", "english", 1_000_000, "encode"),
+    ("Gemma 1M English 1 line, 1 loop", "gemma3", "english", 1_000_000, "merge"),
+    ("Gemma 16M English 1 line, encode", "gemma3", "english", 16_000_000, "encode"),
+    ("Gemma 1M 'a' x 1M, encode", "gemma3", "one character", 1_000_000, "encode"),
+    ("Gemma 1M random tokens, encode", "gemma3", "token soup", 1_000_000, "encode"),
+    ("SmolLM2 1M English 1 line", "smollm2", "english", 1_000_000, "encode"),
+    ("SmolLM2 16M English 1 line", "smollm2", "english", 16_000_000, "encode"),
+]
+
+
+def huge_text(kind: str, n_chars: int, tokenizer) -> str:
+    if kind == "one character":
+        return "a" * n_chars
+    if kind == "token soup":  # distinct pieces: nothing for encode to reuse
+        import numpy as np
+
+        tokens = [t for t in tokenizer.vocab.tokens[1000:200_000] if not t.startswith("<")]
+        text = "".join(np.random.default_rng(0).choice(tokens, n_chars // 3))
+        return text.replace("▁", " ")[:n_chars]
+    line = prose(ENGLISH, 100_000, " ").replace("\n\n", " ")
+    return (line * (n_chars // len(line) + 1))[:n_chars]
+
+
+def run_one_huge_case(model: str, kind: str, n_chars: int, how: str) -> None:
+    """Child process: encode once, print 'seconds ids peak_MiB_added'."""
+    import resource
+
+    from refllm.gguf import read
+    from refllm.packaged_models import gemma3_path, smollm2_path
+    from refllm.tokenizer import tokenizer_from_gguf
+    from refllm.tokenizer.spm import escape_spaces
+
+    tokenizer = tokenizer_from_gguf(read(gemma3_path() if model == "gemma3" else smollm2_path()))
+    text = huge_text(kind, n_chars, tokenizer)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    start = time.perf_counter()
+    if how == "merge":  # the whole line through one merge loop, as encode did before cutting
+        ids = tokenizer._spm.merge(escape_spaces(" " + text))
+    else:
+        ids = tokenizer.encode(text, add_special=False)
+    seconds = time.perf_counter() - start
+    peak = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024  # KiB -> MiB (Linux)
+    print(f"{seconds:.3f} {len(ids)} {peak:.0f}")
+
+
+def huge() -> int:
+    import subprocess
+
+    print(f"{'case (one process each)':36} {'seconds':>8} {'ids':>9} {'+peak MiB':>10}")
+    for label, model, kind, n_chars, how in HUGE_CASES:
+        out = subprocess.run([sys.executable, __file__, "--one", model, kind, str(n_chars), how],
+                             capture_output=True, text=True, check=True).stdout.split()
+        print(f"{label:36} {float(out[0]):8.2f} {int(out[1]):9d} {float(out[2]):10.0f}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--huge", action="store_true", help="1M / 16M-character lines, one process each")
+    parser.add_argument("--one", nargs=4, metavar=("MODEL", "KIND", "CHARS", "HOW"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.one:
+        run_one_huge_case(args.one[0], args.one[1], int(args.one[2]), args.one[3])
+        return 0
+    if args.huge:
+        return huge()
 
     from refllm.gguf import read
     from refllm.packaged_models import gemma3_path
@@ -87,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'case':30} {'median s':>9}")
     print(f"{'read Vocab from the GGUF':30} {median_seconds(lambda: vocab_from_gguf(gguf), args.rounds):9.4f}")
     print(f"{'build Tokenizer(vocab)':30} {median_seconds(lambda: Tokenizer(vocab), args.rounds):9.4f}")
+    print(f"{'safe-point pair table (lazy)':30} {median_seconds(lambda: Tokenizer(vocab)._spm.token_pairs(), args.rounds):9.4f}"
+          "   (incl. a Tokenizer build)")
     tokenizer = Tokenizer(vocab)
     texts = {
         "encode English 1 kB": prose(ENGLISH, 1_000, " "),
