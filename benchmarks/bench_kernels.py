@@ -15,6 +15,9 @@ the decode matvecs pick their thread count by measurement
 
 from __future__ import annotations
 
+import itertools
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as T
@@ -56,6 +59,28 @@ def test_matmul_128_tokens(benchmark, record_throughput, type_name, threads):
     finally:
         numba_backend.set_threads(saved)
     record_throughput(f"mm {type_name} {threads or saved}t", w.n_bytes, 128 * SHAPE[0] * 4)
+
+
+# Decode as the model meets it: every call reads weights that are not in any cache (a
+# token's pass over the layers streams 60-250 MB), here a new copy of the matrix each
+# call, 96 MB of copies in all.  The kernels' prefetching shows only in this form.
+COLD_CASES = [
+    (type_name, m, k)
+    for type_name in ["Q4_1", "Q5_0", "Q8_0", "Q4_K", "Q6_K"]
+    for m, k in [(576, 1536), (1536, 576), (2048, 640), (640, 2048)]  # SmolLM2's and Gemma 3's layers
+    if k % GGML_QUANT_SIZES[T[type_name]][0] == 0
+]
+
+
+@pytest.mark.parametrize("type_name, m, k", COLD_CASES)
+def test_matvec_weights_not_in_cache(benchmark, record_throughput, type_name, m, k):
+    first = weight(type_name, m, k)
+    copies = [first] + [replace(first, raw=first.raw.copy()) for _ in range(int(96e6 // first.n_bytes) - 1)]
+    x = np.random.default_rng(1).standard_normal((1, k)).astype(np.float32)
+    numba_backend.linear(x, first)
+    turn = itertools.cycle(copies)
+    benchmark(lambda: numba_backend.linear(x, next(turn)))
+    record_throughput(f"cold {type_name} {m}x{k}", first.n_bytes, m * 4)
 
 
 def test_output_head_q8_0_gemma3(benchmark, record_throughput):
