@@ -31,8 +31,8 @@ The loop, step by step (``_run``):
 Context (``num_ctx``, default 4096, capped at the model's training context)
     The prompt must be shorter than num_ctx so that at least one token can be generated:
     otherwise ``InvalidRequest`` names both lengths. Nothing is ever truncated silently.
-    A text too long to fit whatever it tokenizes to (``check_prompt_text_fits``) is refused
-    the same way before it is tokenized.
+    A text too long to fit whatever it tokenizes to (``check_text_fits``) is refused the
+    same way before it is tokenized.
     Generation stops with done_reason "length" when num_predict tokens are out or the
     context is full.
 
@@ -137,8 +137,8 @@ def generate(
     started = time.perf_counter_ns()
     load_duration = prepare(model)
     num_ctx = context_size(model, opts)
-    check_prompt_text_fits(model, prompt, num_ctx)  # a huge text is refused before it is tokenized
-    prompt_ids = prompt_token_ids(model, prompt, raw=raw, system=system)
+    check_prompt_text_fits(model, prompt, num_ctx, raw=raw, system=system)  # a huge text: refused before rendering ...
+    prompt_ids = prompt_token_ids(model, prompt, raw=raw, system=system, num_ctx=num_ctx)  # ... or before tokenizing
     check_prompt_fits(model, len(prompt_ids), num_ctx)
     events = _run(model, prompt_ids, opts, num_ctx, session or Session(), logprobs or top_logprobs > 0, top_logprobs, started, load_duration, constraint)
     if stream:
@@ -290,38 +290,50 @@ def check_prompt_fits(model, n_tokens: int, num_ctx: int, *, at_least: bool = Fa
         )
 
 
-def check_prompt_text_fits(model, prompt, num_ctx: int) -> None:
-    """The context rule before tokenizing: refuse a prompt whose text alone cannot fit.
+def check_text_fits(model, n_chars: int, num_ctx: int) -> None:
+    """The context rule before tokenizing: refuse a text whose length alone cannot fit.
 
     No token stands for more than ``tokenizer.longest_token_chars`` characters (Gemma 3: 31,
-    SmolLM2: 81), so C characters give at least C / that many tokens, whatever the chat
-    template or BOS adds. A 16 MB prompt is refused at once instead of after its BPE
-    (~20 s and ~2 GB for SmolLM2's). A tokenizer that does not tell its longest token is
-    left to the check after tokenizing.
+    SmolLM2: 81), so C characters give at least C / that many tokens. A 16 MB prompt is
+    refused at once instead of after its BPE (~20 s and ~2 GB for SmolLM2's). A tokenizer
+    that does not tell its longest token is left to the check after tokenizing.
     """
     longest = getattr(model.tokenizer, "longest_token_chars", None)
     if longest:
-        check_prompt_fits(model, -(-prompt_text_chars(prompt) // longest), num_ctx, at_least=True)
+        check_prompt_fits(model, -(-n_chars // longest), num_ctx, at_least=True)  # ceil(chars / longest)
 
 
-def prompt_text_chars(prompt) -> int:
-    """Characters of text in a prompt: a string's, or its messages' contents (token ids: 0)."""
+def check_prompt_text_fits(model, prompt, num_ctx: int, *, raw: bool = False, system: str | None = None) -> None:
+    """``check_text_fits`` for a prompt in any form, before anything renders or tokenizes it
+    (its texts are part of whatever gets tokenized, so their length is a lower bound too)."""
+    check_text_fits(model, prompt_text_chars(prompt, raw=raw, system=system), num_ctx)
+
+
+def prompt_text_chars(prompt, *, raw: bool = False, system: str | None = None) -> int:
+    """Characters of text in a prompt: a string's (with the system prompt a chat-rendered
+    string always gets), or its messages' contents (token ids: 0)."""
     if isinstance(prompt, str):
-        return len(prompt)
+        return len(prompt) + (len(system) if system and not raw else 0)
     if isinstance(prompt, (list, tuple)):
         return sum(len(m["content"]) for m in prompt if isinstance(m, dict) and isinstance(m.get("content"), str))
     return 0
 
 
-def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = None) -> list[int]:
-    """Turn any accepted prompt form into token ids (see the module docstring)."""
+def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = None,
+                     num_ctx: int | None = None) -> list[int]:
+    """Turn any accepted prompt form into token ids (see the module docstring).
+
+    With ``num_ctx``, a text too long for it is refused before tokenizing (``check_text_fits``).
+    """
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("the prompt is empty")
         if raw:  # the caller wrote any special tokens; BOS as the model's metadata asks (like llama.cpp)
+            if num_ctx is not None:
+                check_text_fits(model, len(prompt), num_ctx)
             return model.tokenize(prompt, add_special=True, parse_special=True)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return chat_token_ids(model, messages)
+        return chat_token_ids(model, messages, num_ctx)
     if isinstance(prompt, np.ndarray):
         prompt = prompt.tolist()
     if isinstance(prompt, (list, tuple)) and prompt and all(isinstance(t, (int, np.integer)) and not isinstance(t, bool) for t in prompt):
@@ -334,19 +346,21 @@ def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = N
         messages = _checked_messages(prompt)
         if system and messages[0]["role"] != "system":
             messages = [{"role": "system", "content": system}] + messages
-        return chat_token_ids(model, messages)
+        return chat_token_ids(model, messages, num_ctx)
     if isinstance(prompt, (list, tuple)) and not prompt:
         raise InvalidRequest("the prompt is empty")
     raise InvalidRequest("prompt must be a string, a list of token ids or a list of chat messages")
 
 
-def chat_token_ids(model, messages: list[dict]) -> list[int]:
+def chat_token_ids(model, messages: list[dict], num_ctx: int | None = None) -> list[int]:
     """Messages -> the model's chat template -> ids, ready for the assistant's turn.
 
     ``encode_chat`` parses the template's special tokens but keeps the messages' own texts
     plain (a user typing "<|im_end|>" gets text, not a turn marker), and adds BOS once.
     """
     text = model.apply_chat_template(messages, add_generation_prompt=True)
+    if num_ctx is not None:
+        check_text_fits(model, len(text), num_ctx)  # the rendered text: what gets tokenized
     contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
     return model.tokenizer.encode_chat(text, contents)
 

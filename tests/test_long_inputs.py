@@ -68,6 +68,13 @@ def test_generate_refuses_a_huge_prompt_before_tokenizing(models, huge_text, no_
         model.generate(prompt, raw=form == "raw", num_predict=1)
 
 
+@pytest.mark.parametrize("name", MODELS)
+def test_generate_checks_the_rendered_chat_text_too(models, huge_text, no_huge_tokenizing, name):
+    """A system prompt added to chat messages is only seen once rendered: checked there, before tokenizing."""
+    with pytest.raises(InvalidRequest, match=r"the prompt is at least \d+ tokens but the context \(num_ctx\) is 4096"):
+        models[name].generate([{"role": "user", "content": "Hi"}], system=huge_text[:2_000_000], num_predict=1)
+
+
 def test_the_bound_is_a_real_lower_bound(models):
     """ceil(chars / longest_token_chars) <= the real token count, on text made of each vocabulary's longest tokens."""
     for name, model in models.items():
@@ -106,6 +113,10 @@ def _requests(model: str, text: str) -> dict[str, dict]:
         "/api/generate": {"model": model, "prompt": text, "stream": False},
         "/api/generate raw": {"model": model, "prompt": text, "raw": True, "stream": False},
         "/api/generate format": {"model": model, "prompt": text, "format": "json", "stream": False},
+        "/api/generate system": {"model": model, "prompt": "Hi", "system": text, "stream": False},
+        "/api/generate system format": {"model": model, "prompt": "Hi", "system": text, "format": "json", "stream": False},
+        "/api/chat system": {"model": model, "messages": [{"role": "system", "content": text}, {"role": "user", "content": "Hi"}],
+                             "stream": False},
         "/api/chat": {"model": model, "messages": message, "stream": True},
         "/v1/chat/completions": {"model": model, "messages": message},
         "/v1/completions": {"model": model, "prompt": text},

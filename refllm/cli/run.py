@@ -202,7 +202,7 @@ def stream_answer(model, prompt, options: Options, *, system=None, raw=False, se
     from refllm.chat.turn import plan_turn
     from refllm.generate import check_prompt_text_fits, context_size
 
-    check_prompt_text_fits(model, prompt, context_size(model, options))  # before plan_turn may tokenize it
+    check_prompt_text_fits(model, prompt, context_size(model, options), raw=raw, system=system)  # plan_turn may tokenize
     turn = plan_turn(model, prompt, raw=raw, system=system, rules=rules)
     stream = model.generate(turn.prompt, stream=True, raw=turn.raw, system=turn.system, session=session, options=options,
                             constraint=turn.constraint)

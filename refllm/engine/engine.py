@@ -426,7 +426,7 @@ def _generation_events(loaded: LoadedModel, slot: int, request: GenerationReques
     from refllm.generate import check_prompt_text_fits, context_size
     from refllm.sample import Options
 
-    check_prompt_text_fits(model, prompt, context_size(model, Options.from_dict(options)))  # plan_turn may tokenize
+    check_prompt_text_fits(model, prompt, context_size(model, Options.from_dict(options)), raw=raw, system=system)  # plan_turn may tokenize
     turn = plan_turn(model, prompt, raw=raw, system=system, rules=request.output)  # format, tools, thinking
     output = model.generate(turn.prompt, raw=turn.raw, stream=True, system=turn.system, images=request.images or None,
                             logprobs=request.logprobs, top_logprobs=request.top_logprobs,
