@@ -298,9 +298,9 @@ def check_text_fits(model, n_chars: int, num_ctx: int) -> None:
     refused at once instead of after its BPE (~20 s and ~2 GB for SmolLM2's). A tokenizer
     that does not tell its longest token is left to the check after tokenizing.
     """
-    longest = getattr(model.tokenizer, "longest_token_chars", None)
-    if longest:
-        check_prompt_fits(model, -(-n_chars // longest), num_ctx, at_least=True)  # ceil(chars / longest)
+    fewest_tokens = getattr(model.tokenizer, "fewest_tokens", None)
+    if fewest_tokens is not None:
+        check_prompt_fits(model, fewest_tokens(n_chars), num_ctx, at_least=True)
 
 
 def check_prompt_text_fits(model, prompt, num_ctx: int, *, raw: bool = False, system: str | None = None) -> None:
@@ -323,14 +323,13 @@ def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = N
                      num_ctx: int | None = None) -> list[int]:
     """Turn any accepted prompt form into token ids (see the module docstring).
 
-    With ``num_ctx``, a text too long for it is refused before tokenizing (``check_text_fits``).
+    With ``num_ctx``, a rendered chat text too long for it is refused before tokenizing
+    (``check_text_fits``; ``generate`` checks the prompt's own texts before this).
     """
     if isinstance(prompt, str):
         if not prompt:
             raise InvalidRequest("the prompt is empty")
         if raw:  # the caller wrote any special tokens; BOS as the model's metadata asks (like llama.cpp)
-            if num_ctx is not None:
-                check_text_fits(model, len(prompt), num_ctx)
             return model.tokenize(prompt, add_special=True, parse_special=True)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         return chat_token_ids(model, messages, num_ctx)

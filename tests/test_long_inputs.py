@@ -76,13 +76,14 @@ def test_generate_checks_the_rendered_chat_text_too(models, huge_text, no_huge_t
 
 
 def test_the_bound_is_a_real_lower_bound(models):
-    """ceil(chars / longest_token_chars) <= the real token count, on text made of each vocabulary's longest tokens."""
+    """fewest_tokens = ceil(chars / longest_token_chars) <= the real token count, on texts of long tokens."""
     for name, model in models.items():
         tokenizer = model.tokenizer
         longest = max(tokenizer.vocab.tokens, key=len)
         assert len(longest) == tokenizer.longest_token_chars
-        for text in ("Why is the sky blue?", "  " * 500, "\n" * 300, "word " * 400, "天空" * 100, "😀" * 50):
-            assert -(-len(text) // tokenizer.longest_token_chars) <= len(tokenizer.encode(text, add_special=False)), (name, text[:20])
+        longest_text = tokenizer.decode([tokenizer.token_id(longest)])  # where the bound is tightest
+        for text in ("Why is the sky blue?", "  " * 500, "\n" * 300, "word " * 400, "天空" * 100, "😀" * 50, longest_text * 20):
+            assert tokenizer.fewest_tokens(len(text)) <= len(tokenizer.encode(text, add_special=False)), (name, text[:20])
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -59,12 +59,12 @@ def text_to_tokenize(model, text: str, n_ctx: int, truncate: bool) -> str:
     margin keeps them past n_ctx, where truncation drops them anyway. Without truncation, a
     text that cannot fit is refused before tokenizing (the same message as after).
     """
-    longest = getattr(getattr(model, "tokenizer", None), "longest_token_chars", None)
-    if not longest:
+    tokenizer = getattr(model, "tokenizer", None)
+    if getattr(tokenizer, "longest_token_chars", None) is None:
         return text
     if truncate:
-        return text[: (n_ctx + TRUNCATE_MARGIN_TOKENS) * longest]
-    at_least = -(-len(text) // longest)  # [chars] -> a lower bound on [tokens]
+        return text[: (n_ctx + TRUNCATE_MARGIN_TOKENS) * tokenizer.longest_token_chars]
+    at_least = tokenizer.fewest_tokens(len(text))
     if at_least > n_ctx:
         raise InvalidRequest(f"input length at least {at_least} tokens exceeds the context length {n_ctx} (set truncate: true to cut it)")
     return text

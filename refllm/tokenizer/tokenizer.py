@@ -78,6 +78,10 @@ class Tokenizer:
         a gpt2 byte character is one byte, "▁" one space, a byte token less than a character)."""
         return max(map(len, self.vocab.tokens), default=1)
 
+    def fewest_tokens(self, n_chars: int) -> int:
+        """A lower bound on the tokens ``n_chars`` characters of text encode to, without encoding them."""
+        return -(-n_chars // self.longest_token_chars)  # ceil(n_chars / longest)
+
     def token_id(self, text: str) -> int | None:
         """The id of a token given its exact vocabulary text ("<|im_end|>"), or None."""
         return self.vocab.token_to_id.get(text)
