@@ -51,7 +51,9 @@ change -- and merges the pieces (mostly single words) one by one, each distinct 
 
     "▁The▁dog,▁(a▁cat)▁sat."  ->  ▁The | ▁dog | , | ▁( | a | ▁cat | ) | ▁sat | .
 
-A fragment with no such point (10^6 x "a") still goes through the loop in one piece;
+Measured (tools/bench_spm_tokenizer.py --huge, one-line English): 1M characters 3.9-8.7 s
+and +122 MiB in one loop -> 0.24 s and +39 MiB cut; 16M: 130 s and +2 GB -> 2.9 s and +61 MiB.
+A fragment with no such point (10^6 x "a") still goes through the loop in one piece (~3 s);
 ``generate`` refuses prompts too long for the context before they get here.
 
 Gemma's user-defined tokens made of spaces ("   "), newlines and tabs never reach this
