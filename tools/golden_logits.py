@@ -2,6 +2,8 @@
 
     python tools/golden_logits.py                      # both real models, both engines
     python tools/golden_logits.py --models smollm2 --engines llamacpp
+    python tools/golden_logits.py --models smollm2,gemma3 --engines hf-greedy   # add HF's greedy text only
+    python tools/golden_logits.py --models smollm2,gemma3 --agreement llamacpp,hf,refllm,refllm-llamacpp-rounding
     python tools/make_golden.py logits ...             # the same, through the dispatcher
 
 Needs the ``reference`` extra (llama-cpp-python, torch, transformers); refllm's runtime
@@ -16,8 +18,11 @@ for prompt number i:
     p{i}_topk_logprobs    float32[n, K]     their log-probabilities (log-softmax of the logits)
     p{i}_last_logprobs    float16[n_vocab]  the full log-softmax at the last position (float32
                                             for HF; only for the first few prompts of a model)
-    p{i}_greedy           int32[m]          llama.cpp's greedy continuation (argmax, its own KV
+    p{i}_greedy           int32[m]          the engine's greedy continuation (argmax, its own KV
                                             cache), GREEDY_TOKENS tokens or up to end-of-generation
+                                            (llama.cpp's end-of-generation tokens for both engines)
+    p{i}_greedy_topk_ids  int32[m, 8]       HF only: its 8 most likely tokens at each greedy step
+    p{i}_greedy_topk_logprobs float32[m, 8] ... and their log-probs (the near-ties where texts part)
 
 The tiny K-quant models (random blocks, see TINY_F32_TWIN_TYPES) get a third file,
 ``<model>.llamacpp-f32.npz``: llama.cpp on the model's F32 "twin" (every tensor dequantized
@@ -25,6 +30,12 @@ by gguf-py), the same arrays without ``p{i}_greedy``.  It is their float32 refer
 shows where llama.cpp's 8-bit activations (Q8_K) alone flip a near-tie.
 
 ``manifest.json`` beside them records the prompts, engine versions and the command.
+
+``--agreement`` writes ``greedy_agreement.json`` instead: for each prompt of the real models,
+where the greedy continuations of llama.cpp, HF, refllm (Numba kernels) and refllm with
+llama.cpp's roundings (refllm/conformance/llamacpp_rounding.py) first part, pair by pair,
+each engine's top-2 margin there, and how many continuations each pair has identical.
+refllm's numbers are those of the checkout it ran in (its commit is recorded).
 """
 
 from __future__ import annotations
@@ -46,6 +57,7 @@ GREEDY_TOKENS = 64
 N_CTX = 1024  # the longest prompt (~700 tokens) + the greedy continuation
 N_BATCH = 256  # llama.cpp's batch: its logits buffers are N_BATCH x n_vocab floats
 CHUNK = 64  # positions turned into log-probs at a time
+GREEDY_TOP_K = 8  # alternatives kept at each HF greedy step: enough to tell a near-tie
 
 # --------------------------------------------------------------------------- prompts
 
@@ -135,36 +147,66 @@ def llama_cpp_tokenize(model_path: Path, prompts: list[str]) -> list[list[int]]:
     return [llm.tokenize(p.encode("utf-8"), add_bos=True, special=True) for p in prompts]
 
 
-def llama_cpp_golden(model_path: Path, token_lists: list[list[int]], full_last: int, greedy_tokens: int = GREEDY_TOKENS) -> dict:
-    """llama.cpp's logits at every prompt position, then a greedy continuation."""
+def llama_cpp_golden(model_path: Path, token_lists: list[list[int]], full_last: int, greedy_tokens: int = GREEDY_TOKENS,
+                     greedy_topk: bool = False) -> dict:  # fmt: skip
+    """llama.cpp's logits at every prompt position, then a greedy continuation
+    (with greedy_topk, also its top tokens at each greedy step: see greedy_decode)."""
     import llama_cpp
 
     llm = llama_cpp.Llama(str(model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH, logits_all=True, n_threads=1, verbose=False)
+    vocab = llm._model.vocab
+
+    def step(token_id: int) -> np.ndarray:
+        llm.eval([token_id])
+        return llm.scores[llm.n_tokens - 1]  # [n_vocab]
+
     arrays: dict[str, np.ndarray] = {}
     for i, ids in enumerate(token_lists):
         llm.reset()
         llm.eval(ids)
         logits = llm.scores[: len(ids)]  # [n, n_vocab] float32, a view
         pack(arrays, i, ids, logits, full_last=i < full_last)
-
-        greedy: list[int] = []
-        next_id = int(np.argmax(logits[-1]))
+        if not greedy_tokens:
+            print(f"  llama.cpp prompt {i}: {len(ids)} tokens", flush=True)
+            continue
+        first = logits[-1].copy()
         del logits
-        while len(greedy) < greedy_tokens:
-            greedy.append(next_id)
-            if llama_cpp.llama_token_is_eog(llm._model.vocab, next_id):
-                break
-            llm.eval([next_id])
-            next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
-        if greedy_tokens:
-            arrays[f"p{i}_greedy"] = np.array(greedy, dtype=np.int32)
-        print(f"  llama.cpp prompt {i}: {len(ids)} tokens, greedy {len(greedy)}", flush=True)
+        greedy = greedy_decode(first, step, lambda t: llama_cpp.llama_token_is_eog(vocab, t), greedy_tokens)
+        arrays[f"p{i}_greedy"] = greedy["tokens"]
+        if greedy_topk:
+            arrays[f"p{i}_greedy_topk_ids"] = greedy["topk_ids"]
+            arrays[f"p{i}_greedy_topk_logprobs"] = greedy["topk_logprobs"]
+        print(f"  llama.cpp prompt {i}: {len(ids)} tokens, greedy {len(greedy['tokens'])}", flush=True)
     return arrays
 
 
-def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int, greedy_tokens: int = 0) -> dict:
-    """HF transformers' float32 logits (it dequantizes the GGUF to float32); with greedy_tokens > 0
-    also its greedy continuations (slow on a shared 2-core machine, so not written by default)."""
+def greedy_decode(first_logits: np.ndarray, step, is_end, n_tokens: int) -> dict[str, np.ndarray]:
+    """A greedy continuation: the argmax of each step's logits, fed back through ``step``.
+
+    first_logits float32[n_vocab] (the prompt's last position); ``step(token_id)`` evaluates one token
+    and returns the next logits; ``is_end(token_id)`` says end-of-generation.  Stops after n_tokens
+    or after an end-of-generation token, which is kept (llama.cpp's loop).  Returns
+        tokens          int32[m]                 the continuation
+        topk_ids        int32[m, GREEDY_TOP_K]   each step's most likely tokens (topk_ids[:, 0] == tokens)
+        topk_logprobs   float32[m, GREEDY_TOP_K] their log-probs: [:, 0] - [:, 1] is the step's top-2 margin
+    """
+    tokens, top_ids, top_logprobs = [], [], []
+    logits = first_logits
+    while len(tokens) < n_tokens:
+        ids, logprobs = top_k(log_softmax(logits[None, :]), GREEDY_TOP_K)  # [1, K] each
+        next_id = int(np.argmax(logits))  # == ids[0, 0] unless two logits are exactly equal: argmax's first
+        tokens.append(next_id)
+        top_ids.append(ids[0])
+        top_logprobs.append(logprobs[0])
+        if is_end(next_id) or len(tokens) == n_tokens:
+            break
+        logits = step(next_id)
+    return {"tokens": np.array(tokens, dtype=np.int32), "topk_ids": np.array(top_ids), "topk_logprobs": np.array(top_logprobs)}
+
+
+def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int, greedy_tokens: int = GREEDY_TOKENS) -> dict:
+    """HF transformers' float32 logits (it dequantizes the GGUF to float32) and its greedy continuations
+    (its own KV cache, one token at a time; the same end-of-generation tokens as llama.cpp)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -180,37 +222,33 @@ def hf_golden(model_path: Path, token_lists: list[list[int]], full_last: int, gr
             out = model(torch.tensor([ids]), use_cache=True)
             logits = out.logits[0].float().numpy()  # [n, n_vocab]
             pack(arrays, i, ids, logits, full_last=i < full_last, full_dtype=np.float32)
-
             if greedy_tokens <= 0:
                 print(f"  HF prompt {i}: {len(ids)} tokens", flush=True)
                 continue
-            # greedy continuation with HF's own KV cache, one token at a time
-            greedy: list[int] = []
-            next_id, past = int(np.argmax(logits[-1])), out.past_key_values
-            while len(greedy) < greedy_tokens:
-                greedy.append(next_id)
-                if next_id in end_ids:
-                    break
-                out = model(torch.tensor([[next_id]]), past_key_values=past, use_cache=True)
-                next_id, past = int(out.logits[0, -1].argmax()), out.past_key_values
-            arrays[f"p{i}_greedy"] = np.array(greedy, dtype=np.int32)
-            print(f"  HF prompt {i}: {len(ids)} tokens, greedy {len(greedy)}", flush=True)
+
+            cache = out.past_key_values
+
+            def step(token_id: int) -> np.ndarray:
+                nonlocal cache
+                out = model(torch.tensor([[token_id]]), past_key_values=cache, use_cache=True)
+                cache = out.past_key_values
+                return out.logits[0, -1].float().numpy()  # [n_vocab]
+
+            greedy = greedy_decode(logits[-1], step, end_ids.__contains__, greedy_tokens)
+            arrays[f"p{i}_greedy"] = greedy["tokens"]
+            arrays[f"p{i}_greedy_topk_ids"] = greedy["topk_ids"]
+            arrays[f"p{i}_greedy_topk_logprobs"] = greedy["topk_logprobs"]
+            print(f"  HF prompt {i}: {len(ids)} tokens, greedy {len(greedy['tokens'])}", flush=True)
     return arrays
 
 
 def end_of_generation_ids(model_path: Path) -> set[int]:
-    """EOS and the chat end-of-turn tokens, read from the GGUF (as llama.cpp's is_eog)."""
-    from refllm.gguf import read
+    """Every token llama.cpp's ``llama_token_is_eog`` stops at (EOS, end-of-turn and the like)."""
+    import llama_cpp
 
-    metadata = read(model_path).metadata
-    tokens = metadata["tokenizer.ggml.tokens"]
-    ends = {int(metadata["tokenizer.ggml.eos_token_id"])}
-    for key in ("tokenizer.ggml.eot_token_id", "tokenizer.ggml.eom_token_id"):
-        if key in metadata:
-            ends.add(int(metadata[key]))
-    for text in ("<|im_end|>", "<end_of_turn>", "<|endoftext|>", "<|eot_id|>"):
-        ends.update(i for i in range(min(len(tokens), 300)) if tokens[i] == text)
-    return ends
+    llm = llama_cpp.Llama(str(model_path), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    return {i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_token_is_eog(vocab, i)}
 
 
 def engine_versions() -> dict:
@@ -296,12 +334,153 @@ def write_golden(name: str, path: Path, arch: str, full_last: int, engines: list
 
             twin = write_f32_twin(path, path.with_name(path.stem + "-f32-twin.gguf"))
             arrays = llama_cpp_golden(twin, token_lists, full_last, greedy_tokens=0)
+        elif engine == "hf-greedy":  # only add HF's greedy continuations to the existing HF file
+            engine, arrays = "hf", add_hf_greedy(out_dir / f"{name}.hf.npz", path, token_lists, full_last)
         else:
             arrays = hf_golden(path, token_lists, full_last)
         file = out_dir / f"{name}.{engine}.npz"
         np.savez_compressed(file, **arrays)
         entry["files"][engine] = {"file": file.name, "bytes": file.stat().st_size, "seconds": round(time.time() - t0, 1)}
     return entry
+
+
+def add_hf_greedy(file: Path, model_path: Path, token_lists: list[list[int]], full_last: int) -> dict:
+    """The arrays of an existing HF file plus HF's greedy continuations, its other arrays kept as they were.
+
+    HF recomputes the prompt arrays on the way (it needs the prompt's KV cache); any that come out
+    different from the stored ones are reported, and the stored ones are kept.
+    """
+    stored = dict(np.load(file))
+    fresh = hf_golden(model_path, token_lists, full_last)
+    changed = [key for key in stored if not np.array_equal(stored[key], fresh.get(key))]
+    print(f"  {file.name}: {len(stored) - len(changed)} of {len(stored)} stored arrays recomputed bit-identical; "
+          f"differ: {changed or 'none'}", flush=True)  # fmt: skip
+    return {**stored, **{key: value for key, value in fresh.items() if "_greedy" in key}}
+
+
+# --------------------------------------------------------------------------- greedy agreement
+
+# Whose greedy continuations greedy_agreement.json compares, and which pairs.
+AGREEMENT_ENGINES = ("llamacpp", "hf", "refllm", "refllm-llamacpp-rounding")
+AGREEMENT_PAIRS = [("refllm", "llamacpp"), ("hf", "llamacpp"), ("refllm", "hf"),
+                   ("refllm-llamacpp-rounding", "llamacpp"), ("refllm-llamacpp-rounding", "hf")]  # fmt: skip
+
+
+def refllm_greedy(model_path: Path, token_lists: list[list[int]], ops_name: str) -> list[dict]:
+    """refllm's greedy continuations: the default Numba kernels ("numba"), or the NumPy reference with
+    llama.cpp's roundings (refllm.conformance.llamacpp_rounding, "llamacpp-rounding")."""
+    import refllm
+    from refllm.conformance.llamacpp_rounding import LLAMACPP_ROUNDING
+    from refllm.kernels.reference import get_backend
+
+    transformer = refllm.load(model_path).transformer
+    ops = LLAMACPP_ROUNDING if ops_name == "llamacpp-rounding" else get_backend(ops_name)
+    end_ids = end_of_generation_ids(model_path)
+    continuations = []
+    for i, ids in enumerate(token_lists):
+        t0 = time.time()
+        cache = transformer.new_cache(len(ids) + GREEDY_TOKENS, ops)
+        first = ops.to_host(transformer.forward(ids, cache, ops))  # [n_vocab], the prompt's last position
+        continuations.append(
+            greedy_decode(first, lambda t: ops.to_host(transformer.forward([t], cache, ops)), end_ids.__contains__, GREEDY_TOKENS)
+        )
+        print(f"  refllm ({ops_name}) prompt {i}: greedy {len(continuations[-1]['tokens'])} in {time.time() - t0:.1f} s", flush=True)
+    return continuations
+
+
+def first_difference(a: np.ndarray, b: np.ndarray) -> int | None:
+    """Index of the first token where two continuations part (the shorter one's length if one stopped
+    earlier), None if they are identical."""
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    if differ.size:
+        return int(differ[0])
+    return None if len(a) == len(b) else n
+
+
+def top2_margin(continuation: dict, j: int) -> float | None:
+    """Nats between an engine's top-2 tokens at greedy step j (None past its end)."""
+    if j >= len(continuation["tokens"]):
+        return None
+    logprobs = continuation["topk_logprobs"][j]
+    return round(float(logprobs[0] - logprobs[1]), 4)
+
+
+def greedy_agreement(name: str, model_path: Path, out_dir: Path, engines: tuple[str, ...] = AGREEMENT_ENGINES) -> dict:
+    """Per prompt, where each pair of engines' greedy continuations first part, and each engine's top-2
+    margin there; per pair, how many continuations are identical.
+
+    llama.cpp is run again (its continuation must equal the stored one), HF's is read from its file.
+    """
+    golden_llama, golden_hf = np.load(out_dir / f"{name}.llamacpp.npz"), np.load(out_dir / f"{name}.hf.npz")
+    n_prompts = sum(1 for key in golden_llama.files if key.endswith("_greedy"))
+    token_lists = [golden_llama[f"p{i}_ids"].tolist() for i in range(n_prompts)]
+
+    def stored(golden, i: int) -> dict:
+        return {"tokens": golden[f"p{i}_greedy"], "topk_ids": golden[f"p{i}_greedy_topk_ids"],
+                "topk_logprobs": golden[f"p{i}_greedy_topk_logprobs"]}  # fmt: skip
+
+    continuations: dict[str, list[dict]] = {"hf": [stored(golden_hf, i) for i in range(n_prompts)]}
+    seconds = {}
+    for engine in engines:
+        if engine == "hf":
+            continue  # read from its golden file
+        t0 = time.time()
+        if engine == "llamacpp":
+            rerun = llama_cpp_golden(model_path, token_lists, full_last=0, greedy_topk=True)
+            continuations[engine] = [stored(rerun, i) for i in range(n_prompts)]
+            for i in range(n_prompts):
+                assert np.array_equal(rerun[f"p{i}_greedy"], golden_llama[f"p{i}_greedy"]), f"{name} prompt {i}: llama.cpp's rerun differs"
+        elif engine.startswith("refllm"):
+            continuations[engine] = refllm_greedy(model_path, token_lists, engine.removeprefix("refllm-") if "-" in engine else "numba")
+        seconds[engine] = round(time.time() - t0, 1)
+
+    prompts = []
+    for i in range(n_prompts):
+        row = {"prompt": i, "n_prompt_tokens": len(token_lists[i]), "pairs": {}}
+        for a, b in AGREEMENT_PAIRS:
+            if a not in continuations or b not in continuations:
+                continue
+            ca, cb = continuations[a][i], continuations[b][i]
+            j = first_difference(ca["tokens"], cb["tokens"])
+            pair = {"first_difference": j}
+            if j is not None:
+                pair["top2_margin"] = {a: top2_margin(ca, j), b: top2_margin(cb, j)}
+            row["pairs"][f"{a} vs {b}"] = pair
+        prompts.append(row)
+    identical = {
+        pair: sum(row["pairs"][pair]["first_difference"] is None for row in prompts) for pair in prompts[0]["pairs"]
+    }
+    return {"n_prompts": n_prompts, "identical": identical, "seconds": seconds, "prompts": prompts}
+
+
+def write_greedy_agreement(names: list[str], out_dir: Path, engines: tuple[str, ...], command: str) -> None:
+    """greedy_agreement.json: greedy_agreement() for each real model (entries of other models kept)."""
+    import subprocess
+
+    path = out_dir / "greedy_agreement.json"
+    report = json.loads(path.read_text()) if path.exists() else {"models": {}}
+    sources = model_sources()
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    report.update({
+        "about": "Where the 64-token greedy continuations of the golden prompts part, engine pair by pair: "
+                 "first_difference = index of the first differing token (null: identical); top2_margin = each "
+                 "engine's log-prob gap between its top two tokens at that index (nats). refllm = default Numba "
+                 "kernels; refllm-llamacpp-rounding = refllm's NumPy reference with llama.cpp's roundings "
+                 "(refllm/conformance/llamacpp_rounding.py). All engines are fed llama.cpp's prompt token ids and "
+                 "stop at llama.cpp's end-of-generation tokens.",
+        "command": command,
+        "versions": engine_versions(),
+        "greedy_tokens": GREEDY_TOKENS,
+    })  # fmt: skip
+    for name in names:
+        print(f"{name}: greedy agreement ...", flush=True)
+        entry = greedy_agreement(name, sources[name][0], out_dir, engines)
+        entry["refllm_commit"] = commit  # refllm's kernels move; the numbers are for this commit (+ the working tree)
+        report["models"][name] = entry
+        print(f"  identical: {entry['identical']}", flush=True)
+    path.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {path}")
 
 
 ROPE_CASES = [  # (rope_type, head dim, base, HF rope_parameters)
@@ -332,11 +511,19 @@ def write_rope_golden(out_dir: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="smollm2,gemma3", help="comma-separated: smollm2, gemma3, tiny, rope")
-    parser.add_argument("--engines", default="llamacpp,hf", help="comma-separated: llamacpp, hf")
+    parser.add_argument("--engines", default="llamacpp,hf",
+                        help="comma-separated: llamacpp, hf; hf-greedy adds only HF's greedy continuations to its file")
+    parser.add_argument("--agreement", default="",
+                        help="write greedy_agreement.json for --models with these comma-separated engines "
+                             f"(of {','.join(AGREEMENT_ENGINES)}) instead of golden files")  # fmt: skip
     parser.add_argument("--tiny-types", default=",".join(TINY_TYPES), help="comma-separated weight types of the tiny models")
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
 
+    if args.agreement:
+        command = "python tools/golden_logits.py " + " ".join(argv if argv is not None else sys.argv[1:])
+        write_greedy_agreement(args.models.split(","), args.out, tuple(args.agreement.split(",")), command)
+        return 0
     sources = model_sources()
     if "tiny" in args.models.split(","):
         import tempfile
@@ -356,7 +543,9 @@ def main(argv: list[str] | None = None) -> int:
             "every engine sees the same ids. logprobs = log_softmax(logits). "
             "llama.cpp: llama-cpp-python Llama(logits_all=True), CPU, greedy = argmax with single-token decode "
             "until 64 tokens or an end-of-generation token. "
-            "HF: AutoModelForCausalLM.from_pretrained(gguf_file=..., dtype=float32, attn_implementation='eager').",
+            "HF: AutoModelForCausalLM.from_pretrained(gguf_file=..., dtype=float32, attn_implementation='eager'); "
+            "its greedy continuation (p{i}_greedy, with its top-8 at each step) the same way, with its own KV cache "
+            "and llama.cpp's end-of-generation tokens.",
         }
     )
     if "rope" in args.models.split(","):
@@ -373,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
             engines_here.append("llamacpp-f32")
         entry = write_golden(name, path, arch, full_last, engines_here, args.out, long=arch == "gemma3", tiny=tiny)
         entry["command"] = manifest["command"]
+        for file_entry in entry["files"].values():  # each file remembers the command that wrote it
+            file_entry["command"] = manifest["command"]
         old = manifest["models"].get(name, {})
         entry["files"] = {**old.get("files", {}), **entry["files"]}
         manifest["models"][name] = entry
