@@ -9,7 +9,8 @@
 
 Support levels:
     optimized    the Numba backend (or the CUDA one, asked for with ``--backend cuda``)
-                 serves every op and every weight type
+                 serves every op and every weight type (the Numba backend's SiLU/GELU
+                 are NumPy's own vectorised functions, its fastest; the plan says "numpy")
     generic      the NumPy reference runs it (asked for with ``--backend numpy`` or
                  ``--no-specialization``, or because some op fell back; the
                  fallback reasons say which and why)
@@ -243,6 +244,8 @@ def build_plan(
     op_names = ["embedding_rows", "rms_norm", "rope", "attention", _activation_op(cfg.architecture), "linear", "softmax"]
     for op in op_names:
         plan.ops[op] = OpPlan(chosen)
+    if chosen == "numba":  # by choice, not a fallback: NumPy's vectorised exp/tanh are the fast path
+        plan.ops[_activation_op(cfg.architecture)] = OpPlan("numpy")
     if chosen in ("numba", "cuda") and any(q.backend == "numpy" for q in plan.quant_types.values()):
         plan.ops["linear"] = OpPlan(f"{chosen}+numpy", f"some weight types have no {chosen} kernel (see quant_types)")
 

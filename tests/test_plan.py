@@ -19,9 +19,10 @@ def test_smollm2_is_optimized_on_numba(smollm2_gguf):
     plan = build_plan(str(smollm2_gguf), backend="numba", num_ctx=1024)
     assert plan.architecture == "llama" and plan.support_level == "optimized"
     assert plan.specialization == "numba-cpu" and plan.fallbacks == []
-    assert {op: p.backend for op, p in plan.ops.items()} == dict.fromkeys(
-        ["embedding_rows", "rms_norm", "rope", "attention", "silu", "linear", "softmax"], "numba"
-    )
+    assert {op: p.backend for op, p in plan.ops.items()} == {
+        **dict.fromkeys(["embedding_rows", "rms_norm", "rope", "attention", "linear", "softmax"], "numba"),
+        "silu": "numpy",  # NumPy's vectorised exp outruns a Numba loop: the numba backend uses it
+    }
     assert set(plan.quant_types) == {"F32", "Q4_1", "Q8_0"}
 
     # Memory, from the file itself: mapped bytes are the tensors' bytes; the KV cache is

@@ -1,20 +1,21 @@
-"""Numba versions of the forward pass's small ops (the ones that show in a decode profile).
+"""Numba versions of the forward pass's float32 ops: RMSNorm, softmax, RoPE, attention,
+and the prefill matrix product ``matmul_nt``.
 
 Each kernel computes exactly what the NumPy function of the same name in
 ``refllm/kernels/reference.py`` computes (same shapes, float32), in one pass
 with no temporaries; ``tests/test_kernels_ops.py`` holds each against it.
-Every kernel is its own top-level ``@njit(cache=True)`` function.
+Every kernel is its own top-level ``@njit(cache=True)`` function.  (SiLU and
+GELU have none: NumPy's own vectorised exp/tanh are faster, see numba_backend.)
 
 The kernels run on the calling thread with the GIL released (``nogil``).  In
 decode they are small (a few thousand values per token) and run on one thread:
-waking a second thread costs more than the work.  In prefill the backend
-splits the rows (or the query tokens, for attention) into chunks and runs the
-chunks on its tile threads (``numba_backend.run_tasks``).
+waking a second thread costs more than the work.  In prefill the backend hands
+its tile threads (``numba_backend.run_tasks``) one weight tile each for
+``matmul_nt``, or a chunk of query tokens for attention.
 """
 
 from __future__ import annotations
 
-import math
 
 import numpy as np
 from numba import njit
@@ -35,26 +36,6 @@ def rms_norm_rows(x, weight, eps, out):
         inv_rms = np.float32(1.0) / np.sqrt(sum_squares / np.float32(d) + np.float32(eps))
         for i in range(d):
             out[r, i] = x[r, i] * inv_rms * weight[i]
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def silu_flat(x, out):
-    """out = x * sigmoid(x), elementwise on flat arrays.  Reference: silu."""
-    for i in range(x.shape[0]):
-        out[i] = x[i] / (np.float32(1.0) + np.exp(-x[i]))
-
-
-@njit(cache=True, nogil=True, fastmath=FAST)
-def gelu_tanh_flat(x, out):
-    """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3).  Reference: gelu_tanh.
-
-    Written as x / (1 + exp(-2u)), the same function (0.5 (1 + tanh(u)) = 1 / (1 + exp(-2u))):
-    LLVM vectorises exp but not tanh (measured 8 ms -> 0.8 ms for 128 x 2048 values).
-    """
-    c = np.float32(2.0 * math.sqrt(2.0 / math.pi))
-    for i in range(x.shape[0]):
-        v = x[i]
-        out[i] = v / (np.float32(1.0) + np.exp(-c * (v + np.float32(0.044715) * v * v * v)))
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
