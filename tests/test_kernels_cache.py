@@ -35,9 +35,9 @@ def _run_kernel(env: dict) -> subprocess.CompletedProcess:
         "import numpy as np\n"
         "from refllm.kernels import numba_backend as nb, numba_ops\n"
         "nb.NOTICE_AFTER_S = 0.0  # any compile at all prints the notice\n"
-        "print(nb.silu(np.array([0.0, 1.0], np.float32))[1])\n"
+        "print(nb.rms_norm(np.array([[0.0, 1.0]], np.float32), np.ones(2, np.float32), 0.0)[0, 1])\n"
         "time.sleep(0.2)  # let a notice timer fire, if one was armed\n"
-        "stats = numba_ops.silu_flat.stats\n"
+        "stats = numba_ops.rms_norm_rows.stats\n"
         "print(sum(stats.cache_hits.values()), sum(stats.cache_misses.values()))\n"
     )
     return subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -48,7 +48,7 @@ def test_numba_cache_dir_is_honoured_and_reused(tmp_path):
     first = _run_kernel(env)
     assert first.returncode == 0, first.stderr
     value, counts = first.stdout.splitlines()
-    assert abs(float(value) - 0.7310586) < 1e-6
+    assert abs(float(value) - 2**0.5) < 1e-6  # 1 / sqrt(mean(0, 1))
     assert counts == "0 1"  # empty cache: compiled once
     assert "compiling kernels" in first.stderr
     cached = list(tmp_path.rglob("*.nbi"))
@@ -65,7 +65,7 @@ def test_numba_start_up_skips_scipy_but_leaves_it_usable():
         "import sys\n"
         "import numba, numpy as np\n"
         "from refllm.kernels import numba_backend as nb\n"
-        "nb.silu(np.ones(2, np.float32))\n"
+        "nb.rms_norm(np.ones((1, 2), np.float32), np.ones(2, np.float32), 1e-6)\n"
         "print('scipy.linalg' in sys.modules)\n"
         "@numba.njit\n"
         "def dot(a, b):\n"
