@@ -28,6 +28,9 @@ Fragment = str | int  # plain text still to tokenize, or a finished special toke
 Span = tuple[int, int]  # [start, end) character positions
 
 
+SHARED_BEGINNING_CHARS = 4  # see SpecialTokenSplitter.split
+
+
 class SpecialTokenSplitter:
     def __init__(self, vocab: Vocab):
         by_length: list[tuple[int, int, str, bool]] = []  # (utf-8 length, id, text, is control/unknown)
@@ -41,10 +44,18 @@ class SpecialTokenSplitter:
     def split(self, text: str, parse_special: bool, protected: Sequence[Span] = ()) -> list[Fragment]:
         # pieces: (start, end) of text still to tokenize, or a token id; in order
         pieces: list[Span | int] = [(0, len(text))] if text else []
+        # Thousands of specials share a few beginnings (Gemma: 6,414 specials, ~6,200 of
+        # them "<unused...>"): a beginning absent from the text rules out all its specials
+        # with one search (1M characters: ~3 s of searches -> a few ms).
+        beginning_present: dict[str, bool] = {}
         for special_text, special_id, on_request in self.specials:
             if on_request and not parse_special:
                 continue
-            if special_text not in text:  # cheap test on the whole text first
+            beginning = special_text[:SHARED_BEGINNING_CHARS]
+            present = beginning_present.get(beginning)
+            if present is None:
+                present = beginning_present[beginning] = beginning in text
+            if not present or special_text not in text:  # cheap tests on the whole text first
                 continue
             guarded = protected if on_request else ()
             pieces = [out for piece in pieces for out in _split_piece(text, piece, special_text, special_id, guarded)]
