@@ -2,7 +2,7 @@
 
 CPU and cores, the SIMD features LLVM sees (what Numba can vectorise with),
 Numba / llvmlite / NumPy versions, Numba's threading layer and thread count,
-the kernel cache directory, NumPy's BLAS (prefill attention's matmuls) and whether a
+the kernel cache directory, NumPy's BLAS (the NumPy reference backend's matmuls) and whether a
 CUDA GPU is usable.  Every probe is guarded: a missing piece is reported, never raised.
 """
 
