@@ -60,14 +60,16 @@ def chat_prompt(*messages: tuple[str, str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(smollm2_gguf):
+def server(smollm2_gguf, tmp_path_factory):
     from server_fakes import fake_engine
 
-    engine, loaded = fake_engine(smollm2_gguf, EngineSettings(num_parallel=2, max_queue=16), delay_s=0.02)
-    app = create_app(engine, ServerSettings(origins=["https://allowed.example"]))
-    with ServerThread(app) as url:
-        yield url, engine, loaded
-    engine.close()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("REFLLM_MODELS", str(tmp_path_factory.mktemp("models")))  # not the user's store
+        engine, loaded = fake_engine(smollm2_gguf, EngineSettings(num_parallel=2, max_queue=16), delay_s=0.02)
+        app = create_app(engine, ServerSettings(origins=["https://allowed.example"]))
+        with ServerThread(app) as url:
+            yield url, engine, loaded
+        engine.close()
 
 
 @pytest.fixture(scope="module")

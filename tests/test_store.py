@@ -108,6 +108,14 @@ def test_create_carries_modelfile_into_resolve_and_show(pulled):
     assert again.parameters == model.params and again.messages == model.messages and again.system == model.system
 
 
+def test_show_gives_the_template_the_model_chats_with(pulled, smollm2_gguf):
+    """No TEMPLATE layer: the GGUF's own chat template (what the engine uses); a TEMPLATE wins."""
+    field = gguf.GGUFReader(smollm2_gguf).fields["tokenizer.chat_template"]  # an independent reading
+    assert store.show("smollm2")["template"] == bytes(field.parts[field.data[0]]).decode()
+    store.create("templated", "FROM smollm2\nTEMPLATE {{ .Prompt }}\n")
+    assert store.show("templated")["template"] == "{{ .Prompt }}"
+
+
 def test_create_from_a_store_model_inherits_and_overrides(pulled):
     store.create("base2", "FROM smollm2\nPARAMETER temperature 0.2\nPARAMETER top_k 5\nSYSTEM one\n")
     store.create("child", "FROM base2\nPARAMETER temperature 0.9\n")

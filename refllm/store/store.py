@@ -215,6 +215,7 @@ class Store:
         """Everything about one model, in /api/show's shape (plus "params" and "messages")."""
         resolved = self.resolve(name)
         parsed, manifest, _ = self._read_manifest(name)
+        info = _model_info(resolved.gguf_path)
         return {
             "license": resolved.license or "",
             "modelfile": format_modelfile(
@@ -223,11 +224,12 @@ class Store:
             ),
             "parameters": format_parameters(resolved.params),
             "params": resolved.params,
-            "template": resolved.template or "",
+            # the template the model chats with: its TEMPLATE layer, else the GGUF's own (as the engine does)
+            "template": resolved.template or str(info.get("tokenizer.chat_template") or ""),
             "system": resolved.system or "",
             "messages": resolved.messages,
             "details": self._details(manifest),
-            "model_info": _model_info(resolved.gguf_path),
+            "model_info": info,
             "modified_at": datetime.fromtimestamp(
                 self.manifest_path(parsed).stat().st_mtime, timezone.utc).astimezone().isoformat(),
         }
