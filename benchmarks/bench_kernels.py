@@ -5,10 +5,10 @@
 Weights: random valid blocks (``refllm.quant.testing.random_blocks``) of the
 shapes SmolLM2 and Gemma 3 use.  ``matvec`` is one token (the fused
 dequantize x matvec kernel); ``matmul`` is 128 tokens (dequantized tiles times
-BLAS).  The throughput table after pytest-benchmark's gives GB/s of weight
+``numba_ops.matmul_nt``).  The throughput table after pytest-benchmark's gives GB/s of weight
 bytes read ("in") and GFLOP/s as "out" bytes would be meaningless here, so
 "out MB" is the float32 result size.  Threads: the prefill matmul runs on 1 and
-on every thread (NUMBA_NUM_THREADS; BLAS is held at one thread per tile task);
+on every thread (NUMBA_NUM_THREADS: the tile threads share the tiles out);
 the decode matvecs pick their thread count by measurement
 (``numba_backend._DecodeThreads``).
 """

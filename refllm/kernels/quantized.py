@@ -11,8 +11,8 @@ into the GGUF memory map: a row is ``k / block_size`` blocks laid end to end, an
 nothing is ever copied to float.  ``matvec`` decodes each block in registers and
 multiplies it by the matching 32 (or 256) entries of ``x`` (decode), rows in
 parallel (``prange``; the backend picks one thread or all per call).
-``dequantize`` serves prefill (a tile of rows, then one BLAS matmul for all
-prompt tokens) and embedding lookups; it runs on the calling thread with the
+``dequantize`` serves prefill (a tile of rows, then ``numba_ops.matmul_nt`` for
+all prompt tokens) and embedding lookups; it runs on the calling thread with the
 GIL released (``nogil``), and the backend's tile threads each dequantize their
 own tile at the same time (``numba_backend.run_tasks``).
 
