@@ -255,12 +255,12 @@ def dequantize_bf16(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q4_0(row, o, x, xo, f16, half):
-    """sum(nibble * x) of one block; the caller scales it by d and subtracts
-    8 * d * sum(x): sum((q - 8) x) = sum(q x) - 8 sum(x)."""
+def _dot_nibbles(row, qs, x, xo, half):
+    """sum(nibble * x) over one block's 32 nibbles, which start at byte ``qs`` (Q4_0 and Q4_1
+    lay them out alike); the caller applies the block's scale and offset."""
     s = np.float32(0.0)
     for j in range(half & 16):
-        low, high = _nibbles(row[o + 2 + j])
+        low, high = _nibbles(row[qs + j])
         s += low * x[xo + j] + high * x[xo + 16 + j]
     return s
 
@@ -285,9 +285,9 @@ def matvec_q4_0(rows, x, y, f16, inner):
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 18, 18)
             d = _f16(rows[r], b * 18, f16)
-            acc += d * _dot_q4_0(rows[r], b * 18, x, b * 32, f16, inner)
+            acc += d * _dot_nibbles(rows[r], b * 18 + 2, x, b * 32, inner)
             offsets += d * x_sums[b]
-        y[r] = acc - np.float32(8.0) * offsets
+        y[r] = acc - np.float32(8.0) * offsets  # sum((q - 8) x) = sum(q x) - 8 sum(x)
 
 
 @njit(cache=True, nogil=True)
@@ -301,17 +301,6 @@ def dequantize_q4_0(rows, out, f16, inner):
 # =========================================================================== Q4_1  (20 bytes, 32 weights)
 #   | d f16 | m f16 | qs[16] (nibbles as Q4_0) |
 #   weight = d * nibble + m      so  dot = d * sum(nibble * x) + m * sum(x)
-
-
-@njit(inline="always", fastmath=FAST)
-def _dot_q4_1(row, o, x, xo, f16, half):
-    """d * sum(nibble * x) of one block; the caller adds m * sum(x)."""
-    d = _f16(row, o, f16)
-    s = np.float32(0.0)
-    for j in range(half & 16):
-        low, high = _nibbles(row[o + 4 + j])
-        s += low * x[xo + j] + high * x[xo + 16 + j]
-    return d * s
 
 
 @njit(inline="always")
@@ -334,7 +323,7 @@ def matvec_q4_1(rows, x, y, f16, inner):
         offsets = np.float32(0.0)  # sum of m * sum(x): a second, independent chain of adds
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 20, 20)
-            acc += _dot_q4_1(rows[r], b * 20, x, b * 32, f16, inner)
+            acc += _f16(rows[r], b * 20, f16) * _dot_nibbles(rows[r], b * 20 + 4, x, b * 32, inner)
             offsets += _f16(rows[r], b * 20 + 2, f16) * x_sums[b]
         y[r] = acc + offsets
 
@@ -353,13 +342,14 @@ def dequantize_q4_1(rows, out, f16, inner):
 
 
 @njit(inline="always", fastmath=FAST)
-def _dot_q5_0(row, o, x, xo, byte_bits, half):
-    """sum(q * x) of one block, q = nibble + 16 * 5th bit (0..31); the caller scales it
-    by d and subtracts 16 * d * sum(x): sum((q - 16) x) = sum(q x) - 16 sum(x)."""
-    qh0, qh1, qh2, qh3 = row[o + 2], row[o + 3], row[o + 4], row[o + 5]  # the 32 5th bits
+def _dot_5_bits(row, qh, x, xo, byte_bits, half):
+    """sum(q * x) over one block's 32 5-bit quants, q = nibble + 16 * 5th bit (0..31): the
+    4 bytes of 5th bits start at byte ``qh`` and the 16 bytes of nibbles follow them (Q5_0
+    and Q5_1 lay them out alike); the caller applies the block's scale and offset."""
+    qh0, qh1, qh2, qh3 = row[qh], row[qh + 1], row[qh + 2], row[qh + 3]  # the 32 5th bits
     s = np.float32(0.0)
     for j in range(half & 16):
-        low, high = _nibbles(row[o + 6 + j])
+        low, high = _nibbles(row[qh + 4 + j])
         if np.uint8((qh0 if j < 8 else qh1) & byte_bits[j]):  # bit j of qh
             low += np.float32(16.0)
         if np.uint8((qh2 if j < 8 else qh3) & byte_bits[j]):  # bit 16 + j
@@ -390,9 +380,9 @@ def matvec_q5_0(rows, x, y, f16, inner):
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 22, 22)
             d = _f16(rows[r], b * 22, f16)
-            acc += d * _dot_q5_0(rows[r], b * 22, x, b * 32, byte_bits, inner)
+            acc += d * _dot_5_bits(rows[r], b * 22 + 2, x, b * 32, byte_bits, inner)
             offsets += d * x_sums[b]
-        y[r] = acc - np.float32(16.0) * offsets
+        y[r] = acc - np.float32(16.0) * offsets  # sum((q - 16) x) = sum(q x) - 16 sum(x)
 
 
 @njit(cache=True, nogil=True)
@@ -406,22 +396,6 @@ def dequantize_q5_0(rows, out, f16, inner):
 # =========================================================================== Q5_1  (24 bytes, 32 weights)
 #   | d f16 | m f16 | qh u32 | qs[16] |
 #   weight = d * (nibble | high_bit << 4) + m
-
-
-@njit(inline="always", fastmath=FAST)
-def _dot_q5_1(row, o, x, xo, byte_bits, half):
-    """sum(q * x) of one block, q = nibble + 16 * 5th bit (as Q5_0); the caller
-    scales it by d and adds m * sum(x)."""
-    qh0, qh1, qh2, qh3 = row[o + 4], row[o + 5], row[o + 6], row[o + 7]
-    s = np.float32(0.0)
-    for j in range(half & 16):
-        low, high = _nibbles(row[o + 8 + j])
-        if np.uint8((qh0 if j < 8 else qh1) & byte_bits[j]):
-            low += np.float32(16.0)
-        if np.uint8((qh2 if j < 8 else qh3) & byte_bits[j]):
-            high += np.float32(16.0)
-        s += low * x[xo + j] + high * x[xo + 16 + j]
-    return s
 
 
 @njit(inline="always")
@@ -446,7 +420,7 @@ def matvec_q5_1(rows, x, y, f16, inner):
         offsets = np.float32(0.0)  # sum of m * sum(x)
         for b in range(n_blocks):
             _prefetch_ahead(rows, r, b * 24, 24)
-            acc += _f16(rows[r], b * 24, f16) * _dot_q5_1(rows[r], b * 24, x, b * 32, byte_bits, inner)
+            acc += _f16(rows[r], b * 24, f16) * _dot_5_bits(rows[r], b * 24 + 4, x, b * 32, byte_bits, inner)
             offsets += _f16(rows[r], b * 24 + 2, f16) * x_sums[b]
         y[r] = acc + offsets
 
