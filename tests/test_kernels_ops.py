@@ -66,7 +66,7 @@ def test_attention_over_the_cache(n_new, window, heads, kv_heads, hd):
 
 @pytest.fixture
 def two_threads_split_everything(monkeypatch):
-    """Prefill's thread-split paths on small data: two tile threads, any size splits."""
+    """Prefill's thread-split paths on small data: two tile threads."""
     saved = nb.set_threads(None)
     nb._max_threads = 2  # even where NUMBA_NUM_THREADS is 1: run_tasks only needs Python threads
     yield

@@ -52,7 +52,7 @@ def test_numpy_backend_is_generic(smollm2_gguf, kwargs):
 
 
 def test_scratch_estimate_follows_the_kernels(gemma3_gguf):
-    """Numba: one 1 MiB weight tile and one chunk of attention scores per thread; the NumPy
+    """Numba: one weight tile and one chunk of attention scores per thread; the NumPy
     reference: a chunk of dequantized weights and every head's scores at once."""
     from refllm.kernels.numba_backend import TILE_WEIGHTS
     from refllm.kernels.reference import WEIGHTS_PER_CHUNK

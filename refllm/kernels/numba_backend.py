@@ -9,8 +9,9 @@ reference); ``BACKEND`` bundles them.  What each op runs:
                                 every token by it (``numba_ops.matmul_nt``, x @ tile.T);
                                 the tiles are shared out to the tile threads (``run_tasks``)
     embedding_rows              dequantize just the chosen rows
-    rms_norm, rope, attention,  numba_ops.py (prefill: chunks of rows / query tokens
-    softmax                     on the tile threads)
+    rms_norm, rope, softmax     numba_ops.py, on the calling thread
+    attention                   numba_ops.py (prefill: chunks of query tokens on the
+                                tile threads, two matmul_nt products each)
     silu, gelu_tanh             NumPy's own (the reference functions): NumPy evaluates
                                 float32 exp and tanh with AVX-512/AVX2 code, while a
                                 Numba loop calls libm once per value (no SVML here):
@@ -25,12 +26,11 @@ Threads: ``set_threads(n)`` (default NUMBA_NUM_THREADS, i.e. every core).
              vs 36-47 tok/s, interleaved runs), but OpenMP splits the rows statically,
              so while another process holds a core every matvec waits for it
              (measured: 2-3x slower than one thread, down to 2 tok/s).
-    prefill  ``run_tasks`` shares big work out as tasks (a weight tile, a range of
-             rows, a chunk of query tokens) that the caller and its helper threads
-             take one at a time until none is left, running ``nogil`` kernels and
-             a thread slowed down by another process just takes
-             fewer tasks.  A hand-off costs ~20-80 us: fine for prefill's tiles,
-             too slow for decode's 20-150 us matvecs.
+    prefill  ``run_tasks`` shares big work out as tasks (a weight tile, a chunk of
+             query tokens) that the caller and its helper threads take one at a time
+             until none is left, running ``nogil`` kernels, so a thread slowed down by
+             another process just takes fewer tasks.  A hand-off costs ~40-90 us: fine
+             for prefill's tiles, too slow for decode's 20-150 us matvecs.
 
 Prefill calls no BLAS: its matrix products are ``numba_ops.matmul_nt`` on the tile
 threads.  (They were NumPy's, and OpenBLAS's own thread pool on the same cores fought

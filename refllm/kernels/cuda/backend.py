@@ -43,12 +43,6 @@ def device_weight(w: TensorInfo) -> ops.DeviceWeight:
         return _weights[key]
 
 
-def release_weights() -> None:
-    """Free every uploaded weight now."""
-    with _lock:
-        _weights.clear()
-
-
 def has_kernel(w: TensorInfo) -> bool:
     return int(w.ggml_type) in K.SUPPORTED_TYPES
 
