@@ -228,3 +228,20 @@ print("ok", len(errors))
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split()[-2:] == ["ok", "0"]
+
+
+@pytest.mark.parametrize("shape", [(1,), (3, 5), (7, 16), (2, 3, 33)])
+def test_aligned_arrays_start_on_a_cache_line(shape):
+    a = nb.aligned_empty(shape)
+    assert a.shape == shape and a.dtype == np.float32 and a.flags.c_contiguous and a.flags.writeable
+    assert a.ctypes.data % nb.CACHE_LINE == 0
+    x = randn(*shape)
+    copy = nb.aligned(x[..., :]) if x.ctypes.data % nb.CACHE_LINE == 0 else nb.aligned(x)
+    assert copy.ctypes.data % nb.CACHE_LINE == 0
+    np.testing.assert_array_equal(copy, x)
+    assert nb.aligned(copy) is copy  # already aligned: no copy
+    shifted = np.empty(x.size + 1, np.float32)[1:].reshape(shape)  # 4 bytes past wherever NumPy put it
+    shifted[...] = x
+    assert shifted.ctypes.data % nb.CACHE_LINE != 0 and nb.aligned(shifted) is not shifted
+    np.testing.assert_array_equal(nb.aligned(shifted), x)
+    np.testing.assert_array_equal(nb.aligned(x.astype(np.float64)), x)  # other dtypes become float32

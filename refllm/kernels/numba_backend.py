@@ -338,6 +338,46 @@ def _chunks(n: int, n_chunks: int) -> list[tuple[int, int]]:
     return [(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
 
 
+# --------------------------------------------------------------------------- aligned memory
+
+CACHE_LINE = 64  # bytes; also the width of an AVX-512 register
+
+
+def aligned_empty(shape: tuple[int, ...], dtype=np.float32) -> np.ndarray:
+    """``np.empty(shape, dtype)`` whose data starts on a 64-byte (cache-line) boundary.
+
+    matmul_nt loads 64 bytes at a time from each row of x and w.  NumPy's allocator
+    (malloc) only promises 16-byte alignment, and from an address 16 bytes past a
+    boundary every such load straddles two cache lines.  Measured, one core, 128 tokens:
+    200 vs 163-166 GFLOP/s at k = 640 and 1024, 151 vs 130 at k = 2048.  (Rows stay
+    aligned when k is a multiple of 16, as in every model's shapes.)
+    """
+    n_bytes = math.prod(shape) * np.dtype(dtype).itemsize
+    buffer = np.empty(n_bytes + CACHE_LINE, dtype=np.uint8)
+    start = -buffer.ctypes.data % CACHE_LINE
+    return buffer[start : start + n_bytes].view(dtype).reshape(shape)
+
+
+def aligned(x: np.ndarray) -> np.ndarray:
+    """x as C-contiguous float32 starting on a cache line: x itself when it already is, else a copy."""
+    if x.dtype == np.float32 and x.flags.c_contiguous and x.ctypes.data % CACHE_LINE == 0:
+        return x
+    out = aligned_empty(x.shape)
+    out[...] = x
+    return out
+
+
+_tile_buffers = threading.local()  # each tile thread's reusable buffer for its dequantized tiles
+
+
+def _tile_buffer(n_rows: int, k: int) -> np.ndarray:
+    """This thread's f32[n_rows, k] scratch for one dequantized tile (aligned, reused across calls)."""
+    buffer = getattr(_tile_buffers, "buffer", None)
+    if buffer is None or buffer.size < n_rows * k:
+        buffer = _tile_buffers.buffer = aligned_empty((max(n_rows * k, TILE_WEIGHTS),))
+    return buffer[: n_rows * k].reshape(n_rows, k)
+
+
 # --------------------------------------------------------------------------- weights
 
 
@@ -367,13 +407,14 @@ def matvec(w: TensorInfo, x: np.ndarray, y: np.ndarray | None = None) -> np.ndar
     return y
 
 
-def dequantize_rows(w: TensorInfo, rows: np.ndarray) -> np.ndarray:
-    """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k], on the calling thread."""
+def dequantize_rows(w: TensorInfo, rows: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """uint8 [n, row_bytes] blocks of ``w`` -> f32[n, k] (into ``out`` if given), on the calling thread."""
     _, dequantize_kernel, inner = KERNELS[w.ggml_type.name]
     if rows.flags.writeable:
         rows = rows.view()
         rows.flags.writeable = False
-    out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
+    if out is None:
+        out = np.empty((rows.shape[0], w.shape[-1]), dtype=np.float32)  # [n, k]
     _run(dequantize_kernel, rows, out, F16_TO_F32, inner)
     return out
 
@@ -404,13 +445,13 @@ def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
 
     rows = _rows(w)  # [m, row_bytes]
     m, k = rows.shape[0], w.shape[-1]
-    out = np.empty((n, m), dtype=np.float32)  # [n, m]
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    out = aligned_empty((n, m))  # [n, m]
+    x = aligned(x)  # [n, k], cache-line aligned for matmul_nt
     tiles = _row_tiles(m, k)
 
     def multiply_tile(i: int) -> None:
         start, stop = tiles[i]
-        weights = dequantize_rows(w, rows[start:stop])  # [tile, k] float32, this thread's own
+        weights = dequantize_rows(w, rows[start:stop], _tile_buffer(stop - start, k))  # [tile, k], this thread's
         _run(numba_ops.matmul_nt, x, weights, out, start)  # out[:, start:stop] = [n, k] @ [k, tile]
 
     run_tasks(multiply_tile, len(tiles))
@@ -434,7 +475,7 @@ def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
     """x: f32[..., d] -> f32[..., d]."""
     flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1, x.shape[-1])  # [rows, d]
-    out = np.empty_like(flat)
+    out = aligned_empty(flat.shape)  # the input of the next linear
     _run(numba_ops.rms_norm_rows, flat, np.ascontiguousarray(weight, dtype=np.float32), float(eps), out)
     return out.reshape(x.shape)
 
@@ -497,13 +538,13 @@ def _attend_chunk(q, k_cache, v_cache, positions, scale: float, window: int, kv:
     keys = k_cache[first_key : last_key + 1, kv]  # [n_keys, hd]
     values = v_cache[first_key : last_key + 1, kv]  # [n_keys, hd_v]
 
-    queries = q[:, kv * group : (kv + 1) * group].reshape(c * group, hd) * np.float32(scale)  # [c * group, hd]
+    queries = aligned(q[:, kv * group : (kv + 1) * group].reshape(c * group, hd) * np.float32(scale))  # [c * group, hd]
     scores = np.empty((c * group, keys.shape[0]), dtype=np.float32)  # [c * group, n_keys]
-    _run(numba_ops.matmul_nt, queries, np.ascontiguousarray(keys), scores, 0)  # queries @ keys.T
-    probs = np.empty_like(scores)
+    _run(numba_ops.matmul_nt, queries, aligned(keys), scores, 0)  # queries @ keys.T
+    probs = aligned_empty(scores.shape)
     _run(numba_ops.causal_softmax_rows, scores, positions, first_key, window, group, probs)  # masked keys -> 0
     mixed = np.empty((c * group, values.shape[1]), dtype=np.float32)  # [c * group, hd_v]
-    _run(numba_ops.matmul_nt, probs, np.ascontiguousarray(values.T), mixed, 0)  # probs @ values
+    _run(numba_ops.matmul_nt, probs, aligned(values.T), mixed, 0)  # probs @ values
     out[:, kv * group : (kv + 1) * group] = mixed.reshape(c, group, -1)  # [c, group, hd_v]
 
 
