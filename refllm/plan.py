@@ -60,7 +60,7 @@ class MemoryPlan:
     """On the cuda backend the weights are also copied to GPU memory (once, as raw GGML
     blocks), and the KV cache and the scratch live there, not in host memory."""
 
-    weights_mapped_bytes: int  # the GGUF tensor data, memory-mapped (paged in on use, shared)
+    weights_mapped_bytes: int  # the GGUF tensor data, memory-mapped (shared; read in at load when it fits, GGUFFile.read_in)
     kv_cache_bytes: int  # float32 keys + values for num_ctx positions (committed as they fill)
     scratch_bytes: int  # activations of a prefill batch, dequantized tiles, logits
     total_bytes: int

@@ -245,6 +245,36 @@ def test_opening_does_not_read_or_copy_tensor_data(tmp_path):
     assert peak < 1_000_000
 
 
+def _resident_bytes_of_mapping(path: Path) -> int:
+    """Bytes of the file at ``path`` that this process has mapped in (Linux's /proc/self/smaps)."""
+    resident, in_mapping = 0, False
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if "-" in fields[0] and len(fields) >= 5:  # a mapping's header line: range perms offset dev inode [path]
+                in_mapping = len(fields) >= 6 and fields[5] == str(path)
+            elif in_mapping and fields[0] == "Rss:":
+                resident += int(fields[1]) * 1024
+    return resident
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="reads /proc/self/smaps (Linux)")
+def test_read_in_maps_every_page_of_the_file(tmp_path):
+    """Opening maps in only the pages it parses; ``read_in`` maps in all of the tensor data."""
+    n = 2**23  # float32 elements: 32 MiB of tensor data
+    data = np.arange(n, dtype=np.float32).tobytes()
+    path = write(tmp_path, gguf_bytes([("general.architecture", V.STRING, "llama")], [("big", [n], T.F32, 0)], data))
+    f = rg.read(path)
+    before = _resident_bytes_of_mapping(path)
+    f.read_in()
+    after = _resident_bytes_of_mapping(path)
+    assert before < len(data) // 4  # the OS maps in some neighbours of each page it parses, not all of them
+    assert after >= len(data)
+    np.testing.assert_array_equal(f.tensors["big"].raw[-8:].view(np.float32), [n - 2, n - 1])  # still a read-only view
+    f.close()
+    f.read_in()  # a closed file has nothing to read in, and says nothing
+
+
 # --------------------------------------------------------------------------- the real models
 
 

@@ -256,3 +256,24 @@ def test_weights_stay_quantized(gemma3):
     weights = gemma3.transformer.weights
     assert weights.token_embd.raw.base is not None  # a view into the file mapping, not a copy
     assert float_bytes(weights) < 1_000_000  # ~0.1 MB of norm weights vs a 250 MB file
+
+
+@pytest.mark.parametrize("available, reads_in", [(0, False), (1 << 40, True)])
+def test_building_the_weights_reads_the_file_in_when_it_fits(tiny_model, monkeypatch, available, reads_in):
+    """The first use of the weights maps the whole file in one pass, unless it would take over half the free memory."""
+    import refllm.model.loaded as loaded
+    from refllm.gguf import GGUFFile
+
+    calls = []
+    monkeypatch.setattr(loaded, "available_memory", lambda: available)
+    monkeypatch.setattr(GGUFFile, "read_in", lambda self: calls.append(self.path))
+    model = refllm.load(tiny_model("llama", "Q8_0"))
+    assert calls == []  # opening a model maps nothing in
+    model.transformer  # noqa: B018  (a cached_property)
+    assert calls == ([model.path] if reads_in else [])
+
+
+def test_available_memory_is_a_byte_count():
+    from refllm.model.loaded import available_memory
+
+    assert available_memory() >= 0

@@ -208,6 +208,23 @@ class GGUFFile:
     def get(self, key: str, default: Any = None) -> Any:
         return self.metadata.get(key, default)
 
+    def read_in(self) -> None:
+        """Bring every page of the file into this process's memory now, in one sequential pass.
+
+        The tensors are views into the memory map, and the OS maps a page into the process
+        only when it is first read (a page fault).  Left to the first forward pass, those
+        faults land scattered across the weights, one small range at a time: measured on
+        Gemma 3 270M (241 MB, already in the page cache), the first 128-token prefill took
+        360-390 ms against 205-220 ms for the next ones, while this pass takes ~25 ms.
+        llama.cpp does the same when it loads a model (``MAP_POPULATE``).
+        """
+        if self._mmap is None:
+            return
+        if hasattr(mmap, "MADV_WILLNEED"):  # start reading from disk ahead of the pass, if not cached
+            self._mmap.madvise(mmap.MADV_WILLNEED)
+        data = np.frombuffer(self._mmap, dtype=np.uint8)
+        int(data[:: mmap.PAGESIZE].sum())  # reading one byte of each page maps it
+
     def close(self) -> None:
         """Drop the tensor views and the mapping (views must not be used afterwards)."""
         self.tensors = {}

@@ -78,10 +78,18 @@ class Model:
 
     @cached_property
     def transformer(self):
-        """Config + quantized weights + the family's forward (built on first use; UnsupportedModel if not runnable)."""
+        """Config + quantized weights + the family's forward (built on first use; UnsupportedModel if not runnable).
+
+        Building it also reads the weights into memory in one pass (``GGUFFile.read_in``)
+        when the file takes at most half of the memory available, as llama.cpp does at load:
+        the first prompt then runs at full speed instead of stopping at page faults.
+        """
         from refllm.model.transformer import Transformer
 
-        return Transformer(self.gguf)
+        transformer = Transformer(self.gguf)
+        if self.gguf.file_size <= available_memory() // 2:
+            self.gguf.read_in()
+        return transformer
 
     @property
     def config(self):
@@ -142,6 +150,18 @@ class Model:
 
         return generate(self, prompt, raw=raw, stream=stream, system=system, images=images, logprobs=logprobs,
                         top_logprobs=top_logprobs, session=session, options=options, **more_options)  # fmt: skip
+
+
+def available_memory() -> int:
+    """Bytes of memory the OS can still hand out (Linux's MemAvailable), or 0 if it won't say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024  # the file counts kB
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def load(path_or_name: str | os.PathLike) -> Model:
