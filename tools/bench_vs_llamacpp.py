@@ -111,6 +111,7 @@ def main(argv=None) -> int:
     for model_ref in args.models:
         model = refllm.load(model_ref)
         path = model.path
+        label = path.name if Path(model_ref).suffix == ".gguf" else model_ref  # a store model's file is a sha256 blob
         ids = prompt_ids(model, args.prompt_tokens)
         runs: dict[tuple[str, int], list[dict]] = {}
         for _ in range(args.rounds):
@@ -122,12 +123,12 @@ def main(argv=None) -> int:
                         result = run_llama_cpp(path, ids, threads, args.gen_tokens)
                     runs.setdefault((engine, threads), []).append(result)
                     if args.json:
-                        print(json.dumps({"model": path.name, **result}), flush=True)
+                        print(json.dumps({"model": label, **result}), flush=True)
         for threads in args.threads:
             med = {e: {k: statistics.median(r[k] for r in runs[(e, threads)]) for k in ("prefill_tok_s", "decode_tok_s", "ttft_s", "peak_rss_mb")}
                    for e in ("refllm", "llama.cpp")}  # fmt: skip
             start_ttft = time_to_first_token_from_start(path, threads)
-            rows.append((path.name, threads, med, start_ttft, path.stat().st_size / 2**20))
+            rows.append((label, threads, med, start_ttft, path.stat().st_size / 2**20))
 
     print(f"\nmedians of {args.rounds} interleaved rounds; {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps")
     header = f"{'model':38} {'thr':>3} {'prefill tok/s r/l':>20} {'ratio':>6} {'decode tok/s r/l':>18} {'ratio':>6} {'TTFT s r/l':>12} {'start->1st s':>12} {'RSS MB r/l (GGUF)':>20}"
