@@ -77,10 +77,6 @@ def test_rms_norm_and_activations():
     np.testing.assert_allclose(CUDA_BACKEND.rms_norm(x, weight, 1e-6), ref.rms_norm(x, weight, 1e-6), rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(CUDA_BACKEND.silu(x), ref.silu(x), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(CUDA_BACKEND.gelu_tanh(x), ref.gelu_tanh(x), rtol=1e-5, atol=1e-6)
-    gate, up = x, rng.standard_normal((3, 64)).astype(np.float32)
-    for gelu, act in ((False, ref.silu), (True, ref.gelu_tanh)):
-        out = ops.gated_activation(cuda.to_device(gate), cuda.to_device(up), gelu).copy_to_host()
-        np.testing.assert_allclose(out, act(gate) * up, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("neox", [False, True])
@@ -179,7 +175,6 @@ signatures = {  # the argument types refllm/kernels/cuda/ops.py launches them wi
     "embedding_kernel": (T.int64, u8, T.int64, T.int64, T.int64, i64, f2),
     "rms_norm_kernel": (f2, f1, T.float32, f2),
     "activation_kernel": (f1, T.boolean, f1),
-    "gated_activation_kernel": (f1, f1, T.boolean, f1),
     "add_kernel": (f1, f1, f1),
     "multiply_kernel": (f1, f1, f1),
     "scale_kernel": (f1, T.float32, f1),
@@ -233,4 +228,6 @@ def test_every_kernel_compiles_to_ptx(tmp_path):
     result = json.loads(lines[-1])
     assert "no_nvvm" not in result, result
     assert result["failed"] == {}
-    assert len(result["compiled"]) == 11
+    from refllm.kernels.cuda import kernels
+
+    assert set(result["compiled"]) == {name for name in vars(kernels) if name.endswith("_kernel")}  # every kernel ops.py launches

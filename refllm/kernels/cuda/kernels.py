@@ -325,13 +325,6 @@ def activation_kernel(x, use_gelu, out):
 
 
 @cuda.jit
-def gated_activation_kernel(gate, up, use_gelu, out):
-    """out = act(gate) * up, act = SiLU or GELU (tanh approximation)."""
-    for i in range(cuda.grid(1), gate.size, cuda.gridsize(1)):
-        out[i] = gelu_or_silu(gate[i], use_gelu) * up[i]
-
-
-@cuda.jit
 def add_kernel(a, b, out):
     """out[i] = a[i] + b[i % b.size]: b of a's size (residual), or of its last axis (bias)."""
     for i in range(cuda.grid(1), a.size, cuda.gridsize(1)):

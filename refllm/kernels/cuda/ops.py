@@ -123,13 +123,6 @@ def activation(x, gelu: bool):
     return out
 
 
-def gated_activation(gate, up, gelu: bool):
-    """act(gate) * up elementwise; act is GELU-tanh if gelu else SiLU."""
-    out = cuda.device_array(gate.shape, dtype=np.float32)
-    K.gated_activation_kernel[elementwise_grid(gate.size)](flat(gate), flat(up), gelu, flat(out))
-    return out
-
-
 def add(a, b):
     """a + b; b has a's size, or the size of a's last axis (broadcast: a bias)."""
     out = cuda.device_array(a.shape, dtype=np.float32)
