@@ -5,7 +5,8 @@ Each kernel computes exactly what the NumPy function of the same name in
 ``refllm/kernels/reference.py`` computes (same shapes, float32), in one pass
 with no temporaries; ``tests/test_kernels_ops.py`` holds each against it.
 Every kernel is its own top-level ``@njit(cache=True)`` function.  (SiLU and
-GELU have none: NumPy's own vectorised exp/tanh are faster, see numba_backend.)
+GELU have none, and prefill attention's softmax takes its exp from NumPy: NumPy's own
+vectorised exp/tanh are faster, see numba_backend.)
 
 The kernels run on the calling thread with the GIL released (``nogil``).  In
 decode they are small (a few thousand values per token) and run on one thread:
@@ -55,13 +56,15 @@ def softmax_rows(x, out):
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
-def causal_softmax_rows(scores, positions, first_key, window, group, out):
-    """Softmax of each row of attention scores over the keys its query may see; 0 elsewhere.
+def causal_shift_rows(scores, positions, first_key, window, group, out):
+    """The first step of a masked softmax: each row minus its largest visible score; -inf elsewhere.
 
     scores: f32[c * group, n_keys], row r for query token r // group (``group`` query heads
     share a key/value head), which sits at positions[r // group]; column j is the key at
     position first_key + j, visible when it is <= the query's position (and, with a
-    window > 0, > position - window).  Reference: the mask + softmax of ``attention``.
+    window > 0, > position - window).  exp(out) then gives 0 for every hidden key, and the
+    softmax is exp(out) / its row sum (numba_backend.causal_softmax; reference: the mask +
+    softmax of ``attention``).
     """
     rows, n_keys = scores.shape
     for r in range(rows):
@@ -71,17 +74,24 @@ def causal_softmax_rows(scores, positions, first_key, window, group, out):
         largest = -np.inf
         for j in range(lo, hi):
             largest = max(largest, scores[r, j])
-        total = np.float32(0.0)
         for j in range(lo, hi):
-            e = np.exp(scores[r, j] - largest)
-            out[r, j] = e
-            total += e
-        for j in range(lo, hi):
-            out[r, j] /= total
+            out[r, j] = scores[r, j] - largest
         for j in range(lo):
-            out[r, j] = 0.0
+            out[r, j] = -np.inf
         for j in range(hi, n_keys):
-            out[r, j] = 0.0
+            out[r, j] = -np.inf
+
+
+@njit(cache=True, nogil=True, fastmath=FAST)
+def divide_rows_by_sums(x):
+    """x[r, :] /= sum(x[r, :]) for each row, in place: the last step of a softmax."""
+    rows, n = x.shape
+    for r in range(rows):
+        total = np.float32(0.0)
+        for j in range(n):
+            total += x[r, j]
+        for j in range(n):
+            x[r, j] /= total
 
 
 # --------------------------------------------------------------------------- matrix product
