@@ -82,6 +82,26 @@ def test_prompt_words_follow_piped_stdin():
     assert run_cli.prompt_from([], FakeTerminal("")) is None  # -> interactive chat
 
 
+def test_prompt_after_the_options_as_ollamas_docs_write_it(cli, smollm2, capsys):
+    # `ollama run deepseek-r1 --think=false "Summarize this article"`: options between MODEL and PROMPT
+    assert cli("--raw", "-n", "4", *GREEDY, "--think=false", *RAW_PROMPT.split(" ", 1)) == 0
+    llama_cpp = np.load(GOLDEN / "logits" / "smollm2.llamacpp.npz")["p5_greedy"][:4]
+    assert capsys.readouterr().out == smollm2.detokenize(llama_cpp) + "\n"
+
+
+@pytest.mark.parametrize("argv, usage, unknown", [
+    (["run", "smollm2", "hi", "--bogus"], "usage: refllm run", "--bogus"),
+    (["run", "smollm2", "--bogus", "hi"], "usage: refllm run", "--bogus"),
+    (["list", "extra"], "usage: refllm list", "extra"),
+])  # fmt: skip
+def test_unknown_arguments_are_usage_errors_of_their_command(capsys, argv, usage, unknown):
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and err.rstrip().endswith("error: unrecognized arguments: " + unknown)
+
+
 def test_piped_stdin_through_the_real_entry_point(smollm2_gguf):
     proc = subprocess.run(
         [sys.executable, "-m", "refllm", "run", str(smollm2_gguf), "--raw", "-n", "3", *GREEDY],

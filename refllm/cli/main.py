@@ -2,6 +2,8 @@
 
 Each command module defines ``register(subparsers)``, adding its sub-command(s) with
 ``set_defaults(func=...)``; ``func(args) -> int`` returns the exit code.
+Prompt words may come after options, as ``ollama run MODEL --think "Why?"`` allows
+(``take_prompt_words``); an unknown option is a usage error of its sub-command (exit 2).
 User errors (``RefllmError``, ``GGUFError``) print one line on stderr and exit 1,
 never a traceback.
 """
@@ -34,16 +36,33 @@ def build_parser() -> argparse.ArgumentParser:
         prog="refllm",
         description="A readable, verified local LLM runtime: GGUF models on NumPy/Numba, Ollama- and OpenAI-style APIs.",
     )
-    parser.add_argument("--version", action="version", version=f"refllm {__version__}")
+    parser.add_argument("-v", "--version", action="version", version=f"refllm {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
         import_module(name).register(subparsers)
+    parser.command_parsers = subparsers.choices  # name -> sub-command parser (for its usage errors)
     return parser
+
+
+def take_prompt_words(parser: argparse.ArgumentParser, args: argparse.Namespace, leftover: list[str]) -> None:
+    """Words argparse left over are more of the prompt, for commands that take one.
+
+    argparse fills MODEL and PROMPT from the words before the first option, so in
+    ``refllm run smollm2 --verbose "Hi"`` the "Hi" is left over; Ollama's CLI reads it
+    as the prompt, and so does refllm. A left-over option (``--bogus``) is a usage error.
+    """
+    command_parser = parser.command_parsers.get(args.command, parser)
+    unknown = [word for word in leftover if word.startswith("-") and word != "-" and " " not in word]
+    if unknown or not isinstance(getattr(args, "prompt", None), list):
+        command_parser.error(f"unrecognized arguments: {' '.join(unknown or leftover)}")
+    args.prompt.extend(leftover)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, leftover = parser.parse_known_args(argv)
+    if leftover:
+        take_prompt_words(parser, args, leftover)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -32,7 +32,7 @@ def register(subparsers) -> None:
         "run",
         help="run a model: answer a prompt, or chat interactively",
         description="Answer PROMPT (and/or text piped on stdin) with MODEL, or chat with it when no prompt is given.",
-        epilog='Options go after the prompt or before MODEL: refllm run smollm2 "Hi" --verbose',
+        epilog='Options may come before or after the prompt: refllm run smollm2 --verbose "Hi"',
     )
     p.add_argument("model", nargs="?", help="a .gguf path or a model name (default: the config's runtime.model_reference)")
     p.add_argument("prompt", nargs="*", help="the prompt; stdin, when piped, comes first")
