@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 
 from refllm.errors import InvalidRequest
 
@@ -45,11 +46,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def check_url(url: str, flag: str) -> None:
+    """An http(s) URL with a host, or InvalidRequest naming the flag (not urllib's traceback later)."""
+    parts = urllib.parse.urlparse(url)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise InvalidRequest(f"{flag} must be an http(s) URL such as http://127.0.0.1:11434, got '{url}'")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.api_only:
+        check_url(args.api_only, "--api-only")
         return run_api_only(args)
     if not args.model or not args.endpoint:
         raise InvalidRequest("give MODEL and --endpoint URL (or --api-only URL)")
+    check_url(args.endpoint, "--endpoint")
     if not 1 <= args.n_predict <= 4096 or not 1 <= args.top_k <= 20:
         raise InvalidRequest("--n-predict must be 1..4096 and --top-k 1..20")
 

@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 
 from refllm import store
-from refllm.errors import InvalidRequest, RefllmError
+from refllm.errors import InvalidRequest, ModelNotFound, RefllmError
 
 
 def register(subparsers) -> None:
@@ -69,6 +69,8 @@ def register(subparsers) -> None:
 
 
 def pull_command(args: argparse.Namespace) -> int:
+    if _names_a_file(args.source) and not Path(args.source).expanduser().exists():
+        raise ModelNotFound(f"file not found: {args.source}")  # not "not in refllm's catalog"
     bar = ProgressBar()
     model = store.pull(args.source, name=args.name, progress=bar, expected_digest=args.digest)
     bar.close()
@@ -134,6 +136,11 @@ def show_command(args: argparse.Namespace) -> int:
             for line in str(text).splitlines()[:4]:
                 print(f"    {line}")
     return 0
+
+
+def _names_a_file(text: str) -> bool:
+    """``./model.gguf``, ``~/m.gguf``, ``/abs/path``: a file path, not a catalog name or URL."""
+    return "://" not in text and (text.endswith(".gguf") or text.startswith(("./", "../", "/", "~")))
 
 
 def _is_gguf_path(text: str) -> bool:
