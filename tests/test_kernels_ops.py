@@ -181,7 +181,9 @@ def test_matmul_nt_matches_numpy_and_writes_only_its_columns(n, k, m):
 
 
 @pytest.mark.parametrize("window", [0, 3])
-def test_causal_softmax_matches_masked_softmax(window):
+def test_causal_softmax_rows_matches_masked_softmax(window):
+    from refllm.kernels import numba_ops
+
     c, group, first_key, n_keys = 5, 3, 4, 12
     positions = np.arange(10, 10 + c)  # keys 4..15: the queries see up to their own position
     scores = randn(c * group, n_keys) * 3
@@ -191,7 +193,8 @@ def test_causal_softmax_matches_masked_softmax(window):
     if window:
         visible &= key_pos[None, :] > query_pos - window
     want = ref.softmax(np.where(visible, scores, -np.inf))
-    got = nb.causal_softmax(scores, positions, first_key, window, group)
+    got = np.empty_like(scores)
+    numba_ops.causal_softmax_rows(scores, positions, first_key, window, group, got)
     close(got, want)
     assert (got[~visible] == 0).all()
 
@@ -243,3 +246,26 @@ def test_aligned_arrays_start_on_a_cache_line(shape):
     assert shifted.ctypes.data % nb.CACHE_LINE != 0 and nb.aligned(shifted) is not shifted
     np.testing.assert_array_equal(nb.aligned(shifted), x)
     np.testing.assert_array_equal(nb.aligned(x.astype(np.float64)), x)  # other dtypes become float32
+
+
+def test_exp_matches_float64_exp_over_softmax_range():
+    """numba_ops._exp (the softmaxes' vectorisable exp) within 5e-7 of the exact value for -87 <= x <= 0."""
+    from numba import njit
+
+    from refllm.kernels import numba_ops
+    from refllm.kernels.quantized import FAST
+
+    @njit(fastmath=FAST)
+    def exp_all(x, out):  # as the kernels call it: inlined into a fastmath loop
+        for i in range(x.shape[0]):
+            out[i] = numba_ops._exp(x[i])
+
+    x = np.concatenate([-np.linspace(0, 87, 200_001), [0.0, -1e-30, -0.5 * np.log(2), -np.log(2), -86.9]]).astype(np.float32)
+    got = np.empty_like(x)
+    exp_all(x, got)
+    exact = np.exp(x.astype(np.float64))
+    assert np.abs(got - exact).max() <= 5e-7 * 1.0 and (np.abs(got - exact) / exact).max() <= 5e-7
+    assert got[x == 0].tolist() == [1.0, 1.0]
+    far = np.empty(3, np.float32)
+    exp_all(np.array([-88.0, -200.0, -np.inf], np.float32), far)
+    assert (far > 0).all() and (far < 2e-38).all()  # below float32's normal range: a negligible positive number

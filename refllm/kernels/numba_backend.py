@@ -11,8 +11,7 @@ reference); ``BACKEND`` bundles them.  What each op runs:
     embedding_rows              dequantize just the chosen rows
     rms_norm, rope, softmax     numba_ops.py, on the calling thread
     attention                   numba_ops.py (prefill: chunks of query tokens on the
-                                tile threads, two matmul_nt products each around a
-                                masked softmax whose exp is NumPy's, see causal_softmax)
+                                tile threads, two matmul_nt products each)
     silu, gelu_tanh             NumPy's own (the reference functions): NumPy evaluates
                                 float32 exp and tanh with AVX-512/AVX2 code, while a
                                 Numba loop calls libm once per value (no SVML here):
@@ -526,22 +525,6 @@ def attention(q, k_cache, v_cache, positions, scale: float, window: int | None =
     return out
 
 
-def causal_softmax(scores: np.ndarray, positions: np.ndarray, first_key: int, window: int, group: int) -> np.ndarray:
-    """Softmax of each row of attention scores over the keys its query may see; 0 for the others.
-
-    scores: f32[c * group, n_keys] (see ``numba_ops.causal_shift_rows`` for which keys a row
-    sees) -> f32[c * group, n_keys].  Three passes: shift by the row's largest score (hidden
-    keys -> -inf), NumPy's exp, divide by the row sums.  NumPy's float32 exp is vectorised
-    and a Numba loop calls libm once per value: 0.5 vs 8.3 ns a score, which at 512 prompt
-    tokens made the single-pass kernel ~40% of prefill attention.
-    """
-    probs = aligned_empty(scores.shape)
-    _run(numba_ops.causal_shift_rows, scores, positions, first_key, window, group, probs)
-    np.exp(probs, out=probs)  # exp(-inf) = 0: hidden keys get no weight
-    _run(numba_ops.divide_rows_by_sums, probs)
-    return probs
-
-
 def _attend_chunk(q, k_cache, v_cache, positions, scale: float, window: int, kv: int, out) -> None:
     """Attention of a chunk of query tokens, for the query heads that share key/value head ``kv``.
 
@@ -558,7 +541,8 @@ def _attend_chunk(q, k_cache, v_cache, positions, scale: float, window: int, kv:
     queries = aligned(q[:, kv * group : (kv + 1) * group].reshape(c * group, hd) * np.float32(scale))  # [c * group, hd]
     scores = np.empty((c * group, keys.shape[0]), dtype=np.float32)  # [c * group, n_keys]
     _run(numba_ops.matmul_nt, queries, aligned(keys), scores, 0)  # queries @ keys.T
-    probs = causal_softmax(scores, positions, first_key, window, group)  # [c * group, n_keys], masked keys 0
+    probs = aligned_empty(scores.shape)
+    _run(numba_ops.causal_softmax_rows, scores, positions, first_key, window, group, probs)  # masked keys -> 0
     mixed = np.empty((c * group, values.shape[1]), dtype=np.float32)  # [c * group, hd_v]
     _run(numba_ops.matmul_nt, probs, aligned(values.T), mixed, 0)  # probs @ values
     out[:, kv * group : (kv + 1) * group] = mixed.reshape(c, group, -1)  # [c, group, hd_v]
