@@ -98,6 +98,40 @@ def test_model_management(oclient, aclient, smollm2_gguf):
     assert err.value.status_code == 404
 
 
+def show_verbose(server, name: str) -> dict:
+    """/api/show with "verbose": true (the ollama client has no such argument)."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(server[0] + "/api/show", data=json.dumps({"model": name, "verbose": True}).encode())
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def test_show_model_info_is_the_gguf_header_for_catalog_and_store_models(server, oclient, smollm2_gguf):
+    """/api/show's model_info as Ollama sends it, the same for a catalog model and its store copy:
+    the header's values (read here by gguf-py), without general.name and tokenizer.chat_template,
+    short arrays in full, long ones null unless verbose."""
+    import gguf
+
+    reader = gguf.GGUFReader(smollm2_gguf)
+    catalog_info = oclient.show("smollm2:135m").modelinfo
+    oclient.copy("smollm2:135m", "info-copy:v1")
+    try:
+        assert oclient.show("info-copy:v1").modelinfo == catalog_info
+        verbose = show_verbose(server, "info-copy:v1")["model_info"]
+    finally:
+        oclient.delete("info-copy:v1")
+    assert "general.name" not in catalog_info and "tokenizer.chat_template" not in catalog_info
+    assert catalog_info["general.parameter_count"] == sum(int(np.prod(t.shape)) for t in reader.tensors)
+    assert catalog_info["general.languages"] == [str(bytes(reader.fields["general.languages"].parts[i]), "utf-8")
+                                                 for i in reader.fields["general.languages"].data]
+    assert catalog_info["llama.context_length"] == int(reader.fields["llama.context_length"].parts[-1][0])
+    assert catalog_info["tokenizer.ggml.tokens"] is None
+    assert len(verbose["tokenizer.ggml.tokens"]) == len(reader.fields["tokenizer.ggml.tokens"].data)
+    assert show_verbose(server, "smollm2:135m")["model_info"] == verbose
+
+
 def test_blob_upload_create_and_run(oclient, server, tiny_model):
     """A GGUF uploaded as a blob becomes a model whose SYSTEM and PARAMETERs every request gets."""
     import hashlib
@@ -113,7 +147,7 @@ def test_blob_upload_create_and_run(oclient, server, tiny_model):
 
     statuses = list(oclient.create(model="tiny:test", files={"tiny.gguf": digest}, system="You are tiny.",
                                    parameters={"num_predict": 3, "temperature": 0}, stream=True))
-    assert statuses[-1].status == "success"
+    assert [s.status for s in statuses].count("success") == 1 and statuses[-1].status == "success"
     shown = oclient.show("tiny:test")
     assert "You are tiny." in shown.modelfile and "num_predict" in shown.parameters
     answer = oclient.chat(model="tiny:test", messages=[{"role": "user", "content": "hi"}])

@@ -1,4 +1,7 @@
-"""What the listing routes say about a model file: details, digest, metadata (read from the GGUF header only)."""
+"""What the listing routes say about a model file: details, digest, dates (read from the GGUF header only).
+
+/api/show's ``model_info`` (the metadata as JSON) is ``refllm.store.model_info``, shared with the store's own ``show``.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +9,6 @@ import hashlib
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-
-import numpy as np
 
 from refllm.gguf import read
 from refllm.store.store import file_type_name, format_parameter_count
@@ -51,22 +52,6 @@ def details(path: Path) -> dict:
         "parameter_size": format_parameter_count(n_params),
         "quantization_level": file_type_name(gguf_file),
     }
-
-
-def model_info(path: Path, verbose: bool = False) -> dict:
-    """GGUF metadata as JSON: scalars always; arrays (token lists, ...) only when ``verbose``, else null."""
-    gguf_file = read(path)
-    info: dict = {"general.parameter_count": gguf_file.n_parameters}
-    for key, value in gguf_file.metadata.items():
-        if key == "tokenizer.chat_template":
-            continue  # shown as "template"
-        if isinstance(value, (str, int, float, bool)):
-            info[key] = value
-        elif isinstance(value, np.generic):
-            info[key] = value.item()
-        else:
-            info[key] = [v.item() if isinstance(v, np.generic) else v for v in value] if verbose else None
-    return info
 
 
 def chat_template(path: Path) -> str:

@@ -27,12 +27,12 @@ from refllm.errors import ModelNotFound
 from refllm.store.blobs import DigestMismatch, Progress, StoreError, no_progress
 from refllm.store.modelfile import Modelfile, ModelfileError, parse_modelfile
 from refllm.store.names import InvalidModelName, ModelName, is_valid_name, parse_name
-from refllm.store.store import DownloadError, QUANTIZE_CHOICES, ResolvedModel, Store
+from refllm.store.store import DownloadError, QUANTIZE_CHOICES, ResolvedModel, Store, model_info
 
 __all__ = [
     "DigestMismatch", "DownloadError", "InvalidModelName", "Modelfile", "ModelfileError", "ModelName",
     "QUANTIZE_CHOICES", "ResolvedModel", "Store", "StoreError", "copy", "create", "delete", "has_blob",
-    "list_models", "open_store", "parse_modelfile", "parse_name", "pull", "resolve", "show", "verify",
+    "list_models", "model_info", "open_store", "parse_modelfile", "parse_name", "pull", "resolve", "show", "verify",
     "write_blob",
 ]
 
@@ -92,9 +92,9 @@ def list_models() -> list[dict]:
         return open_store().list_models()
 
 
-def show(name: str) -> dict:
+def show(name: str, verbose: bool = False) -> dict:
     with _disk_errors("show"):
-        return open_store().show(name)
+        return open_store().show(name, verbose)
 
 
 def verify(name: str, progress: Progress = no_progress) -> list[str]:

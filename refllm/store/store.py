@@ -211,11 +211,13 @@ class Store:
             "quantization_level": config.get("file_type", ""),
         }
 
-    def show(self, name: str) -> dict:
+    def show(self, name: str, verbose: bool = False) -> dict:
         """Everything about one model, in /api/show's shape (plus "params" and "messages")."""
+        from refllm.gguf import read
+
         resolved = self.resolve(name)
         parsed, manifest, _ = self._read_manifest(name)
-        info = _model_info(resolved.gguf_path)
+        gguf_file = read(resolved.gguf_path)
         return {
             "license": resolved.license or "",
             "modelfile": format_modelfile(
@@ -225,11 +227,11 @@ class Store:
             "parameters": format_parameters(resolved.params),
             "params": resolved.params,
             # the template the model chats with: its TEMPLATE layer, else the GGUF's own (as the engine does)
-            "template": resolved.template or str(info.get("tokenizer.chat_template") or ""),
+            "template": resolved.template or str(gguf_file.metadata.get("tokenizer.chat_template") or ""),
             "system": resolved.system or "",
             "messages": resolved.messages,
             "details": self._details(manifest),
-            "model_info": info,
+            "model_info": model_info(gguf_file, verbose),
             "modified_at": datetime.fromtimestamp(
                 self.manifest_path(parsed).stat().st_mtime, timezone.utc).astimezone().isoformat(),
         }
@@ -655,16 +657,28 @@ def file_type_name(gguf_file) -> str:
     return max(counts, key=counts.get) if counts else ""
 
 
-def _model_info(gguf_path: Path) -> dict:
-    """GGUF metadata for /api/show: scalars as they are, arrays as null (as Ollama does without verbose)."""
-    from refllm.gguf import read
+SHORT_ARRAY_ITEMS = 1024  # longer metadata arrays (token lists, merges) are null unless verbose, as in Ollama
 
-    info = {}
-    for key, value in read(gguf_path).metadata.items():
+
+def model_info(gguf_file, verbose: bool = False) -> dict:
+    """/api/show's ``model_info``: the GGUF's metadata as JSON, as Ollama sends it.
+
+    ``general.parameter_count`` (counted from the tensors when the file lacks it) comes first;
+    ``general.name`` and ``tokenizer.chat_template`` are left out (the template is shown as
+    "template"); arrays longer than ``SHORT_ARRAY_ITEMS`` are null unless ``verbose``.
+    """
+    import numpy as np
+
+    info: dict = {"general.parameter_count": gguf_file.n_parameters}
+    for key, value in gguf_file.metadata.items():
+        if key in ("general.name", "tokenizer.chat_template"):
+            continue
         if isinstance(value, (str, int, float, bool)):
             info[key] = value
-        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        elif isinstance(value, np.generic):
             info[key] = value.item()
+        elif verbose or len(value) <= SHORT_ARRAY_ITEMS:
+            info[key] = [v.item() if isinstance(v, np.generic) else v for v in value]
         else:
             info[key] = None
     return info
