@@ -195,6 +195,22 @@ def test_ollama_embed(oclient):
     assert np.allclose(full[:5] / np.linalg.norm(full[:5]), vectors[0], atol=1e-5)  # dimensions = cut, then normalise
 
 
+def test_embedding_routes_without_input_only_load_the_model(oclient, url):
+    """Ollama's /api/embed without input (or with "") and /api/embeddings without a prompt load
+    the model and answer an empty list (its preload request), not an error."""
+    oclient.generate(model="other", keep_alive=0)
+    assert oclient.embed(model="other", input="").embeddings == []
+    assert "other:latest" in [m.model for m in oclient.ps().models]
+    for body in ({"model": "fake"}, {"model": "fake", "input": []}):
+        status, _, payload = http(url, "POST", "/api/embed", body)
+        assert status == 200 and json.loads(payload)["embeddings"] == []
+    for body in ({"model": "fake"}, {"model": "fake", "prompt": ""}):
+        status, _, payload = http(url, "POST", "/api/embeddings", body)
+        assert status == 200 and json.loads(payload) == {"embedding": []}
+    assert http(url, "POST", "/api/embed", {"model": "nope"})[0] == 404
+    oclient.generate(model="other", keep_alive=0)
+
+
 def test_ollama_list_show_ps(oclient, smollm2_gguf):
     import gguf
 
@@ -287,6 +303,7 @@ def test_openai_responses(aclient):
     expected, _ = reference(chat_prompt(("system", "be nice"), ("user", "hello")))
     response = aclient.responses.create(model="fake", input="hello", instructions="be nice", temperature=0)
     assert response.output_text == expected and response.status == "completed"
+    assert response.id.startswith("resp_") and response.output[0].id.startswith("msg_")  # OpenAI's spelling
     assert response.usage.output_tokens == len(expected) + 1
     events = list(aclient.responses.create(model="fake", input=[{"role": "user", "content": "hello"}], temperature=0,
                                            instructions="be nice", stream=True))
@@ -307,9 +324,12 @@ def test_openai_embeddings_and_models(aclient, oclient):
     short = lenient.embeddings.create(model="fake", input="hello", dimensions=3)
     full = np.array(ollama_vectors[0][:3])
     assert np.allclose(short.data[0].embedding, full / np.linalg.norm(full), atol=1e-6)
-    ids = [m.id for m in aclient.models.list().data]
-    assert "smollm2:135m" in ids
+    listed = {m.id: m for m in aclient.models.list().data}
+    assert "smollm2:135m" in listed
     assert aclient.models.retrieve("smollm2:135m").owned_by == "library"
+    # every name the generation routes take, as Ollama answers it: the id asked for
+    short = aclient.models.retrieve("smollm2")
+    assert short.id == "smollm2" and short.created == listed["smollm2:135m"].created
     with pytest.raises(openai.NotFoundError):
         aclient.models.retrieve("nosuchmodel")
 
@@ -344,7 +364,7 @@ def test_openai_client_errors(aclient):
     ("/api/chat", {"model": "fake", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ("/api/chat", {"model": "fake", "messages": "hi"}, 400, "messages"),
     ("/api/chat", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
-    ("/api/embed", {"model": "fake"}, 400, "input"),
+    ("/api/embed", {"model": "fake", "input": 5}, 400, "input"),
     ("/api/embed", {"model": "fake", "input": [1, 2]}, 400, "input"),
     ("/api/embed", {"model": "fake", "input": "x", "dimensions": 0}, 400, "dimensions"),
     ("/api/show", {"model": "nope"}, 404, "nope"),
@@ -353,6 +373,13 @@ def test_openai_client_errors(aclient):
     ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "image"),
     ("/v1/completions", {"model": "fake", "prompt": [1, 2, 3]}, 400, "prompt"),
     ("/v1/embeddings", {"model": "fake", "input": [[1, 2]]}, 400, "input"),
+    ("/v1/embeddings", {"model": "fake", "input": []}, 400, "input"),  # OpenAI and Ollama's /v1 refuse it
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 5}, 400, "frequency_penalty"),
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 2.5}, 400, "temperature"),
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "modalities": ["text", "audio"]}, 400, "modalities"),
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "audio": {"voice": "alloy", "format": "wav"}}, 400, "audio"),
+    ("/api/push", {"model": "nope"}, 404, "nope"),
+    ("/api/push", {"model": "fake"}, 501, "registry"),  # refllm has no registry: a clear answer, not "no route"
     ("/v1/responses", {"model": "fake", "input": 5}, 400, "input"),
 ])
 def test_bad_requests_get_a_json_error(url, path, body, status, needle):
@@ -447,7 +474,7 @@ def test_openapi_describes_every_route(url, server):
     assert status == 200 and spec["openapi"].startswith("3.")
     app_routes = set()
     for line in ("/", "/api/version", "/api/generate", "/api/chat", "/api/embed", "/api/embeddings", "/api/tags",
-                 "/api/show", "/api/ps", "/api/copy", "/api/delete", "/api/create", "/api/pull", "/api/blobs/{digest}",
+                 "/api/show", "/api/ps", "/api/copy", "/api/delete", "/api/create", "/api/pull", "/api/push", "/api/blobs/{digest}",
                  "/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/models", "/v1/models/{model}", "/v1/responses"):
         app_routes.add(line)
     assert app_routes <= set(spec["paths"])

@@ -16,9 +16,9 @@ from refllm.chat.tools import check_tool_choice, check_tools
 from refllm.chat.turn import OutputRules
 from refllm.constrain.schema import ollama_format
 from refllm.engine.keep_alive import parse_keep_alive
-from refllm.errors import InvalidRequest
+from refllm.errors import InvalidRequest, RefllmError
 from refllm.server import catalog
-from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, required, string_list
+from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
 from refllm.server.model_info import rfc3339
 from refllm.server.streams import ndjson_response
 from refllm.thinking import check_think
@@ -217,9 +217,9 @@ def chat():
 def embed():
     body = json_body()
     name = validate_model_name(body.get("model"))
-    inputs = string_list(body, "input")
-    if inputs is None:
-        raise InvalidRequest("field 'input' is required (a string or an array of strings)")
+    inputs = string_list(body, "input") or []
+    if inputs == [""]:
+        inputs = []  # no input, or "": the model is only loaded, as in Ollama
     dimensions = optional(body, "dimensions", int)
     result = engine().embed(name, inputs, truncate=optional(body, "truncate", bool, True), dimensions=dimensions,
                             options=options_field(body), keep_alive=body.get("keep_alive"))
@@ -229,10 +229,13 @@ def embed():
 
 @ollama_api.post("/api/embeddings")
 def embeddings_legacy():
-    """The older single-prompt route: ``{"prompt"}`` -> ``{"embedding"}``."""
+    """The older single-prompt route: ``{"prompt"}`` -> ``{"embedding"}``; no prompt only loads the model."""
     body = json_body()
     name = validate_model_name(body.get("model"))
-    prompt = required(body, "prompt", str)
+    prompt = optional(body, "prompt", str, "")
+    if not prompt:
+        engine().load(name, body.get("keep_alive"))
+        return jsonify({"embedding": []})
     result = engine().embed(name, [prompt], options=options_field(body), keep_alive=body.get("keep_alive"))
     return jsonify({"embedding": result.embeddings[0]})
 
@@ -303,6 +306,23 @@ def pull():
     name = validate_model_name(body.get("model") or body.get("name"))
     optional(body, "insecure", bool)
     return progress_response(catalog.pull(name), optional(body, "stream", bool, True))
+
+
+class NoRegistry(RefllmError):
+    http_status = 501  # Not Implemented: the request is fine, the server has no such feature
+
+
+@ollama_api.post("/api/push")
+def push():
+    """Pushing to a registry: refllm has none. The request is checked like a pull (a 404 for an
+    unknown model), then answered with a 501 that says so, never a bare "no route"."""
+    body = json_body()
+    name = validate_model_name(body.get("model") or body.get("name"))
+    optional(body, "insecure", bool)
+    optional(body, "stream", bool)
+    engine().resolve(name)
+    raise NoRegistry(f"cannot push '{name}': refllm has no model registry to push to (its models stay in the "
+                     "local store; copy the GGUF blob yourself to share one)")
 
 
 @ollama_api.route("/api/blobs/<digest>", methods=["HEAD", "POST"])

@@ -10,6 +10,7 @@ OpenAI sampling fields map onto Ollama option names (``max_tokens`` -> ``num_pre
 from __future__ import annotations
 
 import base64
+import math
 import time
 import uuid
 
@@ -20,8 +21,8 @@ from refllm.chat.tools import check_tool_choice, check_tools
 from refllm.chat.turn import OutputRules
 from refllm.constrain.schema import openai_response_format
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
-from refllm.errors import InvalidRequest, ModelNotFound
-from refllm.server import catalog
+from refllm.errors import InvalidRequest
+from refllm.server import catalog, model_info
 from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
 from refllm.server.streams import sse_response
 from refllm.thinking import check_think
@@ -41,8 +42,9 @@ def client_gone():
     return request.environ.get("waitress.client_disconnected")
 
 
-def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+def new_id(prefix: str, separator: str = "-") -> str:
+    """``chatcmpl-…``/``cmpl-…`` as chat and completions spell them; ``resp_…``/``msg_…`` (``separator="_"``) for Responses."""
+    return f"{prefix}{separator}{uuid.uuid4().hex[:24]}"
 
 
 def finish_reason(finished: Finished) -> str:
@@ -59,6 +61,10 @@ def usage(finished: Finished) -> dict:
 # -- request fields
 
 
+# OpenAI's documented ranges (its API answers 400 outside them); seed has none
+OPENAI_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "frequency_penalty": (-2.0, 2.0), "presence_penalty": (-2.0, 2.0)}
+
+
 def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
     """OpenAI's sampling fields as Ollama options."""
     options: dict = {}
@@ -66,6 +72,9 @@ def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
                               ("presence_penalty", float), ("seed", int)):
         value = optional(body, openai_name, kind)
         if value is not None:
+            low, high = OPENAI_RANGES.get(openai_name, (-math.inf, math.inf))
+            if not low <= value <= high:
+                raise InvalidRequest(f"field {openai_name!r} must be between {low:g} and {high:g}, got {value:g}")
             options[openai_name] = value
     for field_name in max_tokens_fields:
         value = optional(body, field_name, int)
@@ -79,6 +88,10 @@ def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
     if optional(body, "n", int, 1) != 1:
         raise InvalidRequest("field 'n' must be 1: one choice per request")
     reject_unsupported(body, "logit_bias", "logit biases are not supported")
+    reject_unsupported(body, "audio", "refllm's models answer in text only")
+    modalities = body.get("modalities")
+    if modalities is not None and modalities != ["text"]:
+        raise InvalidRequest("field 'modalities' must be [\"text\"]: refllm's models answer in text only")
     return options
 
 
@@ -315,8 +328,8 @@ def embeddings():
     body = json_body()
     name = validate_model_name(body.get("model"))
     inputs = string_list(body, "input")
-    if inputs is None:
-        raise InvalidRequest("field 'input' must be a string or an array of strings (token arrays are not supported)")
+    if not inputs:  # OpenAI and Ollama's /v1 refuse an empty array, as a missing input
+        raise InvalidRequest("field 'input' must be a string or a non-empty array of strings (token arrays are not supported)")
     encoding = optional(body, "encoding_format", str, "float")
     if encoding not in ("float", "base64"):
         raise InvalidRequest("field 'encoding_format' must be 'float' or 'base64'")
@@ -349,11 +362,13 @@ def list_models():
 
 @openai_api.get("/v1/models/<path:model>")
 def get_model(model: str):
+    """Any name the generation routes accept (``smollm2`` as well as ``smollm2:135m``), as Ollama
+    answers it: ``id`` is the name asked for."""
     validate_model_name(model)
-    for entry in catalog.list_models():
-        if entry["name"] == model:
-            return jsonify(model_object(entry))
-    raise ModelNotFound(f"model '{model}' not found")
+    recipe = engine().resolve(model)  # 404 for a name that is no model
+    entries = {entry["name"]: entry for entry in catalog.list_models()}
+    entry = entries.get(model) or entries.get(recipe.name) or {"modified_at": model_info.modified_at(recipe.gguf_path)}
+    return jsonify(model_object({**entry, "name": model}))
 
 
 # -- /v1/responses
@@ -445,7 +460,7 @@ def responses():
     job = GenerationRequest(model=name, prompt=messages, images=images,
                                 options=sampling_options(body, ("max_output_tokens",)), keep_alive=body.get("keep_alive"), output=rules)
     events = engine().generate(job, client_gone())
-    response_id, message_id, created = new_id("resp"), new_id("msg"), int(time.time())
+    response_id, message_id, created = new_id("resp", "_"), new_id("msg", "_"), int(time.time())
 
     def response_object(status: str, text: str | None, finished: Finished | None, with_message: bool = True) -> dict:
         output = []

@@ -83,11 +83,11 @@ _PATHS: dict = {
     "/api/chat": {"post": _operation("generate the next chat message (NDJSON stream unless stream: false)", _object(
         ["model"], messages={"type": "array", "items": MESSAGE}, **GENERATION_COMMON),
         response=DONE, stream_type="application/x-ndjson")},
-    "/api/embed": {"post": _operation("embed one or more texts", _object(
-        ["model", "input"], model=MODEL, input=STRINGS, truncate=BOOLEAN, dimensions={"type": "integer", "minimum": 1},
+    "/api/embed": {"post": _operation("embed one or more texts (no input: only load the model)", _object(
+        ["model"], model=MODEL, input=STRINGS, truncate=BOOLEAN, dimensions={"type": "integer", "minimum": 1},
         options=OPTIONS, keep_alive=KEEP_ALIVE),
         response=_object(["model", "embeddings"], model=STRING, embeddings=ARRAY_OF(VECTOR), prompt_eval_count=INTEGER))},
-    "/api/embeddings": {"post": _operation("embed one text (legacy)", _object(["model", "prompt"], model=MODEL, prompt=STRING, options=OPTIONS),
+    "/api/embeddings": {"post": _operation("embed one text (legacy; no prompt: only load the model)", _object(["model"], model=MODEL, prompt=STRING, options=OPTIONS),
                                            response=_object(["embedding"], embedding=VECTOR))},
     "/api/tags": {"get": _operation("list local models", errors=(), response=_object(["models"], models=ARRAY_OF(LISTED_MODEL)))},
     "/api/show": {"post": _operation("show a model's details", _object(["model"], model=MODEL, verbose=BOOLEAN),
@@ -103,6 +103,10 @@ _PATHS: dict = {
                                        stream_type="application/x-ndjson")},
     "/api/pull": {"post": _operation("pull a model", _object(["model"], model=MODEL, stream=BOOLEAN), errors=(400, 404),
                                      stream_type="application/x-ndjson")},
+    "/api/push": {"post": {"summary": "push a model to a registry: refllm has none, so a checked request gets 501",
+                           "requestBody": {"required": True, "content": {"application/json": {"schema": _object(
+                               ["model"], model=MODEL, insecure=BOOLEAN, stream=BOOLEAN)}}},
+                           "responses": {"501": ERROR, "4XX": ERROR}}},
     "/api/blobs/{digest}": {
         "parameters": [{"name": "digest", "in": "path", "required": True, "schema": {"type": "string", "pattern": "^sha256:[0-9a-f]{64}$"}}],
         "head": {"summary": "does the blob exist", "responses": {"200": {"description": "it does"},
