@@ -84,7 +84,7 @@ def test_prompt_words_follow_piped_stdin():
 
 def test_prompt_after_the_options_as_ollamas_docs_write_it(cli, smollm2, capsys):
     # `ollama run deepseek-r1 --think=false "Summarize this article"`: options between MODEL and PROMPT
-    assert cli("--raw", "-n", "4", *GREEDY, "--think=false", *RAW_PROMPT.split(" ", 1)) == 0
+    assert cli("--raw", "-n", "4", *GREEDY, "--think=false", "--nowordwrap", "--keepalive", "5m", *RAW_PROMPT.split(" ", 1)) == 0
     llama_cpp = np.load(GOLDEN / "logits" / "smollm2.llamacpp.npz")["p5_greedy"][:4]
     assert capsys.readouterr().out == smollm2.detokenize(llama_cpp) + "\n"
 
@@ -118,6 +118,8 @@ def test_piped_stdin_through_the_real_entry_point(smollm2_gguf):
         (["hi", "-o", "tempreature=1"], "tempreature"),
         (["hi", "-o", "temperature"], "NAME=VALUE"),
         (["hi", "--top-p", "2"], "top_p"),
+        (["--think", "hi"], "does not support thinking: run it without --think"),
+        (["hi", "--keepalive", "soon"], "invalid duration"),
     ],
 )
 def test_bad_options_are_one_line_errors(cli, capsys, args, message):
@@ -173,11 +175,55 @@ def test_chat_commands(cli, capsys):
     assert "/set" in out and "/bye" in out and '"""' in out  # help
     assert "Set parameter 'temperature' to '0.25'" in out
     assert "Couldn't set parameter" in out and "top_k" in out and "bogus" in out
-    assert "temperature         0.25" in out
+    assert "User defined parameters:\ntemperature                    0.25\n" in out  # as `show --parameters` lays it out
     assert "Set system message." in out and "Answer in one word." in out
     assert "architecture        llama" in out and "embedding length    576" in out and "quantization        Q4_1" in out
     assert "Unknown command '/frobnicate'" in out
     assert "Cleared session context" in out
+
+
+def test_chat_show_set_save_and_load_as_in_ollama(cli, smollm2, capsys, monkeypatch, tmp_path):
+    from refllm import store
+
+    monkeypatch.setenv("REFLLM_MODELS", str(tmp_path / "models"))
+    typed = "\n".join([
+        "/set parameter", "/set parameter num_predict 2", "/set parameter temperature 0", "/set parameter stop a b",
+        "/set system Be brief.", "/show parameters", "/show license", "/show template", "/show modelfile",
+        "/set think", "/set format xml", "/set format json", "Hi", "/set noformat",
+        "/save my-chat", "/save bad!name", "/load no-such-model", "/load my-chat", "/show system", "/? shortcuts", "/bye",
+    ]) + "\n"  # fmt: skip
+    assert cli(stdin=FakeTerminal(typed)) == 0
+    out = capsys.readouterr().out
+    assert "Available Parameters:" in out and "/set parameter num_ctx <int>" in out
+    assert "Set parameter 'stop' to 'a, b'" in out and 'stop                           "b"' in out
+    assert smollm2.metadata["general.license"] in out  # /show license: the GGUF's
+    assert smollm2.metadata["tokenizer.chat_template"] in out  # /show template: the GGUF's
+    assert f"FROM {smollm2.path}" in out and "PARAMETER num_predict 2" in out  # /show modelfile: with what /set changed
+    assert "does not support thinking" in out  # SmolLM2 has no reasoning markers: think stays off, answers still work
+    assert "Invalid or missing format" in out and "Set format to 'json' mode." in out and "Disabled format." in out
+    assert "Created new model 'my-chat'" in out and "invalid model name 'bad!name'" in out
+    saved = store.resolve("my-chat")  # the session, kept in the store: parameters, system message, conversation
+    assert saved.params == {"num_predict": 2, "temperature": 0.0, "stop": ["a", "b"]} and saved.system == "Be brief."
+    assert [m["role"] for m in saved.messages] == ["user", "assistant"] and saved.messages[0]["content"] == "Hi"
+    assert "Error: model 'no-such-model' not found" in out  # a failed /load keeps the chat going
+    assert "Loading model 'my-chat'" in out and out.count("Be brief.") >= 2
+    assert "Ctrl + c" in out
+
+
+def test_ctrl_c_during_an_answer_returns_to_the_prompt(cli, capsys, monkeypatch):
+    real = run_cli.stream_answer
+    calls = []
+
+    def interrupted_once(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the user presses Ctrl-C while the first answer streams
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(run_cli, "stream_answer", interrupted_once)
+    assert cli("-n", "1", stdin=FakeTerminal("First\nSecond\n")) == 0
+    assert "(stopped)" in capsys.readouterr().out
+    assert [m["content"] for m in calls[1] if m["role"] == "user"] == ["Second"]  # the stopped turn is not kept
 
 
 def test_multi_line_message_reading(monkeypatch):

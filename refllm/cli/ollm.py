@@ -131,8 +131,8 @@ def chat_command(args: argparse.Namespace) -> int:
     recipe = model_recipe(name)
     options = options_from_args(args, defaults=recipe.params)
     model, _ = _load_planned(name, plan, recipe)
-    chat = Chat(model, options, system=args.system if args.system is not None else recipe.system, verbose=args.verbose)
-    chat.messages = list(recipe.messages)
+    chat = Chat(model, options, system=args.system if args.system is not None else recipe.system, verbose=args.verbose,
+                recipe=recipe)
     return chat.loop()
 
 

@@ -47,11 +47,20 @@ def register(subparsers) -> None:
                    help="thinking models: think before answering (the reasoning is printed apart)")
     p.add_argument("--hidethinking", action="store_true", help="thinking models: do not print the reasoning")
     p.add_argument("--plan-json", action="store_true", help="print the resolved runtime plan as JSON and exit without running")
+    # Ollama's flags that have nothing to act on here: accepted (and checked) so that Ollama scripts keep working.
+    p.add_argument("--keepalive", metavar="DURATION",
+                   help="accepted for Ollama's scripts (e.g. 5m); refllm run holds the model in its own process until it exits")
+    p.add_argument("--nowordwrap", action="store_true", help="accepted for Ollama's scripts; refllm never wraps words")
+    p.add_argument("--insecure", action="store_true", help="accepted for Ollama's scripts; refllm uses no registry")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     model_name = args.model or _default_model_name()
+    if args.keepalive is not None:
+        from refllm.engine.keep_alive import parse_keep_alive
+
+        parse_keep_alive(args.keepalive)  # a bad duration is an error, as in Ollama
     if args.plan_json:  # what would run, and how (refllm.plan), without loading or generating
         from refllm.plan import build_plan
 
@@ -67,9 +76,11 @@ def run_command(args: argparse.Namespace) -> int:
         started = time.perf_counter_ns()
         model = _load(recipe, args.backend)
         load_ns = time.perf_counter_ns() - started
+    if rules is not None and rules.think not in (None, False) and not supports_thinking(model):
+        raise InvalidRequest(f"model '{recipe.name}' does not support thinking: run it without --think")
     if prompt is None:
-        chat = Chat(model, options, system=system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking)
-        chat.messages = list(recipe.messages)  # the stored conversation starts the chat
+        chat = Chat(model, options, system=system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking,
+                    recipe=recipe)
         return chat.loop()
     if not prompt.strip():
         return 0  # nothing to answer: like Ollama, an empty prompt only loads the model
@@ -292,43 +303,98 @@ def format_duration(ns: int) -> str:
 HELP = """Available Commands:
   /set            Set session variables
   /show           Show model information
+  /load <model>   Load a session or model
+  /save <model>   Save your current session
   /clear          Clear session context
   /bye            Exit
   /?, /help       Help for a command
+  /? shortcuts    Help for keyboard shortcuts
 
 Use \"\"\" to begin a multi-line message."""
 
 SET_HELP = """Available Commands:
   /set parameter ...     Set a parameter
   /set system <string>   Set system message
+  /set history           Enable history
+  /set nohistory         Disable history
+  /set nowordwrap        Disable wordwrap (refllm never wraps words)
+  /set format json       Enable JSON mode
+  /set noformat          Disable formatting
   /set verbose           Show LLM stats
-  /set quiet             Disable LLM stats"""
+  /set quiet             Disable LLM stats
+  /set think             Enable thinking
+  /set nothink           Disable thinking"""
+
+SET_PARAMETER_HELP = """Available Parameters:
+  /set parameter seed <int>             Random number seed
+  /set parameter num_predict <int>      Max number of tokens to predict
+  /set parameter top_k <int>            Pick from top k num of tokens
+  /set parameter top_p <float>          Pick token based on sum of probabilities
+  /set parameter min_p <float>          Pick token based on top token probability * min_p
+  /set parameter num_ctx <int>          Set the context size
+  /set parameter temperature <float>    Set creativity level
+  /set parameter repeat_penalty <float> How strongly to penalize repetitions
+  /set parameter repeat_last_n <int>    Set how far back to look for repetitions
+  /set parameter stop <string> <string> ...   Set the stop parameters"""
 
 SHOW_HELP = """Available Commands:
   /show info         Show details for this model
+  /show license      Show model license
+  /show modelfile    Show Modelfile for this model
   /show parameters   Show parameters for this model
-  /show system       Show system message"""
+  /show system       Show system message
+  /show template     Show prompt template"""
+
+SHORTCUTS_HELP = """Available keyboard shortcuts:
+  Ctrl + a            Move to the beginning of the line (Home)
+  Ctrl + e            Move to the end of the line (End)
+  Alt + b             Move back (left) one word
+  Alt + f             Move forward (right) one word
+  Ctrl + k            Delete the sentence after the cursor
+  Ctrl + u            Delete the sentence before the cursor
+  Ctrl + w            Delete the word before the cursor
+  Up / Down           Previous / next line typed
+
+  Ctrl + l            Clear the screen
+  Ctrl + c            Stop the model from responding
+  Ctrl + d            Exit refllm (/bye)"""
 
 
 class Chat:
     """The interactive loop: read a message or a command, answer, keep the conversation.
 
     The conversation is re-rendered through the chat template each turn; a ``Session`` keeps
-    the KV cache, so only the new part of the prompt is evaluated.
+    the KV cache, so only the new part of the prompt is evaluated. ``recipe`` is what the
+    model name stands for (``refllm.engine.engine.ModelRecipe``): its stored parameters,
+    system message, conversation, template and license, for ``/show`` and ``/save``.
     """
 
     def __init__(self, model, options: Options, system: str | None = None, verbose: bool = False,
-                 rules=None, hide_thinking: bool = False):
+                 rules=None, hide_thinking: bool = False, recipe=None):
+        from refllm.engine.engine import ModelRecipe
+
         self.model = model
+        self.recipe = recipe or ModelRecipe(name=model.name, gguf_path=model.path, source="file")
         self.options = options
-        self.rules, self.hide_thinking = rules, hide_thinking  # --format, --think, --hidethinking
-        self.user_options: dict[str, object] = {}  # what /set parameter changed (for /show parameters)
+        self.format = rules.format if rules is not None else None  # --format, /set format json
+        self.think = rules.think if rules is not None else None  # --think, /set think, /set nothink
+        self.hide_thinking = hide_thinking
+        self.user_options: dict[str, object] = {}  # what /set parameter changed (for /show parameters and /save)
         self.system = system
         self.verbose = verbose
-        self.messages: list[dict] = []
+        self.messages: list[dict] = list(self.recipe.messages)  # a stored conversation starts the chat
         self.session = Session()
 
+    @property
+    def rules(self):
+        from refllm.chat.turn import OutputRules
+
+        if self.format is None and self.think is None:
+            return None
+        return OutputRules(format=self.format, think=self.think)
+
     def loop(self) -> int:
+        enable_line_editing()
         while True:
             try:
                 text = read_message()
@@ -367,7 +433,8 @@ class Chat:
         if name in ("/bye", "/exit"):
             return "bye"
         if name in ("/?", "/help"):
-            print({"set": SET_HELP, "show": SHOW_HELP}.get(rest[0].lstrip("/") if rest else "", HELP))
+            topic = rest[0].lstrip("/") if rest else ""
+            print({"set": SET_HELP, "show": SHOW_HELP, "shortcuts": SHORTCUTS_HELP, "shortcut": SHORTCUTS_HELP}.get(topic, HELP))
         elif name == "/clear":
             self.messages, self.session = [], Session()
             print("Cleared session context")
@@ -375,49 +442,182 @@ class Chat:
             self.set_command(line, rest)
         elif name == "/show":
             self.show_command(rest)
+        elif name == "/load" and len(rest) == 1:
+            self.load_command(rest[0])
+        elif name == "/save" and len(rest) == 1:
+            self.save_command(rest[0])
+        elif name in ("/load", "/save"):
+            print(f"Usage:\n  {name} <modelname>")
         else:
             print(f"Unknown command '{name}'. Type /? for help")
         return None
 
+    # -- /set
+
     def set_command(self, line: str, rest: list[str]) -> None:
         what = rest[0] if rest else ""
         if what == "parameter" and len(rest) >= 3:
-            name, value_text = rest[1], " ".join(rest[2:])
-            try:
-                value = parse_option_text(name, value_text)
-                self.options = self.options.updated({name: value})
-            except InvalidRequest as e:
-                print(f"Couldn't set parameter: {e}")
-                return
-            self.user_options[name] = value
-            print(f"Set parameter '{name}' to '{value_text}'")
+            self.set_parameter(rest[1], rest[2:])
         elif what == "parameter":
-            print("Usage: /set parameter NAME VALUE   e.g. /set parameter temperature 0.2")
+            print(SET_PARAMETER_HELP)
         elif what == "system" and len(rest) >= 2:
             self.system = line.split(None, 2)[2].strip().strip('"')
             print("Set system message.")
-        elif what == "verbose":
-            self.verbose = True
-            print("Set 'verbose' mode.")
-        elif what == "quiet":
-            self.verbose = False
-            print("Set 'quiet' mode.")
+        elif what in ("history", "nohistory"):
+            set_line_history(what == "history")
+            print(f"Set '{what}' mode.")
+        elif what == "nowordwrap":
+            print("Set 'nowordwrap' mode.")
+        elif what == "wordwrap":
+            print("refllm does not wrap words: long lines wrap at the terminal's edge.")
+        elif what == "format":
+            if rest[1:] != ["json"]:
+                print("Invalid or missing format. For 'json' mode use '/set format json'")
+                return
+            from refllm.constrain.schema import ollama_format
+
+            self.format = ollama_format("json")
+            print("Set format to 'json' mode.")
+        elif what == "noformat":
+            self.format = None
+            print("Disabled format.")
+        elif what in ("verbose", "quiet"):
+            self.verbose = what == "verbose"
+            print(f"Set '{what}' mode.")
+        elif what == "think":
+            self.set_think(rest[1] if len(rest) > 1 else True)
+        elif what == "nothink":
+            self.think = False
+            print("Set 'nothink' mode.")
         else:
             print(SET_HELP)
+
+    def set_parameter(self, name: str, values: list[str]) -> None:
+        """``/set parameter NAME VALUE...`` (``stop`` takes several values, as in Ollama)."""
+        try:
+            value = parse_option_text(name, " ".join(values))
+            self.options = self.options.updated({name: value})
+        except InvalidRequest as e:
+            print(f"Couldn't set parameter: {e}")
+            return
+        self.user_options[name] = value
+        print(f"Set parameter '{name}' to '{', '.join(values)}'")
+
+    def set_think(self, level) -> None:
+        from refllm.thinking import THINK_EFFORTS
+
+        if level is not True and level not in THINK_EFFORTS:
+            print(f"Invalid think level '{level}': use /set think, or /set think {' | '.join(THINK_EFFORTS)}")
+        elif not supports_thinking(self.model):
+            print(f"warning: model '{self.recipe.name}' does not support thinking output; 'think' mode not set.")
+        else:
+            self.think = level
+            print("Set 'think' mode." if level is True else f"Set 'think' mode to '{level}'.")
+
+    # -- /show
 
     def show_command(self, rest: list[str]) -> None:
         what = rest[0] if rest else ""
         if what == "info":
             print(model_info_text(self.model))
+        elif what == "license":
+            print(self.recipe.license or self.model.metadata.get("general.license") or "No license was specified for this model.")
+        elif what == "modelfile":
+            print(self.modelfile(), end="")
         elif what == "parameters":
-            if not self.user_options:
-                print("No parameters were specified for this model.")
-            for name, value in self.user_options.items():
-                print(f"{name:<20}{value}")
+            self.show_parameters()
         elif what == "system":
             print(self.system or "No system message was specified for this model.")
+        elif what == "template":
+            print(self.template() or "No prompt template was specified for this model.")
         else:
             print(SHOW_HELP)
+
+    def show_parameters(self) -> None:
+        from refllm.store.modelfile import format_parameters
+
+        if self.user_options:
+            print("User defined parameters:")
+            print(format_parameters(self.user_options))
+        if self.recipe.params:
+            print("Model defined parameters:" if not self.user_options else "\nModel defined parameters:")
+            print(format_parameters(self.recipe.params))
+        if not self.user_options and not self.recipe.params:
+            print("No parameters were specified for this model.")
+
+    def template(self) -> str:
+        """The template the model chats with: the store's TEMPLATE, else the GGUF's own."""
+        source = self.recipe.template or getattr(getattr(self.model, "chat_template", None), "source", None)
+        return source if isinstance(source, str) else ""
+
+    def modelfile(self) -> str:
+        """This session as a Modelfile: the model's, with what /set changed."""
+        from refllm.store.modelfile import format_modelfile
+
+        return format_modelfile(self.recipe.name, str(self.recipe.gguf_path), {**self.recipe.params, **self.user_options},
+                                self.system, self.recipe.template, self.recipe.messages, self.recipe.license)
+
+    # -- /load and /save
+
+    def load_command(self, name: str) -> None:
+        """Switch to another model (or a session saved with /save); the conversation starts over."""
+        from refllm.errors import RefllmError
+        from refllm.gguf import GGUFError
+
+        print(f"Loading model '{name}'")
+        try:
+            recipe = model_recipe(name)
+            options = Options.from_dict({**recipe.params, **self.user_options})
+            with Spinner(sys.stderr, f"loading {name}"):
+                model = _load(recipe, self.model.backend)
+        except (RefllmError, GGUFError) as e:
+            print(f"Error: {e}")
+            return
+        if self.system == self.recipe.system:  # the old model's system message goes with it; one set by /set stays
+            self.system = recipe.system
+        self.model, self.recipe, self.options = model, recipe, options
+        self.messages, self.session = list(recipe.messages), Session()
+
+    def save_command(self, name: str) -> None:
+        """A new store model: this model with the session's parameters, system message and conversation."""
+        from refllm import store
+        from refllm.errors import RefllmError
+        from refllm.store.modelfile import Modelfile
+
+        base = str(self.recipe.gguf_path) if self.recipe.source == "file" else self.recipe.name
+        modelfile = Modelfile(from_=base, parameters=dict(self.user_options), system=self.system,
+                              messages=[dict(m) for m in self.messages])
+        try:
+            store.create(name, modelfile)
+        except RefllmError as e:
+            print(f"Error: {e}")
+            return
+        print(f"Created new model '{name}'")
+
+
+def supports_thinking(model) -> bool:
+    """True if the model's chat template marks reasoning (refllm.thinking), so think can be on."""
+    from refllm.thinking import thinking_markers
+
+    source = getattr(getattr(model, "chat_template", None), "source", None)
+    return thinking_markers(source if isinstance(source, str) else None) is not None
+
+
+def enable_line_editing() -> None:
+    """On a real terminal, line editing and history for input() (GNU readline, where Python has it)."""
+    if sys.stdin is not sys.__stdin__ or not sys.stdin.isatty():
+        return
+    try:
+        import readline  # noqa: F401  (importing it is what turns it on for input())
+    except ImportError:
+        pass
+
+
+def set_line_history(on: bool) -> None:
+    """/set history, /set nohistory: whether typed lines are kept for Up/Down."""
+    readline = sys.modules.get("readline")  # only where enable_line_editing loaded it
+    if readline is not None:
+        readline.set_auto_history(on)
 
 
 def read_message() -> str:

@@ -25,6 +25,7 @@ def register(subparsers) -> None:
     p.add_argument("source", help="smollm2 | smollm2:135m | gemma3 | ./model.gguf | https://host/model.gguf[#sha256=HEX]")
     p.add_argument("--name", help="store name to give a file or URL (default: the file name)")
     p.add_argument("--digest", help="expected sha256:<hex> of the GGUF (checked before it enters the store)")
+    p.add_argument("--insecure", action="store_true", help="accepted for Ollama's scripts; refllm uses no registry")
     p.set_defaults(func=pull_command)
 
     p = subparsers.add_parser("create", help="create a model from a Modelfile")
