@@ -269,3 +269,13 @@ def test_exp_matches_float64_exp_over_softmax_range():
     far = np.empty(3, np.float32)
     exp_all(np.array([-88.0, -200.0, -np.inf], np.float32), far)
     assert (far > 0).all() and (far < 2e-38).all()  # below float32's normal range: a negligible positive number
+
+
+def test_compile_notice_ignores_functions_without_a_module():
+    """Numba code of the same process whose function has no __module__ (made by exec) still compiles."""
+    from numba import njit
+
+    namespace: dict = {}
+    exec("def twice(x):\n    return 2 * x\n", namespace)  # __module__ is None: no __name__ in the namespace
+    assert namespace["twice"].__module__ is None
+    assert njit(namespace["twice"])(21) == 42

@@ -136,7 +136,7 @@ class _CompileNotice(numba.core.event.Listener):
 
 def _is_ours(dispatcher) -> bool:
     """A refllm kernel (other Numba code in the same process compiles without our notice)."""
-    return getattr(dispatcher.py_func, "__module__", "").startswith("refllm.")
+    return (getattr(dispatcher.py_func, "__module__", None) or "").startswith("refllm.")  # None for exec'd code
 
 
 numba.core.event.register("numba:compile", _CompileNotice())
