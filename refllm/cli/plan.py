@@ -100,7 +100,7 @@ def bench_command(args) -> int:
             if args.json:
                 print(json.dumps(result.to_dict()), flush=True)
     if not args.json:
-        print(f"{path.name}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps, backend {args.backend}, "
+        print(f"{args.model}: {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps, backend {args.backend}, "
               f"medians of {args.rounds} rounds")  # fmt: skip
         print(f"{'threads':>7} {'prefill tok/s':>14} {'decode tok/s':>13} {'TTFT s':>7} {'load s':>7} {'peak RSS MB':>12}")
         for threads, rounds in results.items():

@@ -1,0 +1,28 @@
+"""Sub-commands beyond run and the store: what they print (bench, ...), checked in-process."""
+
+from __future__ import annotations
+
+import pytest
+
+import refllm.kernels.speed
+from refllm.cli.main import main
+
+
+@pytest.fixture
+def store_with_smollm2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("REFLLM_MODELS", str(tmp_path / "models"))
+    assert main(["pull", "smollm2"]) == 0
+    capsys.readouterr()
+
+
+def test_bench_names_the_model_as_typed_not_its_blob(store_with_smollm2, monkeypatch, capsys):
+    def measured(path, n_prompt, n_gen, threads, backend):  # stands in for the fresh-process measurement
+        return refllm.kernels.speed.SpeedResult("refllm", str(path), backend, threads, n_prompt, n_gen,
+                                                load_s=1.0, prefill_s=0.1, prefill_tok_s=80.0, decode_tok_s=40.0,
+                                                ttft_s=0.2, peak_rss_mb=300.0)
+
+    monkeypatch.setattr(refllm.kernels.speed, "measure_in_subprocess", measured)
+    assert main(["bench", "smollm2", "--rounds", "1", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("smollm2: 128-token prompt, 32 decode steps") and "sha256" not in out
+    assert out.splitlines()[-1].split() == ["1", "80.0", "40.0", "0.20", "1.00", "300"]
