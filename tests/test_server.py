@@ -144,6 +144,14 @@ def test_ollama_generate_streaming(oclient):
     assert chunks[-1].done_reason == "stop" and chunks[-1].eval_count == len(expected) + 1
 
 
+def test_prompt_eval_count_is_the_whole_prompt_even_when_cached(oclient):
+    """Ollama counts every prompt token, cached or not (llama.cpp's cache_n + prompt_n)."""
+    whole = len(chat_prompt(("user", "count my tokens"))) + 1  # + BOS
+    counts = [oclient.generate(model="fake", prompt="count my tokens", options={"num_predict": 2}).prompt_eval_count
+              for _ in range(3)]  # two slots: the later requests reuse a cached prompt
+    assert counts == [whole] * 3
+
+
 def test_ollama_num_predict_gives_done_reason_length(oclient):
     response = oclient.generate(model="fake", prompt="hello", options={**GREEDY, "num_predict": 3})
     assert response.response == reference(chat_prompt(("user", "hello")))[0][:3]

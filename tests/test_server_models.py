@@ -98,14 +98,32 @@ def test_model_management(oclient, aclient, smollm2_gguf):
     assert err.value.status_code == 404
 
 
-def show_verbose(server, name: str) -> dict:
-    """/api/show with "verbose": true (the ollama client has no such argument)."""
+def post_json(server, path: str, body: dict) -> dict:
+    """A raw POST, for fields the ollama client (0.6) neither sends nor keeps."""
     import json
     import urllib.request
 
-    request = urllib.request.Request(server[0] + "/api/show", data=json.dumps({"model": name, "verbose": True}).encode())
-    with urllib.request.urlopen(request, timeout=60) as response:
+    request = urllib.request.Request(server[0] + path, data=json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=120) as response:
         return json.load(response)
+
+
+def show_verbose(server, name: str) -> dict:
+    return post_json(server, "/api/show", {"model": name, "verbose": True})
+
+
+def test_ollama_tool_calls_carry_an_id(server):
+    """Ollama's tool calls: {"id": "call_...", "function": {"index", "name", "arguments": {...}}}."""
+    add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}}}
+    reply = post_json(server, "/api/chat", {
+        "model": "smollm2", "messages": [{"role": "user", "content": "What is 2 + 3?"}], "tools": [add],
+        "tool_choice": "required", "stream": False, "options": {"temperature": 0, "num_predict": 60}})
+    calls = reply["message"]["tool_calls"]
+    assert calls and [c["function"]["index"] for c in calls] == list(range(len(calls)))
+    for call in calls:
+        assert call["id"].startswith("call_") and call["function"]["name"] == "add"
+        assert isinstance(call["function"]["arguments"], dict)
 
 
 def test_show_model_info_is_the_gguf_header_for_catalog_and_store_models(server, oclient, smollm2_gguf):

@@ -73,8 +73,8 @@ def message_fields(piece, text_key: str) -> dict:
     fields = {text_key: piece.text}
     if piece.thinking:
         fields["thinking"] = piece.thinking
-    if piece.tool_calls:
-        fields["tool_calls"] = [call.ollama(i) for i, call in enumerate(piece.tool_calls)]
+    if piece.tool_calls:  # with the id the OpenAI side shows too ("call_..."), as Ollama sends it
+        fields["tool_calls"] = [{"id": call.id, **call.ollama(i)} for i, call in enumerate(piece.tool_calls)]
     return fields
 
 
@@ -122,10 +122,12 @@ def ollama_logprobs(piece: Piece | Finished) -> list[dict]:
 
 
 def final_fields(finished: Finished) -> dict:
+    """The last object's stats. ``prompt_eval_count`` is the whole prompt, cached tokens included, as
+    Ollama reports it (llama.cpp's cache_n + prompt_n); ``prompt_eval_duration`` is the time of the part evaluated now."""
     return {
         "done": True, "done_reason": finished.done_reason,
         "total_duration": finished.total_duration, "load_duration": finished.load_duration,
-        "prompt_eval_count": finished.prompt_eval_count, "prompt_eval_duration": finished.prompt_eval_duration,
+        "prompt_eval_count": finished.prompt_tokens, "prompt_eval_duration": finished.prompt_eval_duration,
         "eval_count": finished.eval_count, "eval_duration": finished.eval_duration,
     }
 
