@@ -246,31 +246,47 @@ def human_bytes(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def human_duration(seconds: float) -> str:
+    """A duration as Ollama words it (its format.HumanDuration): "2 minutes", "About an hour", "3 days"."""
+    if seconds < 1:
+        return "Less than a second"
+    if seconds < 60:
+        return "1 second" if int(seconds) == 1 else f"{int(seconds)} seconds"
+    minutes = int(seconds // 60)
+    if minutes < 60:
+        return "About a minute" if minutes == 1 else f"{minutes} minutes"
+    hours = round(seconds / 3600)
+    if hours == 1:
+        return "About an hour"
+    if hours < 48:
+        return f"{hours} hours"
+    if hours < 24 * 7 * 2:
+        return f"{hours // 24} days"
+    if hours < 24 * 30 * 2:
+        return f"{hours // (24 * 7)} weeks"
+    if hours < 24 * 365 * 2:
+        return f"{hours // (24 * 30)} months"
+    return f"{int(seconds // (86400 * 365))} years"
+
+
 def human_ago(moment: datetime) -> str:
-    seconds = max(0.0, time.time() - moment.timestamp())
-    for size, unit in ((86400 * 365, "year"), (86400 * 30, "month"), (86400 * 7, "week"), (86400, "day"),
-                       (3600, "hour"), (60, "minute"), (1, "second")):
-        if seconds >= size:
-            count = int(seconds // size)
-            if count == 1:
-                return f"About a{'n' if unit == 'hour' else ''} {unit} ago"
-            return f"{count} {unit}s ago"
-    return "Less than a second ago"
+    """``list``'s MODIFIED column: "2 seconds ago", "About an hour ago"."""
+    return human_duration(max(0.0, time.time() - moment.timestamp())) + " ago"
 
 
 def _until(expires_at: str | None) -> str:
+    """``ps``'s UNTIL column: "4 minutes from now", "Forever" (keep_alive < 0), "Stopping..." once past."""
     if not expires_at:
         return ""
     try:
         remaining = datetime.fromisoformat(expires_at.replace("Z", "+00:00")).timestamp() - time.time()
     except ValueError:
         return expires_at
-    if remaining > 10 * 365 * 86400:
+    if remaining > 20 * 365 * 86400:
         return "Forever"
-    if remaining < 60:
-        return "Less than a minute from now"
-    minutes = int(remaining // 60)
-    return f"{minutes} minute{'s' if minutes != 1 else ''} from now"
+    if remaining < 0:
+        return "Stopping..."
+    return human_duration(remaining) + " from now"
 
 
 class ProgressBar:
