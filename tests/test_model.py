@@ -273,7 +273,17 @@ def test_building_the_weights_reads_the_file_in_when_it_fits(tiny_model, monkeyp
     assert calls == ([model.path] if reads_in else [])
 
 
-def test_available_memory_is_a_byte_count():
-    from refllm.model.loaded import available_memory
+@pytest.mark.parametrize("limit, want_gib", [(None, 6), ("max", 6), (str(3 << 30), 2), (str(1 << 30), 0)])
+def test_available_memory_is_meminfo_capped_by_the_cgroup_limit(tmp_path, monkeypatch, limit, want_gib):
+    import refllm.model.loaded as loaded
 
-    assert available_memory() >= 0
+    (tmp_path / "meminfo").write_text(f"MemTotal: {8 << 20} kB\nMemAvailable: {6 << 20} kB\n")
+    monkeypatch.setattr(loaded, "MEMINFO", str(tmp_path / "meminfo"))
+    monkeypatch.setattr(loaded, "CGROUP", str(tmp_path / "cgroup"))
+    if limit is not None:
+        (tmp_path / "cgroup").mkdir()
+        (tmp_path / "cgroup" / "memory.max").write_text(limit + "\n")
+        (tmp_path / "cgroup" / "memory.current").write_text(f"{1 << 30}\n")  # 1 GiB in use
+    assert loaded.available_memory() == want_gib << 30
+    monkeypatch.setattr(loaded, "MEMINFO", str(tmp_path / "missing"))
+    assert loaded.available_memory() == 0  # the OS won't say: no read-in

@@ -152,16 +152,26 @@ class Model:
                         top_logprobs=top_logprobs, session=session, options=options, **more_options)  # fmt: skip
 
 
+MEMINFO = "/proc/meminfo"
+CGROUP = "/sys/fs/cgroup"  # cgroup v2: memory.max and memory.current of this process's group
+
+
 def available_memory() -> int:
-    """Bytes of memory the OS can still hand out (Linux's MemAvailable), or 0 if it won't say."""
+    """Bytes of memory this process can still get: Linux's MemAvailable, capped by the
+    room left under a cgroup (container) limit if there is one; 0 if the OS won't say."""
     try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024  # the file counts kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        with open(MEMINFO) as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))  # kB
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0
+    try:
+        with open(f"{CGROUP}/memory.max") as f_max, open(f"{CGROUP}/memory.current") as f_current:
+            limit = f_max.read().strip()
+            if limit != "max":
+                available = min(available, int(limit) - int(f_current.read()))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 memory controller here
+    return max(0, available)
 
 
 def load(path_or_name: str | os.PathLike) -> Model:
