@@ -150,6 +150,18 @@ def test_show_model_info_is_the_gguf_header_for_catalog_and_store_models(server,
     assert show_verbose(server, "smollm2:135m")["model_info"] == verbose
 
 
+def test_show_capabilities(oclient):
+    """Every model takes tools (offered through its chat template); "thinking" only where the template
+    has reasoning markers. Neither packaged model thinks; a TEMPLATE with <think> does."""
+    assert oclient.show("smollm2").capabilities == ["completion", "embedding", "tools"]
+    assert oclient.show("gemma3").capabilities == ["completion", "embedding", "tools"]
+    oclient.create(model="thinker:test", from_="smollm2:135m", template="{{ .Prompt }}<think>{{ .Thinking }}</think>")
+    try:
+        assert "thinking" in oclient.show("thinker:test").capabilities
+    finally:
+        oclient.delete("thinker:test")
+
+
 def test_blob_upload_create_and_run(oclient, server, tiny_model):
     """A GGUF uploaded as a blob becomes a model whose SYSTEM and PARAMETERs every request gets."""
     import hashlib
