@@ -82,6 +82,16 @@ def test_prompt_words_follow_piped_stdin():
     assert run_cli.prompt_from([], FakeTerminal("")) is None  # -> interactive chat
 
 
+def test_bytes_that_are_not_utf8_become_replacement_characters():
+    class PipedBytes(Piped):  # sys.stdin with a Latin-1 file piped in: Python keeps the bad bytes as lone surrogates
+        buffer = io.BytesIO(b"caf\xe9")
+
+        def read(self) -> str:
+            return self.buffer.getvalue().decode("utf-8", "surrogateescape")
+
+    assert run_cli.prompt_from(["au\udcc0lait"], PipedBytes()) == "caf\ufffd au\ufffdlait"  # (argv: the same)
+
+
 def test_prompt_after_the_options_as_ollamas_docs_write_it(cli, smollm2, capsys):
     # `ollama run deepseek-r1 --think=false "Summarize this article"`: options between MODEL and PROMPT
     assert cli("--raw", "-n", "4", *GREEDY, "--think=false", "--nowordwrap", "--keepalive", "5m", *RAW_PROMPT.split(" ", 1)) == 0

@@ -153,12 +153,21 @@ def prompt_from(words: list[str], stdin) -> str | None:
 
     None means "no prompt at all, and stdin is a terminal": start the interactive chat.
     """
-    parts = list(words)
+    parts = [valid_text(word) for word in words]
     if stdin is not None and not stdin.isatty():
-        parts.insert(0, stdin.read())
+        buffer = getattr(stdin, "buffer", None)  # bytes: a file that is not UTF-8 must not stop the read
+        parts.insert(0, buffer.read().decode("utf-8", "replace") if buffer is not None else valid_text(stdin.read()))
     elif not parts:
         return None
     return " ".join(parts)
+
+
+def valid_text(text: str) -> str:
+    """Text with the bytes that were not UTF-8 (Python keeps them as lone surrogates) shown as U+FFFD."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
 
 
 def _default_model_name() -> str:
@@ -572,6 +581,9 @@ class Chat:
                 model = _load(recipe, self.model.backend)
         except (RefllmError, GGUFError) as e:
             print(f"Error: {e}")
+            return
+        except KeyboardInterrupt:  # Ctrl-C while loading: keep chatting with the model we have
+            print(f"\n(stopped; still chatting with '{self.recipe.name}')")
             return
         if self.system == self.recipe.system:  # the old model's system message goes with it; one set by /set stays
             self.system = recipe.system
