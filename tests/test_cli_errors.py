@@ -34,3 +34,9 @@ def test_only_paths_are_checked_as_files_before_a_pull():
 
     assert _names_a_file("./m.gguf") and _names_a_file("~/models/m.gguf") and _names_a_file("/tmp/x")
     assert not _names_a_file("https://host/m.gguf") and not _names_a_file("smollm2") and not _names_a_file("gemma3:270m")
+
+
+def test_serve_on_a_host_that_does_not_resolve(capsys):
+    assert main(["serve", "--host", "999.1.1.1", "--port", "65001"])  # resolving fails before any bind == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Error: cannot listen on 999.1.1.1") and err.count("\n") == 1, err

@@ -79,9 +79,9 @@ def serve(server_settings: ServerSettings, engine_settings: EngineSettings) -> N
     app = create_app(engine, server_settings)
     try:
         server = make_server(app, server_settings.host, server_settings.port, worker_threads(engine_settings))
-    except OSError as e:
+    except (OSError, ValueError) as e:  # ValueError: waitress cannot resolve the host
         engine.close()
-        raise ServeError(f"cannot listen on {server_settings.host}:{server_settings.port}: {e.strerror or e}") from None
+        raise ServeError(f"cannot listen on {server_settings.host}:{server_settings.port}: {getattr(e, 'strerror', None) or e}") from None
     if server_settings.host not in ("127.0.0.1", "localhost", "::1") and not server_settings.api_key:
         log.warning("listening on %s without REFLLM_API_KEY: anyone who can reach this address can use the API", server_settings.host)
     print(f"refllm serving on http://{server_settings.host}:{server.effective_port} (Ctrl-C to stop)", flush=True)
