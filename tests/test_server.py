@@ -363,6 +363,8 @@ def test_openai_client_errors(aclient):
     ("/api/generate", {"model": "fake", "prompt": "hi", "options": []}, 400, "options"),
     ("/api/generate", {"model": "fake", "prompt": "hi", "options": {"temperature": "hot"}}, 400, "temperature"),
     ("/api/generate", {"model": "fake", "prompt": "hi", "keep_alive": "soon"}, 400, "duration"),
+    ("/api/generate", {"model": "fake", "prompt": "hi", "options": {"seed": -5}}, 400, "seed"),  # was a 500 (-1 means random)
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "seed": -5}, 400, "seed"),
     ("/api/generate", {"model": "fake", "prompt": "hi", "top_logprobs": 99, "logprobs": True}, 400, "top_logprobs"),
     ("/api/generate", {"model": "../../etc/passwd", "prompt": "hi"}, 400, "model"),
     ("/api/generate", {"model": "/tmp/x.gguf", "prompt": "hi"}, 400, "model"),

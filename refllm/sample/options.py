@@ -99,7 +99,7 @@ ACCEPTED_BUT_UNUSED: dict[str, type | tuple[type, ...]] = {
 
 # Ranges each option must fall in: (lowest allowed, highest allowed); None = unbounded.
 _RANGES: dict[str, tuple[float | None, float | None]] = {
-    "num_predict": (-2, None), "num_ctx": (1, None), "num_keep": (-1, None), "num_batch": (1, None),
+    "seed": (-1, None), "num_predict": (-2, None), "num_ctx": (1, None), "num_keep": (-1, None), "num_batch": (1, None),
     "repeat_penalty": (0.0, None), "repeat_last_n": (-1, None),
     "top_k": (0, None), "typical_p": (0.0, 1.0), "top_p": (0.0, 1.0), "min_p": (0.0, 1.0),
     "temperature": (0.0, None), "mirostat": (0, 2), "mirostat_tau": (0.0, None), "mirostat_eta": (0.0, None),
