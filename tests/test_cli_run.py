@@ -237,10 +237,12 @@ def test_ctrl_c_during_an_answer_returns_to_the_prompt(cli, capsys, monkeypatch)
 
 
 def test_multi_line_message_reading(monkeypatch):
-    monkeypatch.setattr(sys, "stdin", FakeTerminal('"""first\nsecond\nthird"""\n"""one line"""\nplain\n'))
+    monkeypatch.setattr(sys, "stdin", FakeTerminal('"""first\nsecond\nthird"""\n"""one line"""\nplain\n'
+                                                   '/set system """You are\na cat."""\n'))
     assert run_cli.read_message() == "first\nsecond\nthird"
     assert run_cli.read_message() == "one line"
     assert run_cli.read_message() == "plain"
+    assert run_cli.read_message() == "/set system You are\na cat."  # Ollama's multi-line system message
     with pytest.raises(EOFError):
         run_cli.read_message()
 

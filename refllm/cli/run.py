@@ -633,10 +633,21 @@ def set_line_history(on: bool) -> None:
 
 
 def read_message() -> str:
-    """One message from the user: a line, or several between triple quotes."""
+    """One message from the user: a line, or several between triple quotes.
+
+    ``/set system`` with a triple-quoted text may span lines too, as in Ollama; the
+    command comes back with the text after it: ``/set system line one\nline two``.
+    """
     line = input(">>> ")
+    if line.startswith('/set system """'):
+        return "/set system " + _rest_of_block(line[len("/set system "):])
     if not line.startswith('"""'):
         return line
+    return _rest_of_block(line)
+
+
+def _rest_of_block(line: str) -> str:
+    """The text of a triple-quoted block that starts at ``line``, reading more lines until it closes."""
     text = line[3:]
     if text.endswith('"""') and len(text) >= 3:
         return text[:-3]
