@@ -374,6 +374,8 @@ def test_openai_client_errors(aclient):
     ("/api/chat", {"model": "fake", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ("/api/chat", {"model": "fake", "messages": "hi"}, 400, "messages"),
     ("/api/chat", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),
+    ("/api/chat", {"model": "fake", "messages": [{"role": "assistant", "content": "", "tool_calls": [{"function": 5}]}]}, 400, "tool_calls"),  # was a 500
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": 5}}]}]}, 400, "arguments"),
     ("/api/embed", {"model": "fake", "input": 5}, 400, "input"),
     ("/api/embed", {"model": "fake", "input": [1, 2]}, 400, "input"),
     ("/api/embed", {"model": "fake", "input": "x", "dimensions": 0}, 400, "dimensions"),

@@ -86,3 +86,17 @@ def reject_unsupported(body: dict, name: str, why: str, allowed_empty: tuple = (
     if any(value is v or (type(value) is type(v) and value == v) for v in allowed_empty):
         return
     raise InvalidRequest(f"field {name!r} is not supported: {why}")
+
+
+def tool_calls_field(value: Any, where: str) -> list[dict]:
+    """An assistant message's ``tool_calls`` (Ollama's or OpenAI's shape): objects, each with a
+    ``function`` object naming the function; its ``arguments`` an object or a JSON string."""
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{where} must be an array of tool calls on an assistant message")
+    for i, call in enumerate(value):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+            raise InvalidRequest(f"{where}[{i}] must be {{\"function\": {{\"name\": ..., \"arguments\": ...}}}}")
+        if not isinstance(function.get("arguments", {}), (dict, str)):
+            raise InvalidRequest(f"{where}[{i}].function.arguments must be an object or a JSON string")
+    return value

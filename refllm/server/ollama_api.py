@@ -18,7 +18,7 @@ from refllm.constrain.schema import ollama_format
 from refllm.engine.keep_alive import parse_keep_alive
 from refllm.errors import InvalidRequest, RefllmError
 from refllm.server import catalog
-from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
+from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list, tool_calls_field
 from refllm.server.model_info import rfc3339
 from refllm.server.streams import ndjson_response
 from refllm.thinking import check_think
@@ -104,9 +104,9 @@ def chat_messages(body: dict) -> tuple[list[dict], list[str]]:
         images += images_field(message.get("images"), f"messages[{i}].images")
         entry = {"role": role, "content": content}
         if message.get("tool_calls") is not None:
-            if role != "assistant" or not isinstance(message["tool_calls"], list):
+            if role != "assistant":
                 raise InvalidRequest(f"messages[{i}].tool_calls must be an array on an assistant message")
-            entry["tool_calls"] = message["tool_calls"]
+            entry["tool_calls"] = tool_calls_field(message["tool_calls"], f"messages[{i}].tool_calls")
         for key in ("tool_name", "tool_call_id", "name"):
             if isinstance(message.get(key), str):
                 entry[key] = message[key]

@@ -23,7 +23,7 @@ from refllm.constrain.schema import openai_response_format
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.server import catalog, model_info
-from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list
+from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list, tool_calls_field
 from refllm.server.streams import sse_response
 from refllm.thinking import check_think
 
@@ -121,9 +121,9 @@ def chat_message_tool_fields(message: dict, i: int) -> dict:
     fields = {}
     calls = message.get("tool_calls")
     if calls is not None:
-        if message.get("role") != "assistant" or not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        if message.get("role") != "assistant":
             raise InvalidRequest(f"messages[{i}].tool_calls must be an array of tool calls on an assistant message")
-        fields["tool_calls"] = calls
+        fields["tool_calls"] = tool_calls_field(calls, f"messages[{i}].tool_calls")
     for key in ("tool_call_id", "name"):
         if isinstance(message.get(key), str):
             fields[key] = message[key]
