@@ -40,3 +40,21 @@ def test_serve_on_a_host_that_does_not_resolve(capsys):
     assert main(["serve", "--host", "999.1.1.1", "--port", "65001"])  # resolving fails before any bind == 1
     err = capsys.readouterr().err
     assert err.startswith("Error: cannot listen on 999.1.1.1") and err.count("\n") == 1, err
+
+
+def test_closed_stdin_reads_as_an_empty_pipe():
+    from refllm.cli.run import prompt_from
+
+    assert prompt_from([], None) == ""  # `refllm run MODEL <&-`: nothing to answer, not the chat's input()
+    assert prompt_from(["hi"], None) == "hi"
+
+
+def test_closed_stdout_is_not_a_traceback(tiny_model, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "refllm", "run", str(tiny_model("llama")), "hi", "-n", "2", "--backend", "numpy"]
+    env = {**os.environ, "REFLLM_MODELS": str(tmp_path / "models")}
+    done = subprocess.run(command, preexec_fn=lambda: os.close(1), stderr=subprocess.PIPE, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr

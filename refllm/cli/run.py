@@ -152,9 +152,12 @@ def prompt_from(words: list[str], stdin) -> str | None:
     """The prompt: piped stdin first, then the words, joined by a space (as Ollama does).
 
     None means "no prompt at all, and stdin is a terminal": start the interactive chat.
+    A closed stdin (``stdin`` None) is read as an empty pipe.
     """
     parts = [valid_text(word) for word in words]
-    if stdin is not None and not stdin.isatty():
+    if stdin is None:
+        return " ".join(parts)
+    if not stdin.isatty():
         buffer = getattr(stdin, "buffer", None)  # bytes: a file that is not UTF-8 must not stop the read
         parts.insert(0, buffer.read().decode("utf-8", "replace") if buffer is not None else valid_text(stdin.read()))
     elif not parts:
