@@ -2,7 +2,8 @@
 
 They print what Ollama's CLI prints.  ``ps`` and ``stop`` ask a running server
 (``REFLLM_HOST``, default 127.0.0.1:11435); everything else works on the store
-directly, with or without a server.
+directly, with or without a server.  ``list`` and ``show`` also know the built-in
+models (``refllm.packaged_models``) that run without a pull, as ``/api/tags`` does.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ def register(subparsers) -> None:
                    help="requantize the GGUF's weights to this type")
     p.set_defaults(func=create_command)
 
-    p = subparsers.add_parser("list", aliases=["ls"], help="list the models in the store")
+    p = subparsers.add_parser("list", aliases=["ls"], help="list the models: the store's and the built-in ones installed here")
     p.set_defaults(func=list_command)
 
-    p = subparsers.add_parser("show", help="show a store model (or a GGUF file's header)")
-    p.add_argument("name", help="a store name, or a path to a .gguf file")
+    p = subparsers.add_parser("show", help="show a model (from the store or built in) or a GGUF file's header")
+    p.add_argument("name", help="a model name, or a path to a .gguf file")
     what = p.add_mutually_exclusive_group()
     for flag in ("modelfile", "parameters", "template", "system", "license"):
         what.add_argument(f"--{flag}", action="store_true", help=f"print only the {flag}")
