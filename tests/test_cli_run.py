@@ -236,6 +236,14 @@ def test_ctrl_c_during_an_answer_returns_to_the_prompt(cli, capsys, monkeypatch)
     assert [m["content"] for m in calls[1] if m["role"] == "user"] == ["Second"]  # the stopped turn is not kept
 
 
+def test_a_conversation_too_long_for_the_context_says_how_to_go_on(cli, capsys):
+    typed = "/set parameter num_ctx 40\n/set parameter num_predict 2\n/set system Be brief.\n" + "word " * 60 + "\n/show system\n"
+    assert cli(stdin=FakeTerminal(typed)) == 0
+    out = capsys.readouterr().out
+    assert "Error: the prompt is" in out and "/set parameter num_ctx N" in out and "/clear" in out
+    assert out.endswith(">>> Be brief.\n>>> \n")  # the chat went on (then Ctrl-D)
+
+
 def test_multi_line_message_reading(monkeypatch):
     monkeypatch.setattr(sys, "stdin", FakeTerminal('"""first\nsecond\nthird"""\n"""one line"""\nplain\n'
                                                    '/set system """You are\na cat."""\n'))

@@ -433,6 +433,8 @@ class Chat:
             return
         except InvalidRequest as e:  # e.g. the conversation no longer fits the context
             print(f"Error: {e}")
+            if "num_ctx" in str(e):  # nothing is cut silently: say how to go on
+                print("The conversation is kept: /set parameter num_ctx N makes room, /save NAME keeps it, /clear starts over.")
             return
         self.messages += [{"role": "user", "content": text}, {"role": "assistant", "content": result.text}]
         if self.verbose:
