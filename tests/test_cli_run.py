@@ -231,8 +231,16 @@ def test_ctrl_c_during_an_answer_returns_to_the_prompt(cli, capsys, monkeypatch)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(run_cli, "stream_answer", interrupted_once)
-    assert cli("-n", "1", stdin=FakeTerminal("First\nSecond\n")) == 0
-    assert "(stopped)" in capsys.readouterr().out
+    real_load = run_cli._load
+
+    def load_interrupted(recipe, backend):
+        if recipe.name.startswith("gemma3"):
+            raise KeyboardInterrupt  # Ctrl-C while /load gemma3 loads
+        return real_load(recipe, backend)
+
+    monkeypatch.setattr(run_cli, "_load", load_interrupted)
+    assert cli("-n", "1", stdin=FakeTerminal("First\n/load gemma3\nSecond\n")) == 0
+    assert capsys.readouterr().out.count("(stopped)") == 2
     assert [m["content"] for m in calls[1] if m["role"] == "user"] == ["Second"]  # the stopped turn is not kept
 
 

@@ -417,8 +417,11 @@ class Chat:
                 print("\nUse Ctrl + d or /bye to exit.")
                 continue
             if text.startswith("/"):
-                if self.command(text) == "bye":
-                    return 0
+                try:
+                    if self.command(text) == "bye":
+                        return 0
+                except KeyboardInterrupt:  # e.g. Ctrl-C during /load or /save: nothing changed, the chat goes on
+                    print("\n(stopped)")
             elif text.strip():
                 self.answer(text)
 
@@ -586,9 +589,6 @@ class Chat:
                 model = _load(recipe, self.model.backend)
         except (RefllmError, GGUFError) as e:
             print(f"Error: {e}")
-            return
-        except KeyboardInterrupt:  # Ctrl-C while loading: keep chatting with the model we have
-            print(f"\n(stopped; still chatting with '{self.recipe.name}')")
             return
         if self.system == self.recipe.system:  # the old model's system message goes with it; one set by /set stays
             self.system = recipe.system
