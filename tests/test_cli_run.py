@@ -99,6 +99,20 @@ def test_prompt_after_the_options_as_ollamas_docs_write_it(cli, smollm2, capsys)
     assert capsys.readouterr().out == smollm2.detokenize(llama_cpp) + "\n"
 
 
+@pytest.mark.parametrize("argv, prompt", [
+    (["run", "m", "-n", "3", "--", "--hello", "there"], ["--hello", "there"]),  # after "--", words
+    (["run", "m", "-n", "3", "-5"], ["-5"]),  # a negative number is a word, as argparse has it
+    (["run", "m", "a", "-n", "3", "b"], ["a", "b"]),
+])  # fmt: skip
+def test_prompt_words_argparse_leaves_over(argv, prompt):
+    from refllm.cli.main import build_parser, take_prompt_words
+
+    parser = build_parser()
+    args, leftover = parser.parse_known_args(argv)
+    take_prompt_words(parser, args, leftover)
+    assert args.prompt == prompt
+
+
 @pytest.mark.parametrize("argv, usage, unknown", [
     (["run", "smollm2", "hi", "--bogus"], "usage: refllm run", "--bogus"),
     (["run", "smollm2", "--bogus", "hi"], "usage: refllm run", "--bogus"),

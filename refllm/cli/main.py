@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from importlib import import_module
 
@@ -53,10 +54,23 @@ def take_prompt_words(parser: argparse.ArgumentParser, args: argparse.Namespace,
     as the prompt, and so does refllm. A left-over option (``--bogus``) is a usage error.
     """
     command_parser = parser.command_parsers.get(args.command, parser)
-    unknown = [word for word in leftover if word.startswith("-") and word != "-" and " " not in word]
+    before, after = _split_at_double_dash(leftover)  # after "--" every word is prompt
+    unknown = [word for word in before if _looks_like_option(word)]
     if unknown or not isinstance(getattr(args, "prompt", None), list):
         command_parser.error(f"unrecognized arguments: {' '.join(unknown or leftover)}")
-    args.prompt.extend(leftover)
+    args.prompt.extend(before + after)
+
+
+def _split_at_double_dash(words: list[str]) -> tuple[list[str], list[str]]:
+    if "--" not in words:
+        return words, []
+    i = words.index("--")
+    return words[:i], words[i + 1:]
+
+
+def _looks_like_option(word: str) -> bool:
+    """"--bogus" or "-x", as argparse tells them from words ("-5", "-", "- a list" are words)."""
+    return word.startswith("-") and word != "-" and " " not in word and not re.fullmatch(r"-\d+|-\d*\.\d+", word)
 
 
 def main(argv: list[str] | None = None) -> int:
