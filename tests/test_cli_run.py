@@ -231,6 +231,7 @@ def test_chat_show_set_save_and_load_as_in_ollama(cli, smollm2, capsys, monkeypa
     assert [m["role"] for m in saved.messages] == ["user", "assistant"] and saved.messages[0]["content"] == "Hi"
     assert "Error: model 'no-such-model' not found" in out  # a failed /load keeps the chat going
     assert "Loading model 'my-chat'" in out and out.count("Be brief.") >= 2
+    assert f"Loading model 'my-chat'\n>>> Hi\n{saved.messages[1]['content']}\n" in out  # the saved conversation, shown
     assert "Ctrl + c" in out
 
 

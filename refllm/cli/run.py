@@ -407,6 +407,7 @@ class Chat:
 
     def loop(self) -> int:
         enable_line_editing()
+        self.show_history()
         while True:
             try:
                 text = read_message()
@@ -424,6 +425,14 @@ class Chat:
                     print("\n(stopped)")
             elif text.strip():
                 self.answer(text)
+
+    def show_history(self) -> None:
+        """A stored conversation (a model's MESSAGEs, a session kept with /save), as Ollama shows it on start."""
+        for message in self.messages:
+            if message["role"] == "user":
+                print(f">>> {message['content']}")
+            elif message["role"] == "assistant":
+                print(f"{message['content']}\n")
 
     def answer(self, text: str) -> None:
         messages = ([{"role": "system", "content": self.system}] if self.system else []) + self.messages
@@ -594,6 +603,7 @@ class Chat:
             self.system = recipe.system
         self.model, self.recipe, self.options = model, recipe, options
         self.messages, self.session = list(recipe.messages), Session()
+        self.show_history()
 
     def save_command(self, name: str) -> None:
         """A new store model: this model with the session's parameters, system message and conversation."""
