@@ -152,6 +152,19 @@ def test_prompt_eval_count_is_the_whole_prompt_even_when_cached(oclient):
     assert counts == [whole] * 3
 
 
+def test_openai_routes_sample_with_openai_defaults(aclient, oclient):
+    """Without temperature and top_p, /v1 samples with OpenAI's defaults (1 and 1), as Ollama's /v1
+    does, not with the model's own (0.8 and 0.9)."""
+    ask = [{"role": "user", "content": "hello"}]
+    openai_defaults = oclient.chat(model="fake", messages=ask, options={"seed": 5, "temperature": 1.0, "top_p": 1.0, "num_predict": 12})
+    model_defaults = oclient.chat(model="fake", messages=ask, options={"seed": 5, "num_predict": 12})
+    assert openai_defaults.message.content != model_defaults.message.content  # the test can tell them apart
+    chat = aclient.chat.completions.create(model="fake", messages=ask, seed=5, max_tokens=12)
+    assert chat.choices[0].message.content == openai_defaults.message.content
+    response = aclient.responses.create(model="fake", input="hello", max_output_tokens=12)
+    assert response.temperature == 1.0 and response.top_p == 1.0
+
+
 def test_ollama_num_predict_gives_done_reason_length(oclient):
     response = oclient.generate(model="fake", prompt="hello", options={**GREEDY, "num_predict": 3})
     assert response.response == reference(chat_prompt(("user", "hello")))[0][:3]

@@ -66,8 +66,9 @@ OPENAI_RANGES = {"temperature": (0.0, 2.0), "top_p": (0.0, 1.0), "frequency_pena
 
 
 def sampling_options(body: dict, max_tokens_fields: tuple[str, ...]) -> dict:
-    """OpenAI's sampling fields as Ollama options."""
-    options: dict = {}
+    """OpenAI's sampling fields as Ollama options. Left out, temperature and top_p take OpenAI's
+    defaults (1 and 1), over the model's own, as Ollama's /v1 routes do."""
+    options: dict = {"temperature": 1.0, "top_p": 1.0}
     for openai_name, kind in (("temperature", float), ("top_p", float), ("frequency_penalty", float),
                               ("presence_penalty", float), ("seed", int)):
         value = optional(body, openai_name, kind)
