@@ -30,7 +30,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=pull_command)
 
     p = subparsers.add_parser("create", help="create a model from a Modelfile")
-    p.add_argument("name")
+    p.add_argument("name", help="the new model's name: [namespace/]model[:tag], e.g. pirate or me/pirate:v2")
     p.add_argument("-f", "--file", default="Modelfile", help="the Modelfile (default: ./Modelfile)")
     p.add_argument("-q", "--quantize", choices=store.QUANTIZE_CHOICES, type=str.lower,
                    help="requantize the GGUF's weights to this type")
@@ -51,19 +51,19 @@ def register(subparsers) -> None:
     p.set_defaults(func=show_command)
 
     p = subparsers.add_parser("cp", help="copy a model under a new name (the blobs are shared)")
-    p.add_argument("source")
-    p.add_argument("destination")
+    p.add_argument("source", help="a model name")
+    p.add_argument("destination", help="the copy's name")
     p.set_defaults(func=cp_command)
 
     p = subparsers.add_parser("rm", help="remove models (and the blobs no other model uses)")
-    p.add_argument("names", nargs="+", metavar="name")
+    p.add_argument("names", nargs="+", metavar="name", help="a store model's name")
     p.set_defaults(func=rm_command)
 
     p = subparsers.add_parser("ps", help="list the models a running server has loaded")
     p.set_defaults(func=ps_command)
 
     p = subparsers.add_parser("stop", help="unload a model from a running server")
-    p.add_argument("name")
+    p.add_argument("name", help="a model the server has loaded (see refllm ps)")
     p.set_defaults(func=stop_command)
 
 
