@@ -69,7 +69,7 @@ def _split_at_double_dash(words: list[str]) -> tuple[list[str], list[str]]:
 
 
 def _looks_like_option(word: str) -> bool:
-    """"--bogus" or "-x", as argparse tells them from words ("-5", "-", "- a list" are words)."""
+    """True for an option such as --bogus or -x; as for argparse, -5, - and "- a list" are words."""
     return word.startswith("-") and word != "-" and " " not in word and not re.fullmatch(r"-\d+|-\d*\.\d+", word)
 
 
