@@ -398,6 +398,7 @@ def test_openai_client_errors(aclient):
     ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "http://x/y.png"}}]}]}, 400, "image"),
     ("/v1/completions", {"model": "fake", "prompt": [1, 2, 3]}, 400, "prompt"),
     ("/v1/embeddings", {"model": "fake", "input": [[1, 2]]}, 400, "input"),
+    ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user"}]}, 400, "content"),  # OpenAI and Ollama's /v1 refuse it
     ("/v1/embeddings", {"model": "fake", "input": []}, 400, "input"),  # OpenAI and Ollama's /v1 refuse it
     ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 5}, 400, "frequency_penalty"),
     ("/v1/chat/completions", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "temperature": 2.5}, 400, "temperature"),

@@ -151,6 +151,8 @@ def openai_messages(body: dict) -> tuple[list[dict], list[str]]:
             role = "system"
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidRequest(f"messages[{i}].role must be one of system, developer, user, assistant, tool")
+        if message.get("content") is None and not (role == "assistant" and message.get("tool_calls")):
+            raise InvalidRequest(f"messages[{i}].content is required (only an assistant message with tool_calls may leave it out)")
         text, message_images = content_text(message.get("content"), f"messages[{i}].content")
         images += message_images
         clean.append({"role": role, "content": text, **chat_message_tool_fields(message, i)})
