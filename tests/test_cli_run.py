@@ -174,6 +174,23 @@ def test_format_duration():
     assert run_cli.format_duration(12_300) == "12.300µs"
 
 
+def test_words_wrap_at_spaces_before_the_edge():
+    out = io.StringIO()
+    wrapper = run_cli.WordWrapper(out, 10)
+    for chunk in ["hel", "lo wo", "rld foo bar", "\nabcdefghijklmnop end  ", "\n"]:  # streamed in pieces
+        wrapper.write(chunk)
+    assert out.getvalue() == "hello\nworld foo\nbar\nabcdefghij\nklmnop end\n"
+    assert all(len(line) <= 10 for line in out.getvalue().splitlines())
+
+
+def test_answers_wrap_only_on_a_terminal(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", FakeTerminal())
+    assert isinstance(run_cli.terminal_output(True), run_cli.WordWrapper)
+    assert run_cli.terminal_output(False) is sys.stdout  # --nowordwrap, /set nowordwrap
+    monkeypatch.setattr(sys, "stdout", Piped())
+    assert run_cli.terminal_output(True) is sys.stdout  # a pipe or file gets the text as generated
+
+
 # ---------------------------------------------------------------- interactive
 
 
@@ -213,7 +230,7 @@ def test_chat_show_set_save_and_load_as_in_ollama(cli, smollm2, capsys, monkeypa
     typed = "\n".join([
         "/set parameter", "/set parameter num_predict 2", "/set parameter temperature 0", "/set parameter stop a b",
         "/set system Be brief.", "/show parameters", "/show license", "/show template", "/show modelfile",
-        "/set think", "/set format xml", "/set format json", "Hi", "/set noformat",
+        "/set think", "/set format xml", "/set format json", "Hi", "/set noformat", "/set nowordwrap",
         "/save my-chat", "/save bad!name", "/load no-such-model", "/load my-chat", "/show system", "/? shortcuts", "/bye",
     ]) + "\n"  # fmt: skip
     assert cli(stdin=FakeTerminal(typed)) == 0
@@ -225,6 +242,7 @@ def test_chat_show_set_save_and_load_as_in_ollama(cli, smollm2, capsys, monkeypa
     assert f"FROM {smollm2.path}" in out and "PARAMETER num_predict 2" in out  # /show modelfile: with what /set changed
     assert "does not support thinking" in out  # SmolLM2 has no reasoning markers: think stays off, answers still work
     assert "Invalid or missing format" in out and "Set format to 'json' mode." in out and "Disabled format." in out
+    assert "Set 'nowordwrap' mode." in out
     assert "Created new model 'my-chat'" in out and "invalid model name 'bad!name'" in out
     saved = store.resolve("my-chat")  # the session, kept in the store: parameters, system message, conversation
     assert saved.params == {"num_predict": 2, "temperature": 0.0, "stop": ["a", "b"]} and saved.system == "Be brief."

@@ -47,10 +47,11 @@ def register(subparsers) -> None:
                    help="thinking models: think before answering (the reasoning is printed apart)")
     p.add_argument("--hidethinking", action="store_true", help="thinking models: do not print the reasoning")
     p.add_argument("--plan-json", action="store_true", help="print the resolved runtime plan as JSON and exit without running")
+    p.add_argument("--nowordwrap", action="store_true",
+                   help="don't wrap words to the next line (answers on a terminal are wrapped at its width, as Ollama does)")
     # Ollama's flags that have nothing to act on here: accepted (and checked) so that Ollama scripts keep working.
     p.add_argument("--keepalive", metavar="DURATION",
                    help="accepted for Ollama's scripts (e.g. 5m); refllm run holds the model in its own process until it exits")
-    p.add_argument("--nowordwrap", action="store_true", help="accepted for Ollama's scripts; refllm never wraps words")
     p.add_argument("--insecure", action="store_true", help="accepted for Ollama's scripts; refllm uses no registry")
     p.set_defaults(func=run_command)
 
@@ -81,12 +82,14 @@ def run_command(args: argparse.Namespace) -> int:
     if prompt is None:
         chat = Chat(model, options, system=system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking,
                     recipe=recipe)
+        chat.word_wrap = not args.nowordwrap
         return chat.loop()
     if not prompt.strip():
         return 0  # nothing to answer: like Ollama, an empty prompt only loads the model
     if recipe.messages and not args.raw:  # the stored conversation comes before the prompt
         prompt = [*recipe.messages, {"role": "user", "content": prompt}]
-    result = stream_answer(model, prompt, options, system=system, raw=args.raw, rules=rules, hide_thinking=args.hidethinking)
+    result = stream_answer(model, prompt, options, system=system, raw=args.raw, rules=rules, hide_thinking=args.hidethinking,
+                           out=terminal_output(not args.nowordwrap))
     if args.verbose:
         print_stats(result, load_ns)
     return 0
@@ -277,6 +280,60 @@ class ThinkingPrinter:
             self.open = False
 
 
+class WordWrapper:
+    """Streamed text with lines broken at spaces before ``width`` columns, as Ollama wraps words.
+
+    The word being streamed is held back until a space or newline ends it, then goes on
+    this line or, if it would pass the edge, on the next one. A word longer than a whole
+    line is cut at the edge.
+    """
+
+    def __init__(self, out, width: int):
+        self.out, self.width = out, max(10, width)
+        self.column = 0  # characters on the current line
+        self.word = ""  # held back: the word not ended yet
+        self.spaces = 0  # spaces written after the last word (dropped where the line breaks)
+
+    def write(self, text: str) -> None:
+        for char in text:
+            if char == "\n":
+                self._put_word()
+                self.out.write("\n")
+                self.column = self.spaces = 0
+            elif char == " ":
+                self._put_word()
+                self.spaces += 1
+            else:
+                self.word += char
+                if len(self.word) >= self.width:
+                    self._put_word()
+
+    def _put_word(self) -> None:
+        if not self.word:
+            return
+        if self.column > 0 and self.column + self.spaces + len(self.word) > self.width:
+            self.out.write("\n")  # the spaces before the word end the line instead
+            self.column = 0
+        elif self.spaces:
+            self.out.write(" " * self.spaces)
+            self.column += self.spaces
+        self.out.write(self.word)
+        self.column += len(self.word)
+        self.word, self.spaces = "", 0
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def terminal_output(word_wrap: bool):
+    """Where an answer goes: stdout, word-wrapped (``WordWrapper``) when it is a terminal and ``word_wrap`` is on."""
+    if not word_wrap or not sys.stdout.isatty():
+        return sys.stdout
+    import shutil
+
+    return WordWrapper(sys.stdout, shutil.get_terminal_size().columns - 5)  # Ollama leaves 5 columns free
+
+
 def print_stats(result: GenerationResult, load_ns: int, err=None) -> None:
     """Ollama's ``--verbose`` block, on stderr."""
     err = err or sys.stderr
@@ -329,7 +386,8 @@ SET_HELP = """Available Commands:
   /set system <string>   Set system message
   /set history           Enable history
   /set nohistory         Disable history
-  /set nowordwrap        Disable wordwrap (refllm never wraps words)
+  /set wordwrap          Enable wordwrap
+  /set nowordwrap        Disable wordwrap
   /set format json       Enable JSON mode
   /set noformat          Disable formatting
   /set verbose           Show LLM stats
@@ -391,6 +449,7 @@ class Chat:
         self.format = rules.format if rules is not None else None  # --format, /set format json
         self.think = rules.think if rules is not None else None  # --think, /set think, /set nothink
         self.hide_thinking = hide_thinking
+        self.word_wrap = True  # /set wordwrap, /set nowordwrap (only ever on a terminal)
         self.user_options: dict[str, object] = {}  # what /set parameter changed (for /show parameters and /save)
         self.system = system
         self.verbose = verbose
@@ -439,7 +498,7 @@ class Chat:
         messages.append({"role": "user", "content": text})
         try:
             result = stream_answer(self.model, messages, self.options, session=self.session, rules=self.rules,
-                                   hide_thinking=self.hide_thinking)
+                                   hide_thinking=self.hide_thinking, out=terminal_output(self.word_wrap))
         except KeyboardInterrupt:
             print("\n(stopped)")
             return
@@ -492,10 +551,9 @@ class Chat:
         elif what in ("history", "nohistory"):
             set_line_history(what == "history")
             print(f"Set '{what}' mode.")
-        elif what == "nowordwrap":
-            print("Set 'nowordwrap' mode.")
-        elif what == "wordwrap":
-            print("refllm does not wrap words: long lines wrap at the terminal's edge.")
+        elif what in ("wordwrap", "nowordwrap"):
+            self.word_wrap = what == "wordwrap"
+            print(f"Set '{what}' mode.")
         elif what == "format":
             if rest[1:] != ["json"]:
                 print("Invalid or missing format. For 'json' mode use '/set format json'")
