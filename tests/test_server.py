@@ -184,6 +184,13 @@ def test_seed_reproduces_sampled_output_and_stop_cuts_it(oclient, aclient):
     assert completion.choices[0].message.content == expected[: expected.index(stop)]
 
 
+def test_ollama_chat_roles_are_case_insensitive(oclient):
+    """Ollama lower-cases a message's role when it reads it."""
+    greedy = {**GREEDY, "num_predict": 4}
+    upper = oclient.chat(model="fake", messages=[{"role": "USER", "content": "hello"}], options=greedy)
+    assert upper.message.content == reference(chat_prompt(("user", "hello")))[0][:4]
+
+
 def test_ollama_chat(oclient):
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}, {"role": "user", "content": "more"}]
     expected, _ = reference(chat_prompt(("user", "hi"), ("assistant", "yo"), ("user", "more")))

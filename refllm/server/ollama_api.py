@@ -94,6 +94,7 @@ def chat_messages(body: dict) -> tuple[list[dict], list[str]]:
         if not isinstance(message, dict):
             raise InvalidRequest(f"messages[{i}] must be an object with 'role' and 'content'")
         role = message.get("role")
+        role = role.lower() if isinstance(role, str) else role  # "User" is "user", as Ollama reads it
         if role not in ("system", "user", "assistant", "tool"):
             raise InvalidRequest(f"messages[{i}].role must be one of system, user, assistant, tool")
         content = message.get("content")
