@@ -391,6 +391,8 @@ def test_openai_client_errors(aclient):
     ("/api/generate", {"model": "fake", "prompt": "hi", "template": 5}, 400, "template"),
     ("/api/generate", {"model": "fake", "prompt": "hi", "template": "{{ if .Prompt }}"}, 400, "template"),
     ("/api/generate", {"model": "nope", "prompt": "hi"}, 404, "nope"),
+    ("/api/generate", {"model": "fake", "prompt": "hi", "raw": True, "system": "be nice"}, 400, "raw"),  # as Ollama: was ignored
+    ("/api/generate", {"model": "fake", "prompt": "hi", "raw": True, "template": "{{ .Prompt }}"}, 400, "raw"),
     ("/api/chat", {"model": "fake", "messages": [{"role": "wizard", "content": "hi"}]}, 400, "role"),
     ("/api/chat", {"model": "fake", "messages": "hi"}, 400, "messages"),
     ("/api/chat", {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}, 400, "tools"),

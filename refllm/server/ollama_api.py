@@ -190,6 +190,8 @@ def generate():
         keep_alive=body.get("keep_alive"), output=rules,
     )
     parse_keep_alive(job.keep_alive)  # a bad keep_alive is a 400 even on the load-only path
+    if job.raw and (job.system or job.template):
+        raise InvalidRequest("raw mode does not support 'template' or 'system' (a raw prompt is sent as it is)")
     if not prompt and not images:
         return load_or_unload(name, job.keep_alive, "response", "")
     return run_generation(job, stream, lambda piece: message_fields(piece, "response"))
