@@ -150,6 +150,15 @@ def test_show_model_info_is_the_gguf_header_for_catalog_and_store_models(server,
     assert show_verbose(server, "smollm2:135m")["model_info"] == verbose
 
 
+def test_show_lists_the_tensors(server, smollm2_gguf):
+    """/api/show's tensors, as Ollama lists them: name, ggml type, GGUF-order shape (read here by gguf-py)."""
+    import gguf
+
+    expected = [{"name": t.name, "type": t.tensor_type.name, "shape": [int(n) for n in t.shape]}
+                for t in gguf.GGUFReader(smollm2_gguf).tensors]
+    assert post_json(server, "/api/show", {"model": "smollm2:135m"})["tensors"] == expected
+
+
 def test_show_capabilities(oclient):
     """Every model takes tools (offered through its chat template); "thinking" only where the template
     has reasoning markers. Neither packaged model thinks; a TEMPLATE with <think> does."""

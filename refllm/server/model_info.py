@@ -54,6 +54,12 @@ def details(path: Path) -> dict:
     }
 
 
+def tensors(path: Path) -> list[dict]:
+    """/api/show's ``tensors``: name, ggml type and shape of each, in the file's order.
+    The shape is GGUF's (ne0, the contiguous axis, first), as Ollama lists it."""
+    return [{"name": t.name, "type": t.ggml_type.name, "shape": list(reversed(t.shape))} for t in read(path).tensors.values()]
+
+
 def chat_template(path: Path) -> str:
     return str(read(path).metadata.get("tokenizer.chat_template", "") or "")
 
