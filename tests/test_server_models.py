@@ -98,6 +98,11 @@ def test_model_management(oclient, aclient, smollm2_gguf):
     assert err.value.status_code == 404
 
 
+OLLAMA_SHOW_FIELDS = {"license", "modelfile", "parameters", "template", "system", "renderer", "parser", "details", "messages",
+                      "remote_model", "remote_host", "model_info", "projector_info", "tensors", "capabilities",
+                      "modified_at", "requires"}
+
+
 def post_json(server, path: str, body: dict) -> dict:
     """A raw POST, for fields the ollama client (0.6) neither sends nor keeps."""
     import json
@@ -138,6 +143,8 @@ def test_show_model_info_is_the_gguf_header_for_catalog_and_store_models(server,
     try:
         assert oclient.show("info-copy:v1").modelinfo == catalog_info
         verbose = show_verbose(server, "info-copy:v1")["model_info"]
+        for name in ("smollm2:135m", "info-copy:v1"):  # only fields of Ollama's ShowResponse (api/types.go)
+            assert set(post_json(server, "/api/show", {"model": name})) <= OLLAMA_SHOW_FIELDS
     finally:
         oclient.delete("info-copy:v1")
     assert "general.name" not in catalog_info and "tokenizer.chat_template" not in catalog_info

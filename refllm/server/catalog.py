@@ -58,7 +58,7 @@ def list_models() -> list[dict]:
 
 def show(recipe: ModelRecipe, name: str, verbose: bool = False) -> dict:
     if recipe.source == "store":
-        shown = store.show(name, verbose)
+        shown = {key: value for key, value in store.show(name, verbose).items() if key != "params"}  # not Ollama's
         return {**shown, "tensors": model_info.tensors(recipe.gguf_path), "capabilities": capabilities(shown["template"])}
     path = recipe.gguf_path
     template = model_info.chat_template(path)
