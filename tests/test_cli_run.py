@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import types
 
 import numpy as np
 import pytest
@@ -251,6 +252,15 @@ def test_chat_show_set_save_and_load_as_in_ollama(cli, smollm2, capsys, monkeypa
     assert "Loading model 'my-chat'" in out and out.count("Be brief.") >= 2
     assert f"Loading model 'my-chat'\n>>> Hi\n{saved.messages[1]['content']}\n" in out  # the saved conversation, shown
     assert "Ctrl + c" in out
+
+
+def test_command_line_options_stay_after_load(cli, capsys, monkeypatch):
+    used = []
+    answered = types.SimpleNamespace(text="")
+    monkeypatch.setattr(run_cli, "stream_answer", lambda model, messages, options, **kw: used.append(options) or answered)
+    assert cli("-n", "2", "-o", "repeat_penalty=1.0", stdin=FakeTerminal("/load smollm2\n/show parameters\nHi\n")) == 0
+    assert (used[0].num_predict, used[0].repeat_penalty) == (2, 1.0)  # not the defaults of the model /load brought
+    assert "User defined parameters:\nnum_predict                    2\n" in capsys.readouterr().out
 
 
 def test_ctrl_c_during_an_answer_returns_to_the_prompt(cli, capsys, monkeypatch):

@@ -24,7 +24,7 @@ import sys
 import time
 
 from refllm.cli.run import (Chat, Spinner, _default_model_name, _load, add_generation_arguments, model_recipe,
-                            options_from_args, prompt_from, stream_answer)
+                            option_values, options_from_args, prompt_from, stream_answer)
 from refllm.errors import InvalidRequest, UnsupportedModel
 from refllm.plan import BACKENDS
 
@@ -132,7 +132,7 @@ def chat_command(args: argparse.Namespace) -> int:
     options = options_from_args(args, defaults=recipe.params)
     model, _ = _load_planned(name, plan, recipe)
     chat = Chat(model, options, system=args.system if args.system is not None else recipe.system, verbose=args.verbose,
-                recipe=recipe)
+                recipe=recipe, user_options=option_values(args))
     return chat.loop()
 
 

@@ -81,7 +81,7 @@ def run_command(args: argparse.Namespace) -> int:
         raise InvalidRequest(f"model '{recipe.name}' does not support thinking: run it without --think")
     if prompt is None:
         chat = Chat(model, options, system=system, verbose=args.verbose, rules=rules, hide_thinking=args.hidethinking,
-                    recipe=recipe)
+                    recipe=recipe, user_options=option_values(args))
         chat.word_wrap = not args.nowordwrap
         return chat.loop()
     if not prompt.strip():
@@ -112,6 +112,11 @@ def add_generation_arguments(p: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace, defaults: dict | None = None) -> Options:
     """The command line's options over ``defaults`` (a store model's PARAMETERs), validated (bad ones: InvalidRequest, exit 1)."""
+    return Options.from_dict({**(defaults or {}), **option_values(args)})
+
+
+def option_values(args: argparse.Namespace) -> dict:
+    """The options the command line sets: the sampling flags, then each ``-o NAME=VALUE``."""
     values = {
         name: getattr(args, name)
         for name in ("seed", "num_predict", "temperature", "top_k", "top_p", "num_ctx")
@@ -119,13 +124,12 @@ def options_from_args(args: argparse.Namespace, defaults: dict | None = None) ->
     }
     if args.stop:
         values["stop"] = args.stop
-    options = Options.from_dict({**(defaults or {}), **values})
     for item in args.option:
         name, sep, text = item.partition("=")
         if not sep:
             raise InvalidRequest(f"option '{item}' must look like NAME=VALUE")
-        options = options.updated({name.strip(): parse_option_text(name.strip(), text)})
-    return options
+        values[name.strip()] = parse_option_text(name.strip(), text)
+    return values
 
 
 def rules_from_args(args: argparse.Namespace):
@@ -440,7 +444,7 @@ class Chat:
     """
 
     def __init__(self, model, options: Options, system: str | None = None, verbose: bool = False,
-                 rules=None, hide_thinking: bool = False, recipe=None):
+                 rules=None, hide_thinking: bool = False, recipe=None, user_options: dict | None = None):
         from refllm.engine.engine import ModelRecipe
 
         self.model = model
@@ -450,7 +454,8 @@ class Chat:
         self.think = rules.think if rules is not None else None  # --think, /set think, /set nothink
         self.hide_thinking = hide_thinking
         self.word_wrap = True  # /set wordwrap, /set nowordwrap (only ever on a terminal)
-        self.user_options: dict[str, object] = {}  # what /set parameter changed (for /show parameters and /save)
+        # what the command line and /set parameter set: kept over the model's own (/load), shown, saved (/save)
+        self.user_options: dict[str, object] = dict(user_options or {})
         self.system = system
         self.verbose = verbose
         self.messages: list[dict] = list(self.recipe.messages)  # a stored conversation starts the chat
@@ -661,6 +666,9 @@ class Chat:
             self.system = recipe.system
         self.model, self.recipe, self.options = model, recipe, options
         self.messages, self.session = list(recipe.messages), Session()
+        if self.think not in (None, False) and not supports_thinking(model):
+            self.think = None
+            print(f"'think' mode is off: model '{recipe.name}' does not support thinking output.")
         self.show_history()
 
     def save_command(self, name: str) -> None:
