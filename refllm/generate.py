@@ -262,14 +262,23 @@ def _forward(model, session: Session, ids: list[int]) -> np.ndarray:
 
 
 def prepare(model) -> int:
-    """Build what the model builds lazily (tokenizer, weights); return the ns it took.
+    """Build what the model builds lazily (tokenizer, chat template, weights) and load its
+    kernels; return the ns it took.
 
     ``generate`` calls it (and reports the time as load_duration); the CLI calls it first,
-    under its loading spinner.
+    under its loading spinner, and the server once per loaded model.  Loading the Numba
+    kernels here (from Numba's cache, or compiling them on a first run, with its notice)
+    keeps that pause out of the middle of an answer: decode's kernels would otherwise
+    load at the first generated token.
     """
     t0 = time.perf_counter_ns()
     model.tokenizer  # noqa: B018  (a cached_property: built on first use)
-    getattr(model, "transformer", None)  # config and weights (a cached_property), where the model has them
+    getattr(model, "chat_template", None)
+    transformer = getattr(model, "transformer", None)  # config and weights (a cached_property), where the model has them
+    if transformer is not None and getattr(model, "backend", None) == "numba":
+        from refllm.kernels.numba_backend import warm_up
+
+        warm_up({info.ggml_type for info in model.gguf.tensors.values()})
     return time.perf_counter_ns() - t0
 
 

@@ -315,3 +315,36 @@ def test_stats_are_nanoseconds_and_add_up():
     r = generate(FakeModel(None), PROMPT, num_predict=5)
     assert r.total_duration >= r.prompt_eval_duration + r.eval_duration + r.load_duration > 0
     assert r.total_duration < 60 * 10**9
+
+
+PREPARE_THEN_GENERATE = """
+import json, sys
+import refllm
+from refllm.generate import generate, prepare
+from refllm.kernels import numba_ops, quantized
+
+kernels = [k for pair in quantized.KERNELS.values() for k in pair[:2]]
+kernels += [v for v in vars(numba_ops).values() if hasattr(v, "overloads") and hasattr(v, "py_func")]
+model = refllm.load(sys.argv[1])
+model.backend = "numba"
+prepare(model)
+loaded = {k.py_func.__name__: len(k.overloads) for k in kernels}
+generate(model, "Hello there, how are you?", options={"num_predict": 4, "temperature": 0})
+after = {k.py_func.__name__: len(k.overloads) for k in kernels}
+print(json.dumps({name: [loaded[name], after[name]] for name in loaded if loaded[name] != after[name]}))
+"""
+
+
+@pytest.mark.parametrize("arch, qtype", [("llama", "Q4_K"), ("gemma3", "Q5_0")])
+def test_prepare_loads_every_kernel_before_the_first_token(tiny_model, arch, qtype):
+    """After ``prepare`` no Numba kernel compiles or loads while answering (a first run's
+    compile pause and its notice would otherwise land in the middle of the answer).
+    In a fresh process, where no earlier test has loaded a kernel."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", PREPARE_THEN_GENERATE, str(tiny_model(arch, qtype))],
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {}  # kernel -> [signatures before, after]

@@ -142,11 +142,11 @@ class LoadedModel:
         with self.ready_lock:
             if self.ready:
                 return 0
-            started = time.perf_counter_ns()
-            for part in ("tokenizer", "chat_template", "transformer"):  # cached properties of refllm's Model
-                getattr(self.model, part, None)
+            from refllm.generate import prepare
+
+            took = prepare(self.model)  # tokenizer, chat template, weights, kernels
             self.ready = True
-            return time.perf_counter_ns() - started
+            return took
 
     def session(self, slot: int):
         """The slot's KV cache and the tokens in it; the next request in this slot reuses their common prefix."""
