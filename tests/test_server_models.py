@@ -96,6 +96,11 @@ def test_model_management(oclient, aclient, smollm2_gguf):
     with pytest.raises(ollama.ResponseError) as err:
         oclient.delete("my-copy:v1")
     assert err.value.status_code == 404
+    running = [m.model for m in oclient.ps().models]
+    with pytest.raises(ollama.ResponseError) as err:  # listed, but not in the store: a clear 400, not "not found"
+        oclient.delete("smollm2")
+    assert err.value.status_code == 400 and "built-in" in err.value.error
+    assert "smollm2:135m" in [m.model for m in oclient.list().models] and [m.model for m in oclient.ps().models] == running
 
 
 OLLAMA_SHOW_FIELDS = {"license", "modelfile", "parameters", "template", "system", "renderer", "parser", "details", "messages",

@@ -22,7 +22,7 @@ from refllm import store
 from refllm.engine import LoadedModel, ModelRecipe, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.gguf import read
-from refllm.packaged_models import CATALOG, ModelPackageMissing, gguf_path
+from refllm.packaged_models import CATALOG, ModelPackageMissing, find_catalog_entry, gguf_path
 from refllm.server import model_info
 from refllm.store.blobs import normalize_digest
 from refllm.thinking import thinking_markers
@@ -89,6 +89,15 @@ def copy(source: ModelRecipe, source_name: str, destination: str) -> None:
         store.copy(source_name, destination)
     else:  # a catalog model is not in the store yet: add it under the new name
         store.pull(source_name, name=destination)
+
+
+def check_deletable(recipe: ModelRecipe, name: str) -> None:
+    """A built-in catalog model is listed but not in the store: a 400 that says so (not a 404)."""
+    if recipe.source == "catalog":
+        entry = find_catalog_entry(name.lower())
+        package = f" (pip uninstall {entry.package})" if entry is not None else ""
+        raise InvalidRequest(f"'{recipe.name}' is a built-in catalog model, installed with its PyPI package{package}; "
+                             "it is not in the model store, so there is nothing to delete")
 
 
 def delete(name: str) -> None:

@@ -278,7 +278,8 @@ def copy():
 def delete():
     body = json_body()
     name = validate_model_name(body.get("model") or body.get("name"))
-    engine().unload(name)  # 404 for an unknown name; a model in use unloads when its requests end
+    catalog.check_deletable(engine().resolve(name), name)  # 404 for an unknown name, 400 for a built-in catalog model
+    engine().unload(name)  # a model in use unloads when its requests end
     catalog.delete(name)
     return Response(status=200)
 
