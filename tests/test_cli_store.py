@@ -132,12 +132,15 @@ def test_show_gguf_path_prints_its_header(models_dir, capsys, tiny_model):
 # --------------------------------------------------------------------------- ps / stop
 
 
-def test_ps_and_stop_without_a_server(models_dir, capsys):
+def test_ps_and_stop_without_a_server_are_errors(models_dir, capsys):
+    """As `ollama ps` / `ollama stop` end with "could not connect to ollama server" and exit 1:
+    a script must be able to tell "no server" from "a server with nothing loaded"."""
     code, out, err = refllm(capsys, "ps")
-    assert code == 0 and out.split() == ["NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL"]
-    assert "no server running at http://127.0.0.1:9" in err
+    assert code == 1 and out == ""
+    assert err.startswith("Error: could not connect to a running refllm server at http://127.0.0.1:9")
+    assert "refllm serve" in err and len(err.strip().splitlines()) == 1
     code, out, err = refllm(capsys, "stop", "smollm2")
-    assert code == 0 and "no server running" in err
+    assert code == 1 and out == "" and "could not connect to a running refllm server" in err
 
 
 class _FakeServer(http.server.BaseHTTPRequestHandler):

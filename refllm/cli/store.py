@@ -190,12 +190,7 @@ def rm_command(args: argparse.Namespace) -> int:
 
 def ps_command(args: argparse.Namespace) -> int:
     header = ("NAME", "ID", "SIZE", "PROCESSOR", "CONTEXT", "UNTIL")
-    try:
-        reply = server_request("GET", "/api/ps")
-    except ServerUnavailable as e:
-        print_table(header, [])
-        print(str(e), file=sys.stderr)
-        return 0
+    reply = server_request("GET", "/api/ps")  # no server: ServerUnavailable, exit 1 (as `ollama ps`)
     rows = []
     for m in reply.get("models", []):
         rows.append((
@@ -208,17 +203,15 @@ def ps_command(args: argparse.Namespace) -> int:
 
 
 def stop_command(args: argparse.Namespace) -> int:
-    """As Ollama's CLI does: a generate request with no prompt and keep_alive 0 unloads the model."""
-    try:
-        server_request("POST", "/api/generate", {"model": args.name, "keep_alive": 0})
-    except ServerUnavailable as e:
-        print(f"{e}; no model is loaded", file=sys.stderr)
-        return 0
+    """As Ollama's CLI does: a generate request with no prompt and keep_alive 0 unloads the model.
+    With no server running this is an error (exit 1), as `ollama stop` reports it."""
+    server_request("POST", "/api/generate", {"model": args.name, "keep_alive": 0})
     return 0
 
 
 class ServerUnavailable(RefllmError):
-    pass
+    """Nothing listens at the configured address: ``ps`` and ``stop`` exit 1 with this one line,
+    as Ollama's ``ps``/``stop`` end with "could not connect to ollama server"."""
 
 
 def server_request(method: str, path: str, body: dict | None = None) -> dict:
@@ -242,7 +235,8 @@ def server_request(method: str, path: str, body: dict | None = None) -> dict:
             message = e.reason
         raise RefllmError(f"server at {settings.server_url}: {message}") from None
     except (urllib.error.URLError, ConnectionError, TimeoutError) as e:
-        raise ServerUnavailable(f"no server running at {settings.server_url} ({getattr(e, 'reason', e)})") from None
+        raise ServerUnavailable(f"could not connect to a running refllm server at {settings.server_url} "
+                                f"({getattr(e, 'reason', e)}); start one with `refllm serve`") from None
     last_line = text.strip().splitlines()[-1] if text.strip() else "{}"  # a streamed reply: the final object
     return json.loads(last_line)
 
