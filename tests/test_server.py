@@ -257,6 +257,29 @@ def test_ollama_list_show_ps(oclient, smollm2_gguf):
     assert 3000 < expires_in <= 3600
 
 
+def test_model_info_takes_every_shape_of_metadata(tmp_path):
+    """/api/show's model_info as JSON for nested, string and long arrays (a nested one was a 500)."""
+    import gguf
+
+    from refllm.gguf import read
+    from refllm.store import model_info
+
+    path = tmp_path / "metadata.gguf"
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_array("t.nested", [[1, 2], [3, 4, 5]])
+    writer.add_array("t.strings", ["a", "b"])
+    writer.add_array("t.long", list(range(2000)))
+    writer.add_float32("t.half", 0.5)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    info = json.loads(json.dumps(model_info(read(path))))
+    assert info == {"general.parameter_count": 0, "general.architecture": "llama", "t.nested": [[1, 2], [3, 4, 5]],
+                    "t.strings": ["a", "b"], "t.long": None, "t.half": 0.5}
+    assert model_info(read(path), verbose=True)["t.long"] == list(range(2000))
+
+
 def test_ollama_load_and_unload_without_a_prompt(oclient):
     loaded = oclient.generate(model="other", keep_alive="10m")
     assert loaded.done and loaded.done_reason == "load"

@@ -667,21 +667,25 @@ def model_info(gguf_file, verbose: bool = False) -> dict:
     ``general.name`` and ``tokenizer.chat_template`` are left out (the template is shown as
     "template"); arrays longer than ``SHORT_ARRAY_ITEMS`` are null unless ``verbose``.
     """
-    import numpy as np
-
     info: dict = {"general.parameter_count": gguf_file.n_parameters}
     for key, value in gguf_file.metadata.items():
         if key in ("general.name", "tokenizer.chat_template"):
             continue
-        if isinstance(value, (str, int, float, bool)):
-            info[key] = value
-        elif isinstance(value, np.generic):
-            info[key] = value.item()
-        elif verbose or len(value) <= SHORT_ARRAY_ITEMS:
-            info[key] = [v.item() if isinstance(v, np.generic) else v for v in value]
-        else:
-            info[key] = None
+        short = isinstance(value, (str, int, float, bool)) or len(value) <= SHORT_ARRAY_ITEMS
+        info[key] = _as_json(value) if short or verbose else None
     return info
+
+
+def _as_json(value):
+    """A metadata value as JSON-able Python: numbers and strings as they are, NumPy arrays and
+    string arrays as lists, nested arrays as lists of lists."""
+    import numpy as np
+
+    if isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, (np.ndarray, np.generic)):
+        return value.tolist()
+    return [_as_json(item) for item in value]  # a StringArray, or a list of nested arrays
 
 
 def _convert_safetensors(directory: Path, out: Path, progress: Progress) -> Path:
