@@ -90,6 +90,11 @@ def test_model_management(oclient, aclient, smollm2_gguf):
 
     oclient.copy("smollm2", "my-copy:v1")
     assert "my-copy:v1" in [m.model for m in oclient.list().models]
+    oclient.copy("smollm2", "me/pirate:v2")  # OpenAI's owned_by is the namespace, as in Ollama
+    owners = {m.id: m.owned_by for m in aclient.models.list().data}
+    assert owners["me/pirate:v2"] == "me" and owners["my-copy:v1"] == owners["smollm2:135m"] == "library"
+    assert aclient.models.retrieve("me/pirate:v2").owned_by == "me"
+    oclient.delete("me/pirate:v2")
     assert oclient.show("my-copy:v1").details.family == "llama"
     oclient.delete("my-copy:v1")
     assert "my-copy:v1" not in [m.model for m in oclient.list().models]

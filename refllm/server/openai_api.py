@@ -352,10 +352,13 @@ def embeddings():
 
 
 def model_object(entry: dict) -> dict:
+    """OpenAI's model object; ``owned_by`` is the name's namespace ("library" unless one is given), as in Ollama."""
     from datetime import datetime
 
+    from refllm.store import parse_name
+
     created = int(datetime.fromisoformat(entry["modified_at"].replace("Z", "+00:00")).timestamp())
-    return {"id": entry["name"], "object": "model", "created": created, "owned_by": "library"}
+    return {"id": entry["name"], "object": "model", "created": created, "owned_by": parse_name(entry["name"]).namespace}
 
 
 @openai_api.get("/v1/models")
