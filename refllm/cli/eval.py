@@ -85,12 +85,13 @@ def kld_command(args: argparse.Namespace) -> int:
     if args.stride is not None or args.ctx != 512:
         raise InvalidRequest("--ctx/--stride come from the base file; give them with --save-base")
     from refllm.cli.store import ProgressBar
-    from refllm.conformance.evaluate import kl_divergence
+    from refllm.conformance.evaluate import kl_divergence, load_base
 
+    base = load_base(args.base)  # a wrong --base fails before the model loads
     model = _load(args)
     bar = ProgressBar()
     try:
-        r = kl_divergence(model, args.file, args.base, bar)
+        r = kl_divergence(model, args.file, base, bar)
     finally:
         bar.close()
     if args.json:

@@ -18,6 +18,7 @@ with its standard error, percentiles, and how often both have the same most like
 from __future__ import annotations
 
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
@@ -129,28 +130,51 @@ class KLDivergence:
     rms_delta_p: float  # root mean square of p_model(token) - p_base(token)
 
 
-def load_base(path: str | Path) -> dict:
+@dataclass
+class BaseLogits:
+    """What ``refllm eval kld --save-base`` wrote: the text's tokens, the windows, the base's log-probs."""
+
+    path: str
+    tokens: list[int]
+    ctx: int
+    stride: int
+    log_probs: np.ndarray  # [n_scored, n_vocab] float32
+
+
+def load_base(path: str | Path) -> BaseLogits:
+    """Read a base file; anything else (a text file, a lone .npy, a damaged zip) is one InvalidRequest naming it."""
+    not_a_base = (f"{path} is not a base file written by `refllm eval kld --save-base` "
+                  "(expected an .npz of the base model's log-probabilities)")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            base = {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError) as e:
-        raise InvalidRequest(f"cannot read base logits {path}: {e}") from None
-    if str(base.get("format", "")) != BASE_FORMAT or not {"tokens", "ctx", "stride", "log_probs"} <= set(base):
-        raise InvalidRequest(f"{path} is not a base file written by `refllm eval kld --save-base`")
-    return base
+        loaded = np.load(path, allow_pickle=False)
+    except OSError as e:  # missing, a directory, no permission
+        raise InvalidRequest(f"cannot read base logits {path}: {e.strerror or e}") from None
+    except (ValueError, EOFError, zipfile.BadZipFile):  # not NumPy's format at all (ValueError says "allow_pickle")
+        raise InvalidRequest(not_a_base) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # one .npy array
+        raise InvalidRequest(not_a_base)
+    with loaded:
+        if not {"format", "tokens", "ctx", "stride", "log_probs"} <= set(loaded.files):
+            raise InvalidRequest(not_a_base)
+        try:
+            if str(loaded["format"]) != BASE_FORMAT:
+                raise InvalidRequest(not_a_base)
+            return BaseLogits(path=str(path), tokens=loaded["tokens"].tolist(), ctx=int(loaded["ctx"]),
+                              stride=int(loaded["stride"]), log_probs=loaded["log_probs"])
+        except (ValueError, TypeError, OSError, EOFError, zipfile.BadZipFile):  # a damaged or hand-made member
+            raise InvalidRequest(f"{path}: the base file is damaged; write it again with --save-base") from None
 
 
-def kl_divergence(model, path, base_path, progress=None) -> KLDivergence:
-    """KL(base || model) at every scored token of the text file, with the base's windows."""
-    base = load_base(base_path)
+def kl_divergence(model, path, base: BaseLogits, progress=None) -> KLDivergence:
+    """KL(base || model) at every scored token of the text file, with the base's windows (``load_base``)."""
     tokens = text_tokens(model, path)
-    if tokens != base["tokens"].tolist():
-        raise InvalidRequest(f"{base_path} was saved from other tokens (another text, or a model with another tokenizer)")
-    base_lp = base["log_probs"]  # [n_scored, n_vocab]
-    if base_lp.shape[1] != model.n_vocab:
-        raise InvalidRequest(f"{base_path} has {base_lp.shape[1]} vocabulary entries, the model {model.n_vocab}")
+    if tokens != base.tokens:
+        raise InvalidRequest(f"{base.path} was saved from other tokens (another text, or a model with another tokenizer)")
+    base_lp = base.log_probs  # [n_scored, n_vocab]
+    if base_lp.ndim != 2 or base_lp.shape[1] != model.n_vocab:
+        raise InvalidRequest(f"{base.path} has log-probs of shape {base_lp.shape}, the model's vocabulary is {model.n_vocab}")
     kls, same, delta_p, nll_model, nll_base = [], [], [], [], []
-    scored = scored_log_probs(model, tokens, int(base["ctx"]), int(base["stride"]), progress)
+    scored = scored_log_probs(model, tokens, base.ctx, base.stride, progress)
     for i, (token, log_q) in enumerate(scored):
         log_p = base_lp[i].astype(np.float64)
         p = np.exp(log_p)
