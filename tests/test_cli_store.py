@@ -140,6 +140,13 @@ def test_cli_errors_are_one_line(models_dir, tmp_path, capsys):
     assert store.list_models() == []
 
 
+def test_pull_checks_the_digest_argument_before_any_work(models_dir, capsys, tiny_model):
+    for source in ("smollm2", str(tiny_model("llama"))):
+        code, out, err = refllm(capsys, "pull", source, "--digest", "sha256:nothex")
+        assert (code, out) == (1, "") and err == "Error: invalid digest 'sha256:nothex': expected sha256:<64 hex digits>\n"
+    assert not (models_dir / "blobs").exists() or not any((models_dir / "blobs").iterdir())
+
+
 def test_show_gguf_path_prints_its_header(models_dir, capsys, tiny_model):
     code, out, _ = refllm(capsys, "show", str(tiny_model("llama", "Q8_0")))
     assert code == 0 and "architecture        llama" in out

@@ -449,6 +449,8 @@ class Store:
         """
         from refllm.packaged_models import find_catalog_entry
 
+        if expected_digest is not None:
+            expected_digest = normalize_digest(expected_digest)  # a malformed digest fails before any work
         staged = _Staged()
         try:
             if source.startswith(("http://", "https://")):
