@@ -100,18 +100,23 @@ def test_prompt_after_the_options_as_ollamas_docs_write_it(cli, smollm2, capsys)
     assert capsys.readouterr().out == smollm2.detokenize(llama_cpp) + "\n"
 
 
-@pytest.mark.parametrize("argv, prompt", [
-    (["run", "m", "-n", "3", "--", "--hello", "there"], ["--hello", "there"]),  # after "--", words
-    (["run", "m", "-n", "3", "-5"], ["-5"]),  # a negative number is a word, as argparse has it
-    (["run", "m", "a", "-n", "3", "b"], ["a", "b"]),
+@pytest.mark.parametrize("argv, prompt, think", [
+    (["run", "m", "-n", "3", "--", "--hello", "there"], ["--hello", "there"], None),  # after "--", words
+    (["run", "m", "-n", "3", "-5"], ["-5"], None),  # a negative number is a word, as argparse has it
+    (["run", "m", "a", "-n", "3", "b"], ["a", "b"], None),
+    (["run", "m", "A", "--think", "B"], ["A", "B"], "true"),  # Ollama: thinking on, the prompt "A B"
+    (["run", "m", "A", "--think", "B", "--verbose", "C"], ["A", "B", "C"], "true"),
+    (["run", "m", "--think", "Why?"], ["Why?"], "true"),
+    (["run", "m", "A", "--think", "high", "B"], ["A", "B"], "high"),  # a level is the flag's value
+    (["run", "m", "A", "--think=false", "B"], ["A", "B"], "false"),
+    (["run", "m", "A", "--think"], ["A"], "true"),
+    (["run", "m", "--", "A", "--think", "B"], ["A", "--think", "B"], None),
 ])  # fmt: skip
-def test_prompt_words_argparse_leaves_over(argv, prompt):
-    from refllm.cli.main import build_parser, take_prompt_words
+def test_prompt_words_keep_their_order_around_options(argv, prompt, think):
+    from refllm.cli.main import build_parser, parse_arguments
 
-    parser = build_parser()
-    args, leftover = parser.parse_known_args(argv)
-    take_prompt_words(parser, args, leftover)
-    assert args.prompt == prompt
+    args = parse_arguments(build_parser(), argv)
+    assert (args.prompt, args.think) == (prompt, think)
 
 
 @pytest.mark.parametrize("argv, usage, unknown", [
@@ -144,6 +149,7 @@ def test_piped_stdin_through_the_real_entry_point(smollm2_gguf):
         (["hi", "-o", "temperature"], "NAME=VALUE"),
         (["hi", "--top-p", "2"], "top_p"),
         (["--think", "hi"], "does not support thinking: run it without --think"),
+        (["hi", "--think=maybe"], "--think must be true, false, low, medium or high, got 'maybe'"),
         (["hi", "--keepalive", "soon"], "invalid duration"),
     ],
 )

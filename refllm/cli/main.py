@@ -46,6 +46,34 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """The command line as a Namespace; prompt words keep their order wherever options sit between them."""
+    args, leftover = parser.parse_known_args(bare_think_flags(argv))
+    if leftover:
+        take_prompt_words(parser, args, leftover)
+    return args
+
+
+def bare_think_flags(argv: list[str]) -> list[str]:
+    """``refllm run``'s ``--think`` before a word that is no level is a bare flag, ``--think=true``.
+
+    Ollama reads ``ollama run MODEL "A" --think "B"`` as thinking on and the prompt "A B";
+    argparse would take "B" as the flag's value and lose its place among the prompt words.
+    A level stays the flag's value: ``--think high``, ``--think=false``. Words after "--" are prompt.
+    """
+    from refllm.cli.run import THINK_VALUES
+
+    if not argv or argv[0] != "run":
+        return list(argv)
+    words = list(argv)
+    for i in range(len(words) - 1):
+        if words[i] == "--":
+            break
+        if words[i] == "--think" and words[i + 1].lower() not in THINK_VALUES and not _looks_like_option(words[i + 1]):
+            words[i] = "--think=true"
+    return words
+
+
 def take_prompt_words(parser: argparse.ArgumentParser, args: argparse.Namespace, leftover: list[str]) -> None:
     """Words argparse left over are more of the prompt, for commands that take one.
 
@@ -78,9 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(sys, name) is None:
             setattr(sys, name, open(os.devnull, "w"))
     parser = build_parser()
-    args, leftover = parser.parse_known_args(argv)
-    if leftover:
-        take_prompt_words(parser, args, leftover)
+    args = parse_arguments(parser, sys.argv[1:] if argv is None else argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

@@ -24,7 +24,9 @@ from refllm.generate import GenerationResult, Session
 from refllm.kernels.reference import BACKEND_NAMES
 from refllm.sample import Options
 from refllm.sample.options import parse_option_text
+from refllm.thinking import THINK_EFFORTS
 
+THINK_VALUES = ("true", "false", *THINK_EFFORTS)  # what --think takes
 
 
 def register(subparsers) -> None:
@@ -148,10 +150,10 @@ def rules_from_args(args: argparse.Namespace):
             schema = json.loads(schema)
         except ValueError:
             raise InvalidRequest('--format must be "json" or a JSON schema') from None
-    if args.think is not None and args.think not in ("true", "false", "low", "medium", "high"):
-        args.prompt.insert(0, args.think)  # "--think why?": a bare --think followed by the prompt
-        args.think = "true"
-    think = {"true": True, "false": False}.get(args.think, args.think) if args.think is not None else None
+    # "--think why?" arrives as --think=true with "why?" among the prompt words (cli.main.bare_think_flags)
+    if args.think is not None and args.think.lower() not in THINK_VALUES:
+        raise InvalidRequest(f"--think must be true, false, low, medium or high, got {args.think!r}")
+    think = {"true": True, "false": False}.get(args.think.lower(), args.think.lower()) if args.think is not None else None
     return OutputRules(format=ollama_format(schema), think=check_think(think))
 
 
@@ -593,8 +595,6 @@ class Chat:
         print(f"Set parameter '{name}' to '{', '.join(values)}'")
 
     def set_think(self, level) -> None:
-        from refllm.thinking import THINK_EFFORTS
-
         if level is not True and level not in THINK_EFFORTS:
             print(f"Invalid think level '{level}': use /set think, or /set think {' | '.join(THINK_EFFORTS)}")
         elif not supports_thinking(self.model):
