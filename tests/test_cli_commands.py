@@ -46,3 +46,30 @@ def test_ps_until_column(monkeypatch):
     assert store_cli._until("2027-01-15T08:04:00Z") == "4 minutes from now"  # 1_800_000_240 s
     assert store_cli._until("9999-12-31T23:59:59Z") == "Forever"
     assert store_cli._until("2027-01-15T07:59:00Z") == "Stopping..."
+
+
+@pytest.fixture
+def unsupported_gguf(tmp_path):
+    """A GGUF whose architecture (rwkv6) no backend runs: its plan is "unsupported"."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
+@pytest.mark.parametrize("argv", [
+    ["plan", "{}"], ["plan", "{}", "--json"], ["models", "info", "{}", "--plan-json"], ["models", "info", "{}", "--json"],
+    ["models", "info", "{}"], ["run", "{}", "--plan-json"], ["prompt", "-m", "{}", "--plan-json"],
+    ["chat", "-m", "{}", "--plan-json"], ["doctor", "-m", "{}", "--plan-json"],
+])  # fmt: skip
+def test_every_plan_of_an_unsupported_model_exits_1_as_refllm_plan_does(unsupported_gguf, capsys, argv):
+    assert main([word.format(unsupported_gguf) for word in argv]) == 1
+    out = capsys.readouterr().out
+    assert "unsupported" in out and "rwkv6" in out  # the plan is printed all the same

@@ -23,6 +23,7 @@ import json
 import sys
 import time
 
+from refllm.cli.plan import plan_exit_code
 from refllm.cli.run import (Chat, Spinner, _default_model_name, _load, add_generation_arguments, model_recipe,
                             option_values, options_from_args, prompt_from, stream_answer)
 from refllm.errors import InvalidRequest, UnsupportedModel
@@ -98,7 +99,7 @@ def prompt_command(args: argparse.Namespace) -> int:
     name = args.model or _default_model_name()
     plan = _plan(name, args)
     if args.plan_json:
-        return 0
+        return plan_exit_code(plan.support_level)
     recipe = model_recipe(name)
     options = options_from_args(args, defaults=recipe.params)
     system = args.system if args.system is not None else recipe.system
@@ -125,7 +126,7 @@ def chat_command(args: argparse.Namespace) -> int:
     name = args.model or _default_model_name()
     plan = _plan(name, args)
     if args.plan_json:
-        return 0
+        return plan_exit_code(plan.support_level)
     if not sys.stdin.isatty():
         raise InvalidRequest('refllm chat needs an interactive terminal; in scripts and pipes use: refllm prompt "..."')
     recipe = model_recipe(name)
@@ -159,10 +160,10 @@ def models_info_command(args: argparse.Namespace) -> int:
     info = reference_info(args.reference, backend=args.backend, no_specialization=args.no_specialization)
     if args.plan_json:
         print(json.dumps(info["plan"], indent=2))
-        return 0 if info["plan"] else 1
+        return plan_exit_code(info["support_level"]) if info["plan"] else 1
     if args.json:
         print(json.dumps(info, indent=2))
-        return 0
+        return plan_exit_code(info["support_level"]) if info["plan"] else 0
     print(f"reference      {info['reference']}  ({info['kind']}, {info['availability']})")
     if info["plan"] is None:
         print(f"install        {info['install_hint']}")
@@ -173,4 +174,4 @@ def models_info_command(args: argparse.Namespace) -> int:
     plan.model = info["resolved"]["name"]
     print(format_plan(plan))
     print(f"kernels        {', '.join(info['runtime']['applied_kernels'])}")
-    return 0
+    return plan_exit_code(plan.support_level)

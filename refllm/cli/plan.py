@@ -48,6 +48,12 @@ def register(subparsers) -> None:
     p.set_defaults(func=bench_command)
 
 
+def plan_exit_code(support_level: str) -> int:
+    """1 when no backend can run the model, else 0: ``refllm plan``'s exit code, and every
+    ``--plan-json``'s (run, prompt, chat, doctor, models info), with the plan printed all the same."""
+    return 1 if support_level == "unsupported" else 0
+
+
 def plan_command(args) -> int:
     from refllm.plan import build_plan, format_plan
 
@@ -55,7 +61,7 @@ def plan_command(args) -> int:
         raise InvalidRequest("--threads must be a positive number")
     plan = build_plan(args.model, backend=args.backend, no_specialization=args.no_specialization, num_ctx=args.num_ctx, threads=args.threads)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
-    return 0 if plan.support_level != "unsupported" else 1
+    return plan_exit_code(plan.support_level)
 
 
 def doctor_command(args) -> int:
@@ -70,7 +76,7 @@ def doctor_command(args) -> int:
         plan = build_plan(args.model or _default_model_name(), backend=args.backend, no_specialization=args.no_specialization)
         if args.plan_json:
             print(json.dumps(plan.to_dict(), indent=2))
-            return 0
+            return plan_exit_code(plan.support_level)
         report["runtime_plan"] = {"model": plan.model, **execution_metadata(plan)}
     print(json.dumps(report, indent=2) if args.json else format_environment(report))
     if not args.json and "runtime_plan" in report:

@@ -67,9 +67,11 @@ def run_command(args: argparse.Namespace) -> int:
     if args.plan_json:  # what would run, and how (refllm.plan), without loading or generating
         from refllm.plan import build_plan
 
+        from refllm.cli.plan import plan_exit_code
+
         plan = build_plan(model_name, backend=args.backend, num_ctx=args.num_ctx)
         print(json.dumps(plan.to_dict(), indent=2))
-        return 0
+        return plan_exit_code(plan.support_level)
     recipe = model_recipe(model_name)  # a store model brings its PARAMETERs, SYSTEM, MESSAGEs and TEMPLATE
     options = options_from_args(args, defaults=recipe.params)  # flags override the stored parameters
     system = args.system if args.system is not None else recipe.system
