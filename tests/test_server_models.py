@@ -176,6 +176,23 @@ def test_show_lists_the_tensors(server, smollm2_gguf):
     assert post_json(server, "/api/show", {"model": "smollm2:135m"})["tensors"] == expected
 
 
+def test_ps_reports_the_context_requests_get(oclient):
+    """/api/ps's context_length: Ollama's default 4096 (SmolLM2 was trained on 8192), or the
+    model's num_ctx PARAMETER; the same context the prompt-length check applies."""
+    oclient.generate(model="smollm2", keep_alive="1m")
+    oclient.create(model="short:ctx", from_="smollm2:135m", parameters={"num_ctx": 1024})
+    try:
+        oclient.generate(model="short:ctx", keep_alive="1m")
+        contexts = {m.model: m.context_length for m in oclient.ps().models}
+        assert contexts["smollm2:135m"] == 4096 and contexts["short:ctx"] == 1024
+        with pytest.raises(ollama.ResponseError) as err:
+            oclient.generate(model="short:ctx", prompt="word " * 1100)
+        assert "(num_ctx) is 1024" in err.value.error
+    finally:
+        oclient.generate(model="short:ctx", keep_alive=0)
+        oclient.delete("short:ctx")
+
+
 def test_show_capabilities(oclient):
     """Every model takes tools (offered through its chat template); "thinking" only where the template
     has reasoning markers. Neither packaged model thinks; a TEMPLATE with <think> does."""

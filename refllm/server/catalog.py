@@ -23,6 +23,7 @@ from refllm.engine import LoadedModel, ModelRecipe, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.gguf import read
 from refllm.packaged_models import CATALOG, ModelPackageMissing, find_catalog_entry, gguf_path
+from refllm.sample.options import DEFAULT_NUM_CTX
 from refllm.server import model_info
 from refllm.store.blobs import normalize_digest
 from refllm.thinking import thinking_markers
@@ -71,6 +72,13 @@ def show(recipe: ModelRecipe, name: str, verbose: bool = False) -> dict:
     }
 
 
+def default_context(loaded: LoadedModel) -> int:
+    """The context a request that sets no num_ctx gets (what Ollama's /api/ps reports: the context
+    the model was loaded with): the model's num_ctx PARAMETER, else 4096, at most its training context."""
+    num_ctx = int(loaded.recipe.params.get("num_ctx") or DEFAULT_NUM_CTX)
+    return min(num_ctx, loaded.context_length) if loaded.context_length else num_ctx
+
+
 def running_entry(loaded: LoadedModel) -> dict:
     """One /api/ps entry.  On the cuda backend every weight runs from the GPU's memory
     (uploaded once), so size_vram is the whole size, as Ollama reports a fully offloaded model."""
@@ -80,7 +88,7 @@ def running_entry(loaded: LoadedModel) -> dict:
         "name": loaded.name, "model": loaded.name, "size": loaded.size,
         "digest": model_info.file_digest(path).removeprefix("sha256:"), "details": model_info.details(path),
         "expires_at": model_info.rfc3339(loaded.expires_at), "size_vram": loaded.size if on_gpu else 0,
-        "context_length": loaded.context_length, "processor": "100% GPU" if on_gpu else "100% CPU",
+        "context_length": default_context(loaded), "processor": "100% GPU" if on_gpu else "100% CPU",
     }
 
 
