@@ -154,8 +154,6 @@ def test_gemma3_is_listed_from_its_parts_as_its_file_describes_it(gemma3_gguf, g
     assert list(cache.iterdir()) == [] and listing_before_assembly(SMOLLM2) is None  # SmolLM2 ships whole
 
 
-@pytest.mark.xfail(strict=True, reason="needs refllm/server/catalog.py list_models to try "
-                                       "packaged_models.listing_before_assembly(packaged) first (see its docstring)")
 def test_list_does_not_assemble_gemma3(models_dir, gemma3_package, capsys):
     _, cache = gemma3_package
     code, out, _ = refllm(capsys, "list")

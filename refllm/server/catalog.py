@@ -22,7 +22,7 @@ from refllm import store
 from refllm.engine import LoadedModel, ModelRecipe, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.gguf import read
-from refllm.packaged_models import CATALOG, ModelPackageMissing, find_catalog_entry, gguf_path
+from refllm.packaged_models import CATALOG, ModelPackageMissing, find_catalog_entry, gguf_path, listing_before_assembly
 from refllm.sample.options import DEFAULT_NUM_CTX
 from refllm.server import model_info
 from refllm.store.blobs import normalize_digest
@@ -45,13 +45,14 @@ def _catalog_entry(name: str, path) -> dict:
 
 
 def list_models() -> list[dict]:
-    """The store's models, then the built-in catalog models whose packages are installed."""
+    """The store's models, then the built-in catalog models whose packages are installed
+    (Gemma 3 from its package's parts while they are not assembled: listing never writes 253 MB)."""
     entries = {entry["name"]: entry for entry in store.list_models()}
     for packaged in CATALOG:
         if packaged.name in entries or importlib.util.find_spec(packaged.module) is None:
             continue
         try:
-            entries[packaged.name] = _catalog_entry(packaged.name, gguf_path(packaged))
+            entries[packaged.name] = listing_before_assembly(packaged) or _catalog_entry(packaged.name, gguf_path(packaged))
         except (ModelPackageMissing, OSError):
             continue
     return list(entries.values())
