@@ -371,10 +371,11 @@ def get_model(model: str):
     """Any name the generation routes accept (``smollm2`` as well as ``smollm2:135m``), as Ollama
     answers it: ``id`` is the name asked for."""
     validate_model_name(model)
-    recipe = engine().resolve(model)  # 404 for a name that is no model
     entries = {entry["name"]: entry for entry in catalog.list_models()}
-    entry = entries.get(model) or entries.get(recipe.name) or {"modified_at": model_info.modified_at(recipe.gguf_path)}
-    return jsonify(model_object({**entry, "name": model}))
+    if model not in entries:  # another name for one of them, or for a model that is not listed
+        recipe = engine().resolve(model)  # 404 for a name that is no model
+        entries[model] = entries.get(recipe.name) or {"modified_at": model_info.modified_at(recipe.gguf_path)}
+    return jsonify(model_object({**entries[model], "name": model}))
 
 
 # -- /v1/responses
