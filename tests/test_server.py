@@ -621,6 +621,11 @@ def test_error_mid_stream_is_sent_in_band(server, url):
                                    "messages": [{"role": "user", "content": "a prompt to fail on"}]})
         events = payload.decode().split("\n\n")
         assert "the model failed" in json.loads(events[-3][6:])["error"]["message"] and events[-2] == "data: [DONE]"
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, _strict_response_validation=True)
+        responses = list(client.responses.create(model="fake", input="a prompt to fail on", stream=True))
+        assert [e.type for e in responses[-2:]] == ["error", "response.failed"]  # as OpenAI ends a failed stream
+        assert "the model failed" in responses[-2].message and responses[-1].response.status == "failed"
+        assert "the model failed" in responses[-1].response.error.message
     finally:
         model.forward = original
 

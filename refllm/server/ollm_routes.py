@@ -140,7 +140,7 @@ def answer(events, make_result, stream: bool) -> Response:
         finally:
             events.close()
 
-    response = sse_response(sse_events(), done_marker=False, error_event=lambda message: ("error", {"error": message}))
+    response = sse_response(sse_events(), done_marker=False, error_events=lambda message: [("error", {"error": message})])
     response.call_on_close(events.close)  # also when the stream never started: the slot (and a session) are freed
     return response
 

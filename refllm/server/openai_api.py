@@ -548,7 +548,10 @@ def responses():
         finally:
             events.close()
 
-    def error_event(message: str) -> tuple[str, dict]:
-        return event("error", code="server_error", message=message, param=None)
+    def error_events(message: str) -> list[tuple[str, dict]]:
+        """A failure mid-stream: OpenAI's "error" event, then "response.failed" with the failed response."""
+        failed = {**response_object("in_progress", None, None), "status": "failed",
+                  "error": {"code": "server_error", "message": message}}
+        return [event("error", code="server_error", message=message, param=None), event("response.failed", response=failed)]
 
-    return sse_response(sse_events(), done_marker=False, error_event=error_event)
+    return sse_response(sse_events(), done_marker=False, error_events=error_events)

@@ -45,8 +45,9 @@ def ndjson_response(objects: Iterator[dict]) -> Response:
 
 
 def sse_response(events: Iterator[tuple[str | None, dict]], done_marker: bool = True,
-                 error_event: Callable[[str], tuple[str | None, dict]] | None = None) -> Response:
-    """``[event: name\\n]data: {json}\\n\\n`` per event, then ``data: [DONE]`` (OpenAI chat/completions)."""
+                 error_events: Callable[[str], list[tuple[str | None, dict]]] | None = None) -> Response:
+    """``[event: name\\n]data: {json}\\n\\n`` per event, then ``data: [DONE]`` (OpenAI chat/completions).
+    An error while streaming becomes the events ``error_events(message)`` gives (default: one ``{"error": {...}}``)."""
 
     def frame(name: str | None, data: dict) -> str:
         head = f"event: {name}\n" if name else ""
@@ -60,7 +61,9 @@ def sse_response(events: Iterator[tuple[str | None, dict]], done_marker: bool = 
             raise
         except Exception as e:
             message = _in_band_error(e)
-            yield frame(*(error_event(message) if error_event else (None, {"error": {"message": message, "type": "server_error", "param": None, "code": None}})))
+            default = [(None, {"error": {"message": message, "type": "server_error", "param": None, "code": None}})]
+            for name, data in error_events(message) if error_events else default:
+                yield frame(name, data)
         finally:
             events.close()
         if done_marker:
