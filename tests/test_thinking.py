@@ -183,11 +183,11 @@ def test_cli_prints_thinking_apart(hide):
 
 
 def test_cli_flags():
-    from refllm.cli.main import build_parser
+    from refllm.cli.main import build_parser, parse_arguments
     from refllm.cli.run import rules_from_args
 
-    def rules(*argv):
-        args = build_parser().parse_args(["run", "m", *argv])
+    def rules(*argv):  # the command line as refllm's main reads it
+        args = parse_arguments(build_parser(), ["run", "m", *argv])
         return rules_from_args(args), args
 
     assert rules()[0] is None
