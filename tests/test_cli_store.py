@@ -145,11 +145,11 @@ def gemma3_package(tmp_path, monkeypatch):
 
 def test_gemma3_is_listed_from_its_parts_as_its_file_describes_it(gemma3_gguf, gemma3_package):
     from refllm.packaged_models import GEMMA3, SMOLLM2, listing_before_assembly
-    from refllm.server.catalog import _catalog_entry
+    from refllm.store.listing import catalog_entry, catalog_entry_before_assembly
 
     _, cache = gemma3_package
-    listed = listing_before_assembly(GEMMA3)
-    from_the_file = _catalog_entry(GEMMA3.name, gemma3_gguf)  # what listing the assembled file says
+    listed = catalog_entry_before_assembly(GEMMA3.name, listing_before_assembly(GEMMA3))
+    from_the_file = catalog_entry(GEMMA3.name, gemma3_gguf)  # what listing the assembled file says
     assert {**listed, "modified_at": None} == {**from_the_file, "modified_at": None}
     assert list(cache.iterdir()) == [] and listing_before_assembly(SMOLLM2) is None  # SmolLM2 ships whole
 

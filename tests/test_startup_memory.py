@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,6 +47,20 @@ def test_run_imports_neither_the_server_nor_scipy(smollm2_gguf):
     assert result["code"] == 0
     assert result["heavy"] in ([], ["scipy"])  # scipy's top package may come with NumPy helpers; its linalg must not
     assert result["scipy_linalg"] is False
+
+
+@pytest.mark.parametrize("command", [["list"], ["show", "smollm2"]])
+def test_model_listing_commands_do_not_import_the_server(command, tmp_path):
+    """``refllm list`` and ``show`` read the store and the catalog (refllm.store.listing), not the
+    server's modules: importing Flask cost ``list`` ~0.5 s."""
+    result = _python(
+        "import json, os, sys\n"
+        f"os.environ['REFLLM_MODELS'] = {str(tmp_path)!r}\n"
+        "from refllm.cli.main import main\n"
+        f"code = main({command!r})\n"
+        "print(json.dumps({'code': code, 'server': sorted(m for m in sys.modules if m.split('.')[0] in ('flask', 'waitress') or m.startswith('refllm.server'))}))\n"
+    )
+    assert result == {"code": 0, "server": []}
 
 
 def test_gemma_tokenizer_keeps_little_memory(gemma3_gguf):

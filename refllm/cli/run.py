@@ -745,7 +745,7 @@ def _rest_of_block(line: str) -> str:
 
 def model_info_text(model) -> str:
     """The "Model" block of ``/show info`` (the same facts ``refllm show`` prints)."""
-    from refllm.server.model_info import details
+    from refllm.store.listing import details
 
     info = details(model.path)
     arch = model.architecture

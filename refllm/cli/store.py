@@ -98,7 +98,7 @@ def create_command(args: argparse.Namespace) -> int:
 def list_command(args: argparse.Namespace) -> int:
     """The models `refllm run` finds without a download, as /api/tags lists them: the store's,
     then the built-in ones whose PyPI packages are installed here."""
-    from refllm.server.catalog import list_models
+    from refllm.store.listing import list_models
 
     rows = [
         (m["name"], m["digest"][:12], human_bytes(m["size"]), human_ago(datetime.fromisoformat(m["modified_at"])))
@@ -124,7 +124,7 @@ def show_command(args: argparse.Namespace) -> int:
         print(f"{args.name}: all blobs verified")
         return 0
     from refllm.cli.run import model_recipe
-    from refllm.server.catalog import show
+    from refllm.store.listing import show
 
     recipe = model_recipe(args.name)  # a store model, else a built-in one (as /api/show finds it)
     info = show(recipe, args.name)
@@ -162,7 +162,7 @@ def _is_gguf_path(text: str) -> bool:
 
 def cp_command(args: argparse.Namespace) -> int:
     from refllm.cli.run import model_recipe
-    from refllm.server.catalog import copy
+    from refllm.store.listing import copy
 
     copy(model_recipe(args.source), args.source, args.destination)  # a built-in model is added to the store, as /api/copy does
     print(f"copied '{args.source}' to '{args.destination}'")
