@@ -37,7 +37,9 @@ Context (``num_ctx``, default 4096, capped at the model's training context)
     context is full.
 
 Stats follow Ollama: durations in nanoseconds; ``prompt_eval_count`` counts the prompt tokens
-actually evaluated (not those reused from a session's cache, see ``cached_count``);
+actually evaluated (not those reused from a session's cache, see ``cached_count``), so that
+``refllm run --verbose``'s prompt eval rate is tokens evaluated / time (the API's
+``prompt_eval_count`` is the whole prompt, as Ollama reports it);
 ``eval_count`` counts sampled tokens, including an end-of-generation token.
 
 Cancellation: closing the stream generator (or simply dropping it) stops the loop at once;

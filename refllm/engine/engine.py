@@ -102,8 +102,8 @@ class Finished:
 
     text: str
     done_reason: str  # "stop" (end of generation or stop string) or "length" (num_predict / context)
-    prompt_tokens: int = 0  # the whole prompt (OpenAI's usage.prompt_tokens)
-    prompt_eval_count: int = 0  # prompt tokens evaluated now (not reused from the slot's KV cache), as Ollama counts
+    prompt_tokens: int = 0  # the whole prompt: OpenAI's usage.prompt_tokens, and /api's prompt_eval_count as Ollama reports it
+    prompt_eval_count: int = 0  # prompt tokens evaluated now (not reused from the slot's KV cache): what prompt_eval_duration timed
     prompt_eval_duration: int = 0
     eval_count: int = 0
     eval_duration: int = 0
