@@ -4,6 +4,8 @@ Validity is judged by the independent ``jsonschema`` validator (formats included
 by refllm's own code. Three layers:
 
 * the schema front door: each API's spelling, and a 400 naming every unsupported feature;
+* objects as llama.cpp reads them (no extra keys unless additionalProperties allows them,
+  required keys first), byte by byte against the grammar alone;
 * the token mask under adversarial logits: a model whose logits are random noise, with the
   real SmolLM2 and Gemma 3 vocabularies, must still produce valid JSON for every schema
   (the grammar alone carries validity; cheap, so many seeds);
@@ -27,6 +29,7 @@ import pytest
 
 import refllm
 from refllm.constrain import ANY_JSON_OBJECT, TokenConstraint, json_schema_grammar, ollama_format, openai_response_format, token_table
+from refllm.constrain.grammar import llguidance
 from refllm.errors import InvalidRequest
 from structured_schemas import OPEN_ENDED, SCHEMAS, UNSUPPORTED
 
@@ -68,6 +71,76 @@ def test_unsupported_features_are_named(schema, feature):
     assert "format" in str(err.value)
     with pytest.raises(InvalidRequest, match=feature):
         openai_response_format({"type": "json_schema", "json_schema": {"name": "x", "schema": schema}})
+
+
+# -- objects as llama.cpp's json-schema-to-grammar reads them: the grammar alone, byte by byte
+
+
+class ByteVocabulary(llguidance.TokenizerWrapper):
+    """256 one-byte tokens and an end token: a grammar accepts a text iff it takes its bytes."""
+
+    def __init__(self):  # noqa: no super().__init__, as in refllm.constrain.grammar
+        self.eos_token_id, self.bos_token_id, self.special_token_ids = 256, None, []
+        self.is_tokenizer_wrapper = True
+        self.tokens = [bytes([b]) for b in range(256)] + [b"\xff<end>"]
+
+    def __call__(self, text: bytes | str) -> list[int]:
+        return list(text.encode() if isinstance(text, str) else text)
+
+
+BYTES = llguidance.LLTokenizer(ByteVocabulary(), n_vocab=257, eos_token=256)
+
+
+def accepts(schema: dict, text: str) -> bool:
+    constraint = TokenConstraint(BYTES, json_schema_grammar(schema))
+    data = list(text.encode())
+    return constraint.matcher.validate_tokens(data) == len(data) and constraint.matcher.consume_tokens(data) \
+        and constraint.matcher.is_accepting()
+
+
+INT = {"type": "integer"}
+A_REQUIRED = {"type": "object", "properties": {"a": INT}, "required": ["a"]}
+B_REQUIRED = {"type": "object", "properties": {"a": INT, "b": INT}, "required": ["b"]}
+LLAMACPP_OBJECTS = [  # (schema, text, allowed by llama.cpp's grammar)
+    (A_REQUIRED, '{"a": 1}', True),
+    (A_REQUIRED, '{"a": 1, "b": {"c": 2}}', False),  # additionalProperties absent: no extra keys
+    (A_REQUIRED | {"additionalProperties": True}, '{"a": 1, "b": {"c": 2}, "d": "x"}', True),
+    (A_REQUIRED | {"additionalProperties": {}}, '{"a": 1, "b": [null]}', True),
+    (A_REQUIRED | {"additionalProperties": INT}, '{"a": 1, "b": 2}', True),
+    (A_REQUIRED | {"additionalProperties": INT}, '{"a": 1, "b": "x"}', False),
+    (A_REQUIRED | {"additionalProperties": True}, '{"b": 2, "a": 1}', False),  # extra keys come last
+    (A_REQUIRED | {"additionalProperties": True}, '{"a": 1, "a": 2}', False),  # ... and are not named properties
+    (B_REQUIRED, '{"b": 2, "a": 1}', True),  # required keys first, then the optional ones
+    (B_REQUIRED, '{"a": 1, "b": 2}', False),
+    (B_REQUIRED, '{"b": 2}', True),
+    (B_REQUIRED, '{"a": 1}', False),
+    ({"type": "object", "properties": {"a": INT}, "required": ["zz"]}, "{}", True),  # a required non-property is ignored
+    ({"type": "object"}, '{"x": [1, {"y": null}]}', True),  # no properties: any object
+    ({"type": "object", "properties": {}}, "{}", True),
+    ({"type": "object", "properties": {}}, '{"x": 1}', False),
+    ({"type": "object", "additionalProperties": False}, '{"x": 1}', False),
+    ({"properties": {"a": INT}}, "5", False),  # properties without a type: an object
+    ({"properties": {"a": INT}}, '{"a": 5}', True),
+    ({"type": "object", "properties": {"o": {"type": "object", "properties": {"c": INT}}}}, '{"o": {"c": 1, "d": 2}}', False),
+    ({"type": "array", "items": A_REQUIRED}, '[{"a": 1, "z": 0}]', False),
+    ({"anyOf": [A_REQUIRED, {"type": "null"}]}, '{"a": 1, "z": 0}', False),
+    ({"allOf": [{"type": "object", "properties": {"id": INT}}, {"$ref": "#/$defs/l"}],
+      "$defs": {"l": {"type": "object", "properties": {"l": INT}}}}, '{"id": 1, "l": 2}', True),
+    ({"allOf": [{"type": "object", "properties": {"id": INT}}, {"type": "object", "properties": {"l": INT}}]},
+     '{"id": 1, "l": 2, "z": 3}', False),  # allOf: one object, no extra keys
+    ({"allOf": [{"type": "object", "properties": {"id": INT}}, {"type": "object", "properties": {"l": INT}}]},
+     '{"l": 2}', False),  # ... where every part's properties are required
+]
+
+
+@pytest.mark.parametrize("schema, text, allowed", LLAMACPP_OBJECTS, ids=[f"{t}-{a}" for _, t, a in LLAMACPP_OBJECTS])
+def test_objects_follow_llamacpp(schema, text, allowed):
+    assert accepts(schema, text) is allowed
+
+
+def test_json_mode_is_any_object():
+    assert accepts(ANY_JSON_OBJECT, '{"a": {"b": [1, "x", null]}, "c": true}')
+    assert not accepts(ANY_JSON_OBJECT, "[1]")
 
 
 # -- the mask alone: random logits over the real vocabularies
@@ -190,6 +263,13 @@ def test_json_mode(oclient, aclient):
         reply = aclient.chat.completions.create(model=model, messages=messages("Give a JSON object with a key ok set to true."),
                                                 response_format={"type": "json_object"}, temperature=0, max_tokens=60)
         assert isinstance(json.loads(reply.choices[0].message.content), dict)
+
+
+def test_no_extra_keys_through_the_api(oclient):
+    """The reported case: smollm2 added "b" to an object that only names "a"."""
+    reply = oclient.generate(model="smollm2", prompt="Give a JSON object.", format=A_REQUIRED,
+                             options={"temperature": 0, "num_predict": 40})
+    assert reply.done_reason == "stop" and list(json.loads(reply.response)) == ["a"]
 
 
 def test_unsupported_schema_is_a_400_on_every_api(oclient, aclient):

@@ -34,6 +34,7 @@ import weakref
 
 import numpy as np
 
+from refllm.constrain.llamacpp_objects import llamacpp_objects
 from refllm.errors import InvalidRequest, RefllmError
 
 try:
@@ -116,12 +117,16 @@ Flexible whitespace would let a small model loop on newlines forever."""
 
 
 def json_schema_grammar(schema: dict) -> str:
-    """A JSON schema -> llguidance grammar text; ``InvalidRequest`` names unsupported features."""
+    """A JSON schema -> llguidance grammar text; ``InvalidRequest`` names unsupported features.
+
+    Objects follow llama.cpp's rules, not the specification's: no extra keys unless
+    ``additionalProperties`` allows them, required keys first (``llamacpp_objects``)."""
     _require_llguidance()
     try:
         # overrides: a schema's own "x-guidance" may change the layout but never make the
         # compiler lenient (lenient = unknown keywords silently ignored)
-        grammar = llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=JSON_LAYOUT, overrides={"lenient": False})
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            llamacpp_objects(schema), defaults=JSON_LAYOUT, overrides={"lenient": False})
     except ValueError as e:
         raise InvalidRequest(f"invalid JSON schema: {e}") from None
     return checked(grammar, "or invalid JSON schema")

@@ -16,6 +16,8 @@ boolean/null (and lists of types), enum, const, properties, required, additional
 items, prefixItems, minItems/maxItems, minLength/maxLength, pattern, format (date-time, date,
 time, duration, email, hostname, ipv4, ipv6, uuid, uri), minimum/maximum/exclusive*,
 multipleOf (integers), anyOf, oneOf (as anyOf), allOf, $ref/$defs/definitions.
+Objects are read as llama.cpp reads them: an object with properties and no
+additionalProperties allows no other keys (``llamacpp_objects``).
 """
 
 from __future__ import annotations
