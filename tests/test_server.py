@@ -385,12 +385,21 @@ def test_openai_embeddings_and_models(aclient, oclient):
         aclient.models.retrieve("nosuchmodel")
 
 
+def test_reasoning_effort_minimal_is_low():
+    """Ollama's /v1 reads "minimal" as "low" (it has no minimal tier), "none" as thinking off."""
+    from refllm.server.openai_api import output_rules
+
+    assert output_rules({}, None, "minimal").think == "low"
+    assert output_rules({}, None, "none").think is False
+    assert output_rules({}, None, None).think is None
+
+
 def test_openai_client_errors(aclient):
     with pytest.raises(openai.NotFoundError):
         aclient.chat.completions.create(model="nosuchmodel", messages=[{"role": "user", "content": "hi"}])
     for extra in ({"tools": [{"type": "function", "function": {"parameters": {}}}]},
                   {"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"uniqueItems": True}}}},
-                  {"n": 2}, {"reasoning_effort": "low"}):
+                  {"n": 2}, {"reasoning_effort": "low"}, {"reasoning_effort": "minimal"}):
         with pytest.raises(openai.BadRequestError) as err:
             aclient.chat.completions.create(model="fake", messages=[{"role": "user", "content": "hi"}], **extra)
         assert next(iter(extra)) in err.value.message

@@ -109,7 +109,9 @@ def output_rules(body: dict, response_format, reasoning_effort) -> OutputRules:
     tools = check_tools(body.get("tools"))
     if reasoning_effort is not None and reasoning_effort not in ("low", "medium", "high", "none", "minimal"):
         raise InvalidRequest("the reasoning effort must be one of none, minimal, low, medium, high")
-    think = None if reasoning_effort is None else (False if reasoning_effort in ("none", "minimal") else check_think(reasoning_effort))
+    if reasoning_effort == "minimal":  # Ollama's /v1 has no minimal tier: the least thinking that is on
+        reasoning_effort = "low"
+    think = None if reasoning_effort is None else (False if reasoning_effort == "none" else check_think(reasoning_effort))
     rules = OutputRules(format=response_format, tools=tools, tool_choice=check_tool_choice(body.get("tool_choice"), tools),
                         parallel_tool_calls=optional(body, "parallel_tool_calls", bool, True), think=think)
     if rules.format is not None and rules.forced_tool:
