@@ -258,3 +258,100 @@ def test_go_template_follows_ollama_execute():
     assert GoChatTemplate(source).render(history, add_generation_prompt=False) == "[U1]<a>A1</a>N|[U2]<a></a>N|"
     merged = [{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]
     assert GoChatTemplate("{{ range .Messages }}{{ .Role }}={{ .Content }};{{ end }}").render(merged) == "user=a\n\nb;"
+
+
+# ----------------------------------------------------------------------------- a final assistant message: prefill
+
+PREFILL = [{"role": "user", "content": "Reply in JSON: what is the capital of France?"},
+           {"role": "assistant", "content": '{"answer": '}]
+
+
+def prompt_text(model, messages, **rules) -> str:
+    """The prompt text refllm generates from for a chat (what the API routes hand the engine)."""
+    from refllm.chat.turn import OutputRules, plan_turn
+
+    return model.tokenizer.decode(plan_turn(model, messages, rules=OutputRules(**rules)).prompt)
+
+
+@pytest.mark.parametrize("model_name, end_of_turn", [("smollm2", "<|im_end|>"), ("gemma3", "<end_of_turn>")])
+def test_final_assistant_message_is_continued(request, model_name, end_of_turn):
+    """As Ollama renders it: the prompt ends inside the assistant's message, right after its
+    content, with no end-of-turn and no new turn after it (HF's continue_final_message cut)."""
+    model = request.getfixturevalue(model_name)
+    closed = model.apply_chat_template(PREFILL[:1] + [{"role": "assistant", "content": "Sure."}])
+    text = prompt_text(model, [PREFILL[0], {"role": "assistant", "content": "Sure."}])
+    assert text.endswith("Sure.") and closed.startswith(text.removeprefix("<bos>"))
+    assert prompt_text(model, PREFILL).rstrip().endswith('{"answer":')
+    assert prompt_text(model, PREFILL).count(end_of_turn) == closed.count(end_of_turn) - 1
+
+
+def test_prefill_keeps_what_the_template_does_to_the_content(smollm2, gemma3):
+    """SmolLM2's template keeps the text as it is; Gemma's trims it (so does transformers' cut);
+    an empty assistant message leaves the assistant's turn open."""
+    assert prompt_text(smollm2, PREFILL).endswith('assistant\n{"answer": ')
+    assert prompt_text(gemma3, PREFILL).endswith('<start_of_turn>model\n{"answer":')
+    empty = [PREFILL[0], {"role": "assistant", "content": ""}]
+    assert prompt_text(smollm2, empty).endswith("<|im_start|>assistant\n")
+    assert prompt_text(gemma3, empty).endswith("<start_of_turn>model\n")
+
+
+def test_prefill_equals_transformers_continue_final_message(smollm2):
+    transformers = pytest.importorskip("transformers.utils.chat_template_utils")
+    messages = [{"role": "system", "content": "Be brief."}, *PREFILL]
+    expected, _ = transformers.render_jinja_template([messages], chat_template=smollm2.chat_template.source,
+                                                     continue_final_message=True, bos_token="", eos_token="")
+    assert smollm2.chat_template.render(messages, continue_final_message=True) == expected[0]
+
+
+def test_go_templates_continue_as_ollama_does():
+    """Ollama leaves it to the template: an old-style one is cut after {{ .Response }}, a .Messages one
+    with $last leaves its last turn open, one without $last closes the turn as it is written."""
+    assert GoChatTemplate(LLAMA3_GO).render(PREFILL).endswith('assistant<|end_header_id|>\n\n{"answer": ')
+    with_last = ('{{- range $i, $_ := .Messages }}{{- $last := eq (len (slice $.Messages $i)) 1 -}}'
+                 '<|im_start|>{{ .Role }}\n{{ .Content }}{{ if not $last }}<|im_end|>\n{{ end }}'
+                 '{{- if and (ne .Role "assistant") $last }}<|im_end|>\n<|im_start|>assistant\n{{ end }}{{- end }}')
+    assert GoChatTemplate(with_last).render(PREFILL).endswith('<|im_start|>assistant\n{"answer": ')
+    without_last = "{{ range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+    assert GoChatTemplate(without_last).render(PREFILL).endswith('{"answer": <|im_end|>\n<|im_start|>assistant\n')
+
+
+def test_final_assistant_tool_calls_start_a_new_answer(smollm2):
+    calls = [{"function": {"name": "add", "arguments": {"a": 2, "b": 3}}}]
+    text = prompt_text(smollm2, [PREFILL[0], {"role": "assistant", "content": "", "tool_calls": calls}])
+    assert text.endswith("</tool_call><|im_end|>\n<|im_start|>assistant\n")
+
+
+# the same through the API routes, streamed and not: the answer holds only the continuation
+
+
+def test_api_chat_continues_the_prefill(smollm2, oclient, aclient):
+    options = {"temperature": 0, "num_predict": 8}
+    raw = smollm2.generate(prompt_text(smollm2, PREFILL), raw=True, options=options).text  # the continuation
+    assert raw and not raw.startswith('{"answer"')
+    assert oclient.chat(model="smollm2", messages=PREFILL, options=options).message.content == raw
+    parts = oclient.chat(model="smollm2", messages=PREFILL, options=options, stream=True)
+    assert "".join(part.message.content for part in parts) == raw
+    reply = aclient.chat.completions.create(model="smollm2", messages=PREFILL, temperature=0, max_tokens=8)
+    assert reply.choices[0].message.content == raw
+    deltas = aclient.chat.completions.create(model="smollm2", messages=PREFILL, temperature=0, max_tokens=8, stream=True)
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in deltas if chunk.choices) == raw
+
+
+def test_prefill_of_a_thinking_model_continues_the_answer(smollm2):
+    """As Ollama's parsers do (Qwen 3.5, gpt-oss): after a prefilled answer, the output is content
+    even with think on; without the prefill the same output splits into thinking and content."""
+    from types import SimpleNamespace
+
+    from refllm.chat.turn import OutputRules, plan_turn
+
+    source = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}"
+              "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n{% endif %}"
+              "{# reasoning between <think> and </think> #}")
+    thinker = SimpleNamespace(name="thinker", chat_template=ChatTemplate(source), tokenizer=smollm2.tokenizer)
+    output = "so: Paris</think>\n\n\"Paris\"}"
+    prefilled = plan_turn(thinker, PREFILL, rules=OutputRules(think=True))
+    assert smollm2.tokenizer.decode(prefilled.prompt).endswith('<|im_start|>assistant\n{"answer": ')
+    assert (prefilled.split(output).content + prefilled.finish().content, prefilled.total.thinking) == (output, "")
+    fresh = plan_turn(thinker, PREFILL[:1], rules=OutputRules(think=True))
+    fresh.split(output), fresh.finish()
+    assert (fresh.total.thinking, fresh.total.content) == ("so: Paris", '"Paris"}')

@@ -9,6 +9,8 @@
                                      └─ content ─► ToolCallStream ─► content, tool_calls
 
 Without rules, and for a model that does not think, the turn passes everything through.
+A chat that ends with an assistant message (without tool calls) is a prefill, as in Ollama:
+the prompt ends inside that message and the output, content only, continues it.
 """
 
 from __future__ import annotations
@@ -96,7 +98,9 @@ def plan_turn(model, prompt, *, raw: bool = False, system: str | None = None, ru
         raise InvalidRequest(f"model '{getattr(model, 'name', None) or 'this model'}' does not support thinking: "
                              "leave 'think' / 'reasoning_effort' unset or false")
     tools_on = bool(rules.tools) and rules.tool_choice != "none"
-    if rules.format is None and not tools_on and rules.think is None and markers is None and not _has_tool_history(prompt):
+    prefill = None if raw else final_assistant_prefill(prompt)  # None, or the text the answer continues
+    if (rules.format is None and not tools_on and rules.think is None and markers is None
+            and not _has_tool_history(prompt) and prefill is None):
         return Turn(prompt, raw, system)  # nothing to do: the plain path
 
     inside_think = False
@@ -113,6 +117,8 @@ def plan_turn(model, prompt, *, raw: bool = False, system: str | None = None, ru
         if not native_tools:
             messages = messages_with_tools_as_text(messages, offered)
         variables = template_variables(rules.think) if markers else {}
+        if prefill is not None:  # the prompt ends inside the final assistant message
+            variables["continue_final_message"] = True
         text = template.render(messages, tools=(offered or None) if native_tools else None,
                                add_generation_prompt=True, **variables)
         contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
@@ -121,7 +127,7 @@ def plan_turn(model, prompt, *, raw: bool = False, system: str | None = None, ru
 
     constraint = _constraint(model, rules)
     thinking = None
-    if markers is not None and constraint is None:
+    if markers is not None and constraint is None and not prefill:  # a prefilled answer goes on as answer (Ollama)
         thinking = ThinkingSplitter(markers, inside=inside_think)
     tools = ToolCallStream(rules.tools) if tools_on else None
     return Turn(prompt, raw, system, constraint, thinking, keep_thinking=rules.think is not False, tools=tools)
@@ -143,6 +149,21 @@ def _with_system_text(messages: list[dict], text: str) -> list[dict]:
     if messages and messages[0].get("role") == "system":
         return [{**messages[0], "content": f"{messages[0].get('content') or ''}\n\n{text}".strip()}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+def final_assistant_prefill(prompt) -> str | None:
+    """The content of a chat's final assistant message (without tool calls), which the answer continues.
+
+    As Ollama renders it: the prompt ends inside that message, the model goes on from its last
+    character, and the response holds only the continuation. None when the chat ends otherwise.
+    """
+    if not (isinstance(prompt, list) and prompt and isinstance(prompt[-1], dict)):
+        return None
+    last = prompt[-1]
+    if last.get("role") != "assistant" or last.get("tool_calls"):
+        return None
+    content = last.get("content")
+    return content if isinstance(content, str) else ""
 
 
 def _has_tool_history(prompt) -> bool:

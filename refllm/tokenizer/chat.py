@@ -11,6 +11,9 @@ Where the template comes from, first match wins:
      ``general.architecture`` and the vocabulary: gemma, llama3, chatml,
   4. raw mode ``{{ .Prompt }}``: the last user message as it is.
 
+``render(messages, continue_final_message=True)`` ends the prompt inside the final message,
+right after its content (HF's prefill): how a chat ending with an assistant message is continued.
+
 Jinja runs in ``ImmutableSandboxedEnvironment`` configured like transformers'
 ``apply_chat_template`` (trim_blocks, lstrip_blocks, loopcontrols, raise_exception,
 strftime_now, a tojson that keeps key order and does not HTML-escape). A template is
@@ -252,16 +255,45 @@ class ChatTemplate:
         self._compiled = compile_template(self.source)
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
-               **extra: Any) -> str:
+               continue_final_message: bool = False, **extra: Any) -> str:
+        """The prompt for ``messages``; ``continue_final_message``: end it inside the final message,
+        right after its content, for the model to continue (``add_generation_prompt`` is then ignored)."""
+        messages = normalize_messages(messages)
+        if continue_final_message and messages:
+            return self._render_continuing(messages, tools, extra)
+        return self._render(messages, tools, add_generation_prompt, extra)
+
+    def _render(self, messages: list[dict], tools: list[dict] | None, add_generation_prompt: bool, extra: dict) -> str:
         context = dict(extra)
         context.update(
-            messages=normalize_messages(messages),
+            messages=messages,
             tools=tools or None,
             add_generation_prompt=bool(add_generation_prompt),
             bos_token=self.bos_token,
             eos_token=self.eos_token,
         )
         return render_bounded(self._compiled, context)
+
+    def _render_continuing(self, messages: list[dict], tools: list[dict] | None, extra: dict) -> str:
+        """HF transformers' ``continue_final_message``: mark the end of the final content, render
+        without a generation prompt, cut at the mark (the end-of-turn text after it goes).
+
+        A template that trims the content also trims the mark's trailing space: then the
+        content's own trailing whitespace goes too, as the template would have dropped it.
+        A template that leaves the final message out gets the ordinary generation prompt.
+        """
+        content = messages[-1]["content"]
+        marked = [*messages[:-1], {**messages[-1], "content": content + _CONTINUE_MARK}]
+        text = self._render(marked, tools, False, extra)
+        at = text.rfind(_CONTINUE_MARK.rstrip())
+        if at < 0:
+            return self._render(messages, tools, True, extra)
+        if text.startswith(_CONTINUE_MARK, at):
+            return text[:at]
+        return text[:at].removesuffix(content[len(content.rstrip()):])
+
+
+_CONTINUE_MARK = "REFLLM_CONTINUE_FINAL_MESSAGE "  # the space tells whether the template trimmed the content
 
 
 # Built-in templates for GGUFs that carry none. They never add BOS: the tokenizer does (add_bos).

@@ -17,7 +17,8 @@ options: the output is exactly what Go would print for these forms.
 How messages feed the template (as Ollama does): a template that reads ``.Messages``
 is rendered once. An older one (``.System``/``.Prompt``/``.Response`` only) is rendered
 once per turn -- system, user prompt, assistant response -- and the pieces concatenated;
-in the last turn, text after ``{{ .Response }}`` is cut off so the model writes it.
+in the last turn, text after ``{{ .Response }}`` is cut off so the model writes it (and
+continues a final assistant message, which fills ``.Response``).
 """
 
 from __future__ import annotations
@@ -297,7 +298,10 @@ class GoChatTemplate:
         return render_bounded(self._full, {"_root": data, "_lit": self._literals})
 
     def render(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
-               **extra) -> str:
+               continue_final_message: bool = False, **extra) -> str:
+        """``continue_final_message`` changes nothing here: as in Ollama, a final assistant message is
+        continued by the template itself (a ``.Messages`` template leaves its last turn open, as
+        Ollama's do with ``$last``; an older one is cut right after ``{{ .Response }}``)."""
         system, messages = _collate(normalize_messages(messages))
         if self.uses_messages:
             data = {"System": system, "Messages": [_go_message(m) for m in messages], "Tools": tools or [],
