@@ -405,6 +405,24 @@ def test_openai_client_errors(aclient):
         assert next(iter(extra)) in err.value.message
 
 
+def test_openai_error_param_names_the_field(aclient):
+    """OpenAI's error ``param``: the request field that was wrong, null when none is."""
+    hi = [{"role": "user", "content": "hi"}]
+    for fields, param in (({"messages": hi, "temperature": 5}, "temperature"), ({"messages": []}, "messages"),
+                          ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
+                          ({"messages": hi, "reasoning_effort": "max"}, "reasoning_effort"),
+                          ({"messages": hi, "model": ""}, "model")):
+        with pytest.raises(openai.BadRequestError) as err:
+            aclient.chat.completions.create(**{"model": "fake"} | fields)
+        assert err.value.param == param, err.value.message
+    with pytest.raises(openai.BadRequestError) as err:
+        aclient.responses.create(model="fake", input="hi", reasoning={"effort": "max"})
+    assert err.value.param == "reasoning.effort"
+    with pytest.raises(openai.NotFoundError) as err:
+        aclient.chat.completions.create(model="nosuchmodel", messages=hi)
+    assert err.value.param is None  # as OpenAI's model_not_found
+
+
 # -- raw HTTP: status codes, error bodies, framing
 
 

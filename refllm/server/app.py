@@ -11,6 +11,7 @@ from __future__ import annotations
 import fnmatch
 import hmac
 import logging
+import re
 from dataclasses import dataclass, field
 
 from flask import Flask, Response, jsonify, request
@@ -53,13 +54,23 @@ def is_openai_path(path: str) -> bool:
     return path.startswith("/v1/")
 
 
+_FIELD_NAMED = re.compile(r"field '([^']+)'")  # "field 'temperature' must be ...", "field 'response_format.schema': ..."
+_PATH_FIRST = re.compile(r"(\w+(?:\[\d+\])(?:\.\w+|\[\d+\])*) ")  # "messages[0].content is required"
+
+
+def error_param(message: str) -> str | None:
+    """The request field an error message starts by naming (OpenAI's ``param``), or None."""
+    match = _FIELD_NAMED.match(message) or _PATH_FIRST.match(message)
+    return match.group(1) if match else None
+
+
 def error_response(message: str, status: int) -> Response:
     """``{"error": "..."}`` for Ollama routes; OpenAI's ``{"error": {"message", "type", ...}}`` under /v1/."""
     if is_openai_path(request.path):
         kind = "invalid_request_error" if status < 500 else "server_error"
         if status == 404:
             kind = "not_found_error"
-        body = {"error": {"message": message, "type": kind, "param": None, "code": None}}
+        body = {"error": {"message": message, "type": kind, "param": error_param(message), "code": None}}
     else:
         body = {"error": message}
     response = jsonify(body)

@@ -103,12 +103,12 @@ def reject_for_completions(body: dict) -> None:
         raise InvalidRequest(f"field 'response_format' is not supported: {NOT_FOR_COMPLETIONS}")
 
 
-def output_rules(body: dict, response_format, reasoning_effort) -> OutputRules:
+def output_rules(body: dict, response_format, reasoning_effort, effort_field: str = "reasoning_effort") -> OutputRules:
     """``tools``/``tool_choice``/``parallel_tool_calls``, the response format and the reasoning effort."""
     reject_unsupported(body, "functions", "the deprecated 'functions' field: send 'tools'")
     tools = check_tools(body.get("tools"))
     if reasoning_effort is not None and reasoning_effort not in ("low", "medium", "high", "none", "minimal"):
-        raise InvalidRequest("the reasoning effort must be one of none, minimal, low, medium, high")
+        raise InvalidRequest(f"field {effort_field!r} must be one of none, minimal, low, medium, high")
     if reasoning_effort == "minimal":  # Ollama's /v1 has no minimal tier: the least thinking that is on
         reasoning_effort = "low"
     think = None if reasoning_effort is None else (False if reasoning_effort == "none" else check_think(reasoning_effort))
@@ -456,7 +456,7 @@ def responses():
     name = validate_model_name(body.get("model"))
     text_config = optional(body, "text", dict, {})
     reasoning = optional(body, "reasoning", dict, {})
-    rules = output_rules(body, openai_response_format(text_config.get("format"), "text.format"), reasoning.get("effort"))
+    rules = output_rules(body, openai_response_format(text_config.get("format"), "text.format"), reasoning.get("effort"), "reasoning.effort")
     messages, images = responses_input(body)
     from refllm.server.ollm_routes import previous_conversation, remember_response  # stored Responses
 
