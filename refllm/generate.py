@@ -365,10 +365,17 @@ def prompt_token_ids(model, prompt, *, raw: bool = False, system: str | None = N
 def chat_token_ids(model, messages: list[dict], num_ctx: int | None = None) -> list[int]:
     """Messages -> the model's chat template -> ids, ready for the assistant's turn.
 
+    A final assistant message (without tool calls) is continued, as Ollama does: the text
+    ends right after its content and the answer goes on from there (``final_assistant_prefill``).
     ``encode_chat`` parses the template's special tokens but keeps the messages' own texts
     plain (a user typing "<|im_end|>" gets text, not a turn marker), and adds BOS once.
     """
-    text = model.apply_chat_template(messages, add_generation_prompt=True)
+    from refllm.chat.turn import final_assistant_prefill
+
+    if final_assistant_prefill(messages) is not None:
+        text = model.apply_chat_template(messages, add_generation_prompt=False, continue_final_message=True)
+    else:
+        text = model.apply_chat_template(messages, add_generation_prompt=True)
     if num_ctx is not None:
         check_text_fits(model, len(text), num_ctx)  # the rendered text: what gets tokenized
     contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]

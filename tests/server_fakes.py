@@ -94,8 +94,8 @@ class FakeModel:
     def detokenize(self, ids):
         return self.tokenizer.decode(ids)
 
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True):
-        return self.chat_template.render(messages, tools, add_generation_prompt)
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, continue_final_message=False):
+        return self.chat_template.render(messages, tools, add_generation_prompt)  # the fake template never continues
 
     def new_cache(self, n_ctx: int) -> TokenCache:
         return TokenCache(n_ctx)

@@ -285,6 +285,15 @@ def test_final_assistant_message_is_continued(request, model_name, end_of_turn):
     assert prompt_text(model, PREFILL).count(end_of_turn) == closed.count(end_of_turn) - 1
 
 
+def test_python_api_continues_a_final_assistant_message_as_the_routes_do(smollm2, gemma3):
+    """``generate(model, messages)`` (the library's own entry) builds the same prompt as the routes."""
+    from refllm.generate import prompt_token_ids
+
+    for model in (smollm2, gemma3):
+        ids = prompt_token_ids(model, PREFILL)
+        assert model.tokenizer.decode(ids) == prompt_text(model, PREFILL)
+
+
 def test_prefill_keeps_what_the_template_does_to_the_content(smollm2, gemma3):
     """SmolLM2's template keeps the text as it is; Gemma's trims it (so does transformers' cut);
     an empty assistant message leaves the assistant's turn open."""

@@ -94,8 +94,9 @@ class FakeModel:
     def tokenize(self, text, add_special=True, parse_special=False):
         return self.tokenizer.encode(text, add_special, parse_special)
 
-    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True):
-        return self.chat_template.render(messages, add_generation_prompt)
+    def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, continue_final_message=False):
+        text = self.chat_template.render(messages, add_generation_prompt)
+        return text.removesuffix("\n") if continue_final_message else text
 
     def new_cache(self, n_ctx: int) -> FakeCache:
         return FakeCache(n_ctx)

@@ -71,8 +71,11 @@ class Model:
 
         return chat_template_for(self.gguf, self.tokenizer)
 
-    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
-        return self.chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True,
+                            continue_final_message: bool = False) -> str:
+        """The prompt text; ``continue_final_message``: it ends inside the last message, for the model to continue."""
+        return self.chat_template.render(messages, tools=tools, add_generation_prompt=add_generation_prompt,
+                                         continue_final_message=continue_final_message)
 
     # -- forward pass (refllm.model.transformer; one file per architecture family)
 
