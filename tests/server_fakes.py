@@ -58,8 +58,11 @@ class ByteDecoder:
 
 
 class ChatTemplate:
-    def render(self, messages, tools=None, add_generation_prompt=True) -> str:
-        return "".join(f"[{m['role']}]{m['content']}\n" for m in messages) + ("[assistant]" if add_generation_prompt else "")
+    def render(self, messages, tools=None, add_generation_prompt=True, continue_final_message=False) -> str:
+        text = "".join(f"[{m['role']}]{m['content']}\n" for m in messages)
+        if continue_final_message:  # end inside the last message, as the real templates do
+            return text.removesuffix("\n")
+        return text + ("[assistant]" if add_generation_prompt else "")
 
 
 class TokenCache:
@@ -95,7 +98,7 @@ class FakeModel:
         return self.tokenizer.decode(ids)
 
     def apply_chat_template(self, messages, tools=None, add_generation_prompt=True, continue_final_message=False):
-        return self.chat_template.render(messages, tools, add_generation_prompt)  # the fake template never continues
+        return self.chat_template.render(messages, tools, add_generation_prompt, continue_final_message)
 
     def new_cache(self, n_ctx: int) -> TokenCache:
         return TokenCache(n_ctx)

@@ -23,7 +23,7 @@ from refllm.engine import LoadedModel, ModelRecipe, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.packaged_models import find_catalog_entry
 from refllm.sample.options import DEFAULT_NUM_CTX
-from refllm.store.listing import capabilities, copy, details, file_digest, list_models, rfc3339, show  # noqa: F401  (list_models, show, copy, capabilities: the routes call them as catalog.*)
+from refllm.store.listing import details, file_digest, rfc3339
 from refllm.store.blobs import normalize_digest
 
 def default_context(loaded: LoadedModel) -> int:

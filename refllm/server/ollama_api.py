@@ -18,8 +18,8 @@ from refllm.constrain.schema import ollama_format
 from refllm.engine.keep_alive import parse_keep_alive
 from refllm.errors import InvalidRequest, RefllmError
 from refllm.server import catalog
+from refllm.store import listing
 from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list, tool_calls_field
-from refllm.server.model_info import rfc3339
 from refllm.server.streams import ndjson_response
 from refllm.thinking import check_think
 
@@ -38,7 +38,7 @@ def client_gone():
 
 
 def now() -> str:
-    return rfc3339(time.time())
+    return listing.rfc3339(time.time())
 
 
 # -- request fields shared by /api/generate and /api/chat
@@ -250,14 +250,14 @@ def embeddings_legacy():
 
 @ollama_api.get("/api/tags")
 def tags():
-    return jsonify({"models": catalog.list_models()})
+    return jsonify({"models": listing.list_models()})
 
 
 @ollama_api.post("/api/show")
 def show():
     body = json_body()
     name = validate_model_name(body.get("model") or body.get("name"))
-    return jsonify(catalog.show(engine().resolve(name), name, verbose=optional(body, "verbose", bool, False)))
+    return jsonify(listing.show(engine().resolve(name), name, verbose=optional(body, "verbose", bool, False)))
 
 
 @ollama_api.get("/api/ps")
@@ -270,7 +270,7 @@ def copy():
     body = json_body()
     source = validate_model_name(body.get("source"), "source")
     destination = validate_model_name(body.get("destination"), "destination")
-    catalog.copy(engine().resolve(source), source, destination)
+    listing.copy(engine().resolve(source), source, destination)
     return Response(status=200)
 
 

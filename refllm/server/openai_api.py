@@ -22,7 +22,7 @@ from refllm.chat.turn import OutputRules
 from refllm.constrain.schema import openai_response_format
 from refllm.engine import Engine, Finished, GenerationRequest, Piece, validate_model_name
 from refllm.errors import InvalidRequest
-from refllm.server import catalog, model_info
+from refllm.store import listing
 from refllm.server.fields import integer_in, json_body, optional, reject_unsupported, string_list, tool_calls_field
 from refllm.server.streams import sse_response
 from refllm.thinking import check_think
@@ -365,7 +365,7 @@ def model_object(entry: dict) -> dict:
 
 @openai_api.get("/v1/models")
 def list_models():
-    return jsonify({"object": "list", "data": [model_object(e) for e in catalog.list_models()]})
+    return jsonify({"object": "list", "data": [model_object(e) for e in listing.list_models()]})
 
 
 @openai_api.get("/v1/models/<path:model>")
@@ -373,10 +373,10 @@ def get_model(model: str):
     """Any name the generation routes accept (``smollm2`` as well as ``smollm2:135m``), as Ollama
     answers it: ``id`` is the name asked for."""
     validate_model_name(model)
-    entries = {entry["name"]: entry for entry in catalog.list_models()}
+    entries = {entry["name"]: entry for entry in listing.list_models()}
     if model not in entries:  # another name for one of them, or for a model that is not listed
         recipe = engine().resolve(model)  # 404 for a name that is no model
-        entries[model] = entries.get(recipe.name) or {"modified_at": model_info.modified_at(recipe.gguf_path)}
+        entries[model] = entries.get(recipe.name) or {"modified_at": listing.modified_at(recipe.gguf_path)}
     return jsonify(model_object({**entries[model], "name": model}))
 
 
