@@ -119,6 +119,37 @@ def test_prefill_path_on_one_and_two_threads(monkeypatch):
     assert_matvec_close(two, weights, x)
 
 
+@pytest.mark.parametrize("n_tokens", [1, 12])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linears_equal_one_linear_each(n_tokens, threads, monkeypatch):
+    """Several weights of one input (q, k, v): mixed types and sizes, tiles shared out together,
+    each output exactly what linear alone gives; a type without a kernel goes to the reference."""
+    from refllm.kernels.reference import NUMPY_BACKEND
+
+    monkeypatch.setattr(numba_backend, "TILE_WEIGHTS", 256 * 16)
+    k = 512
+    ws = [tensor(t, random_weight(t, m, k, seed=m), m, k) for t, m in (("Q4_K", 100), ("Q5_0", 33), ("Q8_0", 64))]
+    x = np.random.default_rng(3).standard_normal((n_tokens, k)).astype(np.float32)
+    saved = numba_backend.set_threads(None)
+    try:
+        numba_backend._max_threads = threads
+        together = numba_backend.BACKEND.linears(x, ws)
+        alone = [numba_backend.linear(x, w) for w in ws]
+    finally:
+        numba_backend.set_threads(saved)
+    for got, one, w in zip(together, alone, ws):
+        np.testing.assert_array_equal(got, one)
+        assert_matvec_close(got, reference_weights(w.ggml_type.name, w.raw, w.shape[0], k), x)
+    calls = []
+    monkeypatch.setattr(numba_backend.reference, "linear", lambda x, w: calls.append(w.name) or np.zeros((len(x), 1)))
+    odd = TensorInfo(name="odd", shape=(1, k), ggml_type=T.IQ2_XXS, offset=0, n_bytes=132, raw=np.zeros(132, np.uint8))
+    fallback, kernel = numba_backend.linears(x, [odd, ws[0]])
+    assert fallback.shape == (n_tokens, 1) and calls == ["odd"]
+    np.testing.assert_array_equal(kernel, alone[0])
+    # a backend without linear_many runs them one by one through its own linear
+    assert [o.shape for o in NUMPY_BACKEND.linears(x, ws)] == [(n_tokens, 100), (n_tokens, 33), (n_tokens, 64)]
+
+
 def test_embedding_rows_any_order_and_repeats():
     m, k = 50, 256
     raw = random_weight("Q6_K", m, k, seed=3)

@@ -7,7 +7,8 @@ reference); ``BACKEND`` bundles them.  What each op runs:
                                 rows over Numba's threads when that measures faster
     linear, n tokens (prefill)  dequantize a tile of weight rows once, then multiply
                                 every token by it (``numba_ops.matmul_nt``, x @ tile.T);
-                                the tiles are shared out to the tile threads (``run_tasks``)
+                                the tiles are shared out to the tile threads (``run_tasks``),
+                                those of q, k, v (gate, up) together (``linears``)
     embedding_rows              dequantize just the chosen rows
     rms_norm, rope, softmax     numba_ops.py, on the calling thread
     attention                   numba_ops.py (prefill: chunks of query tokens on the
@@ -434,28 +435,42 @@ def _row_tiles(m: int, k: int) -> list[tuple[int, int]]:
 
 def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     """``x @ W.T``.  x: f32[n, k];  w: shape (m, k)  ->  f32[n, m]."""
-    if not supports(w.ggml_type):
-        return reference.linear(x, w)
+    return linears(x, [w])[0]
+
+
+def linears(x: np.ndarray, ws: list[TensorInfo]) -> list[np.ndarray]:
+    """``[x @ W.T for W in ws]``, the projections of one input (q, k, v; gate, up).
+
+    Decode: one matvec per weight and token.  Prefill: the tiles of every weight are shared
+    out in one ``run_tasks``, so the threads wait for each other once, not once per weight
+    (measured, Gemma 3, 128 tokens, 2 threads: prefill ~6% faster than three + two hand-offs).
+    x: f32[n, k];  each w: shape (m_i, k)  ->  f32[n, m_i] each.
+    """
     n = x.shape[0]
-    if n <= MATVEC_MAX_TOKENS:
-        out = np.empty((n, w.shape[0]), dtype=np.float32)  # [n, m]
-        for t in range(n):
-            matvec(w, x[t], out[t])
-        return out
-
-    rows = _rows(w)  # [m, row_bytes]
-    m, k = rows.shape[0], w.shape[-1]
-    out = aligned_empty((n, m))  # [n, m]
+    outs: list[np.ndarray | None] = [None] * len(ws)
+    tiles = []  # (output index, weight, its raw rows, first row, end row)
+    for i, w in enumerate(ws):
+        if not supports(w.ggml_type):
+            outs[i] = reference.linear(x, w)
+        elif n <= MATVEC_MAX_TOKENS:
+            outs[i] = np.empty((n, w.shape[0]), dtype=np.float32)  # [n, m]
+            for t in range(n):
+                matvec(w, x[t], outs[i][t])
+        else:
+            rows = _rows(w)  # [m, row_bytes]
+            outs[i] = aligned_empty((n, rows.shape[0]))  # [n, m]
+            tiles += [(i, w, rows, start, stop) for start, stop in _row_tiles(rows.shape[0], w.shape[-1])]
+    if not tiles:
+        return outs
     x = aligned(x)  # [n, k], cache-line aligned for matmul_nt
-    tiles = _row_tiles(m, k)
 
-    def multiply_tile(i: int) -> None:
-        start, stop = tiles[i]
-        weights = dequantize_rows(w, rows[start:stop], _tile_buffer(stop - start, k))  # [tile, k], this thread's
-        _run(numba_ops.matmul_nt, x, weights, out, start)  # out[:, start:stop] = [n, k] @ [k, tile]
+    def multiply_tile(j: int) -> None:
+        i, w, rows, start, stop = tiles[j]
+        weights = dequantize_rows(w, rows[start:stop], _tile_buffer(stop - start, w.shape[-1]))  # [tile, k], this thread's
+        _run(numba_ops.matmul_nt, x, weights, outs[i], start)  # out[:, start:stop] = [n, k] @ [k, tile]
 
     run_tasks(multiply_tile, len(tiles))
-    return out
+    return outs
 
 
 def embedding_rows(w: TensorInfo, ids: np.ndarray) -> np.ndarray:
@@ -586,6 +601,7 @@ def warm_up(ggml_types=()) -> float:
 BACKEND = Backend(
     name="numba",
     linear=linear,
+    linear_many=linears,
     embedding_rows=embedding_rows,
     rms_norm=rms_norm,
     rope=rope,

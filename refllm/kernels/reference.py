@@ -224,6 +224,16 @@ class Backend:
     softmax: Callable[..., np.ndarray]
     zeros: Callable[[tuple[int, ...]], Any] | None = None
     to_host: Callable[[Any], np.ndarray] = np.asarray
+    linear_many: Callable[[np.ndarray, list[TensorInfo]], list[np.ndarray]] | None = None  # see linears
+
+    def linears(self, x: np.ndarray, ws: list[TensorInfo]) -> list[np.ndarray]:
+        """``[linear(x, w) for w in ws]``: several projections of one input (q, k, v; gate, up).
+        A backend may compute them together (``linear_many``: the Numba one shares out all
+        their tiles at once); a copy of a backend with its own ``linear`` (``dataclasses.replace``)
+        and no ``linear_many`` runs them one by one through that ``linear``."""
+        if self.linear_many is not None:
+            return self.linear_many(x, ws)
+        return [self.linear(x, w) for w in ws]
 
 
 NUMPY_BACKEND = Backend(

@@ -113,9 +113,10 @@ def forward(w: Gemma3Weights, cfg: ModelConfig, ops: Backend, token_ids: np.ndar
 
         # ---- attention block
         h = ops.rms_norm(x, layer.attn_norm, eps)  # [n, d]
-        q = ops.linear(h, layer.wq).reshape(n, cfg.n_heads, cfg.head_dim)  # [n, heads, hd]
-        k = ops.linear(h, layer.wk).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # [n, kv_heads, hd]
-        v = ops.linear(h, layer.wv).reshape(n, cfg.n_kv_heads, cfg.head_dim_v)  # [n, kv_heads, hd_v]
+        q, k, v = ops.linears(h, [layer.wq, layer.wk, layer.wv])  # the three projections of h
+        q = q.reshape(n, cfg.n_heads, cfg.head_dim)  # [n, heads, hd]
+        k = k.reshape(n, cfg.n_kv_heads, cfg.head_dim)  # [n, kv_heads, hd]
+        v = v.reshape(n, cfg.n_kv_heads, cfg.head_dim_v)  # [n, kv_heads, hd_v]
         q = ops.rms_norm(q, layer.q_norm, eps)  # QK-norm, over each head's hd values
         k = ops.rms_norm(k, layer.k_norm, eps)
         q = ops.rope(q, positions, inv_freq, cfg.rope_neox, mscale)  # [n, heads, hd]
@@ -127,9 +128,8 @@ def forward(w: Gemma3Weights, cfg: ModelConfig, ops: Backend, token_ids: np.ndar
 
         # ---- feed-forward block (GELU-gated)
         h = ops.rms_norm(x, layer.ffn_norm, eps)  # [n, d]
-        gate = ops.gelu_tanh(ops.linear(h, layer.w_gate))  # [n, n_ff]
-        up = ops.linear(h, layer.w_up)  # [n, n_ff]
-        ffn = ops.linear(gate * up, layer.w_down)  # [n, n_ff] -> [n, d]
+        gate, up = ops.linears(h, [layer.w_gate, layer.w_up])  # [n, d] -> [n, n_ff] each
+        ffn = ops.linear(ops.gelu_tanh(gate) * up, layer.w_down)  # [n, n_ff] -> [n, d]
         x = x + ops.rms_norm(ffn, layer.post_ffw_norm, eps)  # [n, d], residual
 
     cache.advance(n)

@@ -94,9 +94,8 @@ def load_weights(gguf: GGUFFile, cfg: ModelConfig) -> LlamaWeights:
 
 def feed_forward(ops: Backend, layer: LlamaLayer, h: np.ndarray) -> np.ndarray:
     """SwiGLU: W_down . (silu(W_gate . h) * (W_up . h)).   [n, d] -> [n, d]"""
-    gate = ops.silu(ops.linear(h, layer.w_gate))  # [n, d] -> [n, n_ff]
-    up = ops.linear(h, layer.w_up)  # [n, d] -> [n, n_ff]
-    return ops.linear(gate * up, layer.w_down)  # [n, n_ff] -> [n, d]
+    gate, up = ops.linears(h, [layer.w_gate, layer.w_up])  # [n, d] -> [n, n_ff] each
+    return ops.linear(ops.silu(gate) * up, layer.w_down)  # [n, n_ff] -> [n, d]
 
 
 def forward(w: LlamaWeights, cfg: ModelConfig, ops: Backend, token_ids: np.ndarray, cache: KVCache) -> np.ndarray:
@@ -112,9 +111,10 @@ def forward(w: LlamaWeights, cfg: ModelConfig, ops: Backend, token_ids: np.ndarr
     for il, layer in enumerate(w.layers):
         # ---- attention block
         h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [n, d]
-        q = ops.linear(h, layer.wq).reshape(n, cfg.n_heads, cfg.head_dim)  # [n, heads, hd]
-        k = ops.linear(h, layer.wk).reshape(n, cfg.n_kv_heads, cfg.head_dim)  # [n, kv_heads, hd]
-        v = ops.linear(h, layer.wv).reshape(n, cfg.n_kv_heads, cfg.head_dim_v)  # [n, kv_heads, hd_v]
+        q, k, v = ops.linears(h, [layer.wq, layer.wk, layer.wv])  # the three projections of h
+        q = q.reshape(n, cfg.n_heads, cfg.head_dim)  # [n, heads, hd]
+        k = k.reshape(n, cfg.n_kv_heads, cfg.head_dim)  # [n, kv_heads, hd]
+        v = v.reshape(n, cfg.n_kv_heads, cfg.head_dim_v)  # [n, kv_heads, hd_v]
         q = ops.rope(q, positions, w.inv_freq, cfg.rope_neox, w.rope_mscale)  # rotate by position
         k = ops.rope(k, positions, w.inv_freq, cfg.rope_neox, w.rope_mscale)
         k_all, v_all = cache.store(il, k, v)  # [n_past + n, kv_heads, hd(_v)]

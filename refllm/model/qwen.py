@@ -40,9 +40,7 @@ def forward(w: LlamaWeights, cfg: ModelConfig, ops: Backend, token_ids: np.ndarr
     for il, layer in enumerate(w.layers):
         # ---- attention block
         h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [n, d]
-        q = ops.linear(h, layer.wq)  # [n, heads * hd]
-        k = ops.linear(h, layer.wk)  # [n, kv_heads * hd]
-        v = ops.linear(h, layer.wv)  # [n, kv_heads * hd_v]
+        q, k, v = ops.linears(h, [layer.wq, layer.wk, layer.wv])  # [n, heads * hd], [n, kv_heads * hd], [n, kv_heads * hd_v]
         if layer.bq is not None:  # qwen2: projection biases
             q, k, v = q + layer.bq, k + layer.bk, v + layer.bv
         q = q.reshape(n, cfg.n_heads, cfg.head_dim)  # [n, heads, hd]
