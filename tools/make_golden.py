@@ -374,6 +374,11 @@ def chat_conversations() -> list[dict]:
         {"messages": [{"role": "user", "content": "no generation prompt"}], "add_generation_prompt": False},
         {"messages": [{"role": "system", "content": "S"}, {"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
                       {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}, {"role": "user", "content": "U3"}]},
+        # a final assistant message that the answer continues (Ollama's prefill; transformers' continue_final_message)
+        {"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Capital of France? Answer in JSON."},
+                      {"role": "assistant", "content": '{"answer": '}], "continue_final_message": True},
+        {"messages": [{"role": "user", "content": "Count to three."}, {"role": "assistant", "content": "One, two,"}],
+         "continue_final_message": True},
     ]
 
 
@@ -431,13 +436,14 @@ def make_chat(args) -> int:
     eos = tokens[int(gguf_file.metadata["tokenizer.ggml.eos_token_id"])]
     cases = []
     for conversation in chat_conversations():
-        add_generation_prompt = conversation.get("add_generation_prompt", True)
+        continue_final_message = conversation.get("continue_final_message", False)
+        add_generation_prompt = conversation.get("add_generation_prompt", not continue_final_message)
         rendered, _ = render_jinja_template(
-            conversations=[conversation["messages"]], chat_template=template,
-            add_generation_prompt=add_generation_prompt, bos_token=bos, eos_token=eos,
+            conversations=[conversation["messages"]], chat_template=template, add_generation_prompt=add_generation_prompt,
+            continue_final_message=continue_final_message, bos_token=bos, eos_token=eos,
         )
         cases.append({"messages": conversation["messages"], "add_generation_prompt": add_generation_prompt,
-                      "rendered": rendered[0]})
+                      "continue_final_message": continue_final_message, "rendered": rendered[0]})
     features = []
     for case in feature_cases():
         rendered, _ = render_jinja_template(
