@@ -8,9 +8,9 @@
     refllm models info smollm2 [--json]           one reference with its runtime plan (nothing is loaded)
 
 Runtime controls, honoured by ``prompt``, ``chat``, ``models info`` (and ``refllm doctor``):
-    --backend numpy|numba    force a backend
-    --no-specialization      prefer the generic NumPy path
-    --plan-json              print the resolved runtime plan and exit without generating
+    --backend numpy|numba|cuda  force a backend
+    --no-specialization         prefer the generic NumPy path
+    --plan-json                 print the resolved runtime plan and exit without generating
 
 The answer's metadata names the backend, support level, applied kernels and any fallback reason
 (``refllm.engine.sessions.execution_metadata``), the same fields ``/v1/prompt`` returns.

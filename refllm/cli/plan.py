@@ -1,6 +1,6 @@
 """``refllm plan``, ``refllm doctor`` and ``refllm bench``.
 
-    refllm plan MODEL [--json] [--backend numpy|numba] [--no-specialization] [--num-ctx N] [--threads N]
+    refllm plan MODEL [--json] [--backend numpy|numba|cuda] [--no-specialization] [--num-ctx N] [--threads N]
         how MODEL would run (support level, backend per op and per weight type,
         threads, context, memory), resolved without running it
     refllm doctor [--json]
