@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, help="port to listen on (default 11435)")
     parser.add_argument("--response-store", choices=("none", "memory", "sqlite"), dest="response_store",
-                        help="keep /v1/responses and /v1/sessions: in memory, or in a SQLite file under the models dir "
+                        help="keep stored /v1/responses in memory, or in a SQLite file under the models dir that also keeps "
+                             "/v1/sessions over a restart (sessions always live in memory) "
                              "(default: server.response_store_backend, 'none')")
     parser.set_defaults(func=run)
 
