@@ -183,8 +183,12 @@ def test_ps_reports_the_context_requests_get(oclient):
     oclient.create(model="short:ctx", from_="smollm2:135m", parameters={"num_ctx": 1024})
     try:
         oclient.generate(model="short:ctx", keep_alive="1m")
-        contexts = {m.model: m.context_length for m in oclient.ps().models}
+        running = {m.model: m for m in oclient.ps().models}
+        contexts = {name: m.context_length for name, m in running.items()}
         assert contexts["smollm2:135m"] == 4096 and contexts["short:ctx"] == 1024
+        listed = {m.model: m for m in oclient.list().models}
+        for name in ("smollm2:135m", "short:ctx"):  # a catalog and a store model: the same id and details as /api/tags
+            assert running[name].digest == listed[name].digest and running[name].details == listed[name].details
         with pytest.raises(ollama.ResponseError) as err:
             oclient.generate(model="short:ctx", prompt="word " * 1100)
         assert "(num_ctx) is 1024" in err.value.error

@@ -23,7 +23,7 @@ from refllm.engine import LoadedModel, ModelRecipe, validate_model_name
 from refllm.errors import InvalidRequest
 from refllm.packaged_models import find_catalog_entry
 from refllm.sample.options import DEFAULT_NUM_CTX
-from refllm.store.listing import details, file_digest, rfc3339
+from refllm.store.listing import details, file_digest, list_models, rfc3339
 from refllm.store.blobs import normalize_digest
 
 def default_context(loaded: LoadedModel) -> int:
@@ -34,13 +34,16 @@ def default_context(loaded: LoadedModel) -> int:
 
 
 def running_entry(loaded: LoadedModel) -> dict:
-    """One /api/ps entry.  On the cuda backend every weight runs from the GPU's memory
+    """One /api/ps entry, with the digest and details /api/tags gives the model (a store model's
+    digest is its manifest's, as in Ollama).  On the cuda backend every weight runs from the GPU's memory
     (uploaded once), so size_vram is the whole size, as Ollama reports a fully offloaded model."""
     path = loaded.recipe.gguf_path
     on_gpu = getattr(loaded.model, "backend", "") == "cuda"
+    listed = next((entry for entry in list_models() if entry["name"] == loaded.name), None)  # as /api/tags has it
+    digest = listed["digest"] if listed else file_digest(path).removeprefix("sha256:")
     return {
         "name": loaded.name, "model": loaded.name, "size": loaded.size,
-        "digest": file_digest(path).removeprefix("sha256:"), "details": details(path),
+        "digest": digest, "details": listed["details"] if listed else details(path),
         "expires_at": rfc3339(loaded.expires_at), "size_vram": loaded.size if on_gpu else 0,
         "context_length": default_context(loaded), "processor": "100% GPU" if on_gpu else "100% CPU",
     }
