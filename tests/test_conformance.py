@@ -10,8 +10,10 @@ Prompts are few and continuations short: every scored position costs a forward p
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -20,7 +22,9 @@ import numpy as np
 import pytest
 
 from refllm.cli.main import main
-from refllm.conformance.numeric import VocabIndex, line_up, shared_support_kl
+from refllm.conformance import api_checks, remote
+from refllm.conformance.numeric import PositionScore, PromptScore, VocabIndex, line_up, shared_support_kl
+from refllm.conformance.report import Thresholds, print_report, summarize
 from refllm.conformance.remote import RemoteCompletion, entry_from_dict
 from refllm.engine import Engine, EngineSettings
 from refllm.engine.engine import ModelRecipe
@@ -79,11 +83,12 @@ def test_refllm_serve_conforms_on_the_ollama_api(server, smollm2_gguf, capsys):
 
 
 def test_refllm_serve_conforms_on_the_openai_api(server, smollm2_gguf, capsys):
-    """/v1/completions applies the chat template (as Ollama's does): served with TEMPLATE {{ .Prompt }} it passes."""
-    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server, "--api", "openai",
+    """/v1/completions applies the chat template (as Ollama's does): served with TEMPLATE {{ .Prompt }} it passes.
+    The endpoint is given as OpenAI clients take it, ending in /v1."""
+    code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", server + "/v1", "--api", "openai",
                             "--endpoint-model", "smollm2-raw", *PROMPT)  # fmt: skip
     assert code == 0, out
-    assert "prose-story" in out and out.splitlines()[-1] == "PASS"
+    assert f"openai API at {server}\n" in out and "prose-story" in out and out.splitlines()[-1] == "PASS"
 
 
 def test_a_templated_route_is_caught_by_its_prompt_token_count(server, smollm2_gguf, capsys):
@@ -109,6 +114,18 @@ def test_api_only_passes_refllm_serve(server, capsys):
     assert "FAIL" not in out and out.count("PASS") == 15
 
 
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]):
+    """A throwaway HTTP server on 127.0.0.1 with ``handler``; yields its URL."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
 class WrongShapes(BaseHTTPRequestHandler):
     """A server that says 200 {"ok": true} to everything: right routes, wrong answers."""
 
@@ -128,18 +145,12 @@ class WrongShapes(BaseHTTPRequestHandler):
 
 
 def test_api_only_fails_a_server_with_wrong_shapes(capsys):
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), WrongShapes)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        code, out = conformance(capsys, "--api-only", f"http://127.0.0.1:{httpd.server_port}", "--endpoint-model", "m")
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(WrongShapes) as url:
+        code, out = conformance(capsys, "--api-only", url, "--endpoint-model", "m")
     assert code == 1
     failed = [line for line in out.splitlines() if line.startswith("FAIL")]
     assert len(failed) == 15  # every check: no field is right
-    assert any("unknown model -> 404" in line and "HTTP 200 (wanted 404)" in line for line in failed)
+    assert any("unknown model -> 404" in line and "the server ignores the model name" in line for line in failed)
     assert any("NDJSON" in line and "application/x-ndjson" in line for line in failed)
     assert any("SSE" in line and "text/event-stream" in line for line in failed)
 
@@ -148,6 +159,62 @@ def test_unreachable_endpoint_is_a_one_line_error(smollm2_gguf, capsys):
     code = main(["conformance", str(smollm2_gguf), "--endpoint", "http://127.0.0.1:9", *PROMPT])
     err = capsys.readouterr().err
     assert code == 1 and err.splitlines()[-1].startswith("Error: cannot reach http://127.0.0.1:9") and "Traceback" not in err
+
+
+class NotAnLLM(BaseHTTPRequestHandler):
+    """A web server, as ``python -m http.server`` answers: HTML 404 to GET, HTML 501 to POST."""
+
+    def answer(self, status: int):
+        body = b"<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Error response</h1>\n</body>\n</html>\n"
+        self.send_response(status)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        self.answer(404)
+
+    def do_POST(self):
+        self.answer(501)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_server_that_is_not_an_llm_server_is_a_one_line_error(smollm2_gguf, capsys):
+    with serving(NotAnLLM) as url:
+        code = main(["conformance", str(smollm2_gguf), "--endpoint", url, "--api", "llamacpp", *PROMPT])
+    err = capsys.readouterr().err
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert f"{url}/health: HTTP 404: not a JSON error (text/html)" in err and f"is the llamacpp API served at {url}?" in err
+
+
+def test_a_server_that_never_answers_fails_fast(smollm2_gguf, capsys, monkeypatch):
+    monkeypatch.setattr(remote, "PROBE_TIMEOUT", 0.5)
+    monkeypatch.setattr(api_checks, "PROBE_TIMEOUT", 0.5)
+    with socket.socket() as silent:  # listens (connections complete) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        code = main(["conformance", str(smollm2_gguf), "--endpoint", url, *PROMPT])
+        assert code == 1 and f"Error: {url}/api/version: no answer within 0.5 s" in capsys.readouterr().err
+        code, out = conformance(capsys, "--api-only", url)
+    assert code == 1 and f"FAIL  ollama  GET /api/version: cannot reach {url}/api/version: timed out" in out
+
+
+def test_the_report_says_which_differences_are_near_ties(capsys):
+    def position(k: int, token: str, refllm_token: str, margin: float) -> PositionScore:
+        return PositionScore(k, token, refllm_token, -1.0, -1.1, 1 if margin == 0 else 2, 0.001, margin == 0, margin, margin == 0)
+
+    score = PromptScore("p", "prose", 5, 5, [position(0, " a", " a", 0.0), position(1, " air", " wind", 0.047),
+                                             position(2, " heavy", " thick", 0.3)])  # fmt: skip
+    lines = []
+    print_report([score], summarize([score], Thresholds()), out=lines.append)
+    assert "  a near-tie: refllm ranks the other's top-1 0.047 nats below its own (within --tie-margin 0.1), " \
+           "counted as top-1 agreement" in lines
+    assert "  top-1 differs beyond the 0.1-nat tie margin at generated token 2 (' heavy' vs refllm ' thick', 0.300 nats)" in lines
+    assert lines[-1] == "FAIL: top-1 agreement 66.67% < 99.00%"
 
 
 # -- llama.cpp's own numbers, replayed (recorded by tools/conformance_vs_llamacpp.py --record)
@@ -160,6 +227,16 @@ class LlamaCppReplay(BaseHTTPRequestHandler):
 
     replies: dict[str, dict] = {}
 
+    def do_GET(self):
+        self.reply(200, b'{"status": "ok"}') if self.path == "/health" else self.reply(404, b'{"error": "no route"}')
+
+    def reply(self, status: int, payload: bytes):
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
         recorded = self.replies.get(body.get("prompt")) if self.path == "/completion" else None
@@ -167,11 +244,7 @@ class LlamaCppReplay(BaseHTTPRequestHandler):
             status, payload = 404, b'{"error": "not recorded"}'
         else:
             status, payload = 200, json.dumps(recorded["reply"]).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
+        self.reply(status, payload)
 
     def log_message(self, *args):
         pass
@@ -182,15 +255,9 @@ def test_llama_cpp_conforms_on_recorded_replies(smollm2_gguf, capsys):
     Japanese, where llama.cpp merges tokens that end inside a character (ids come back with the reply)."""
     recorded = json.loads(RECORDED.read_text(encoding="utf-8"))
     LlamaCppReplay.replies = {r["request"]["prompt"]: r for r in recorded["replies"]}
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), LlamaCppReplay)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    try:
-        code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", f"http://127.0.0.1:{httpd.server_port}",
-                                "--api", "llamacpp", "--prompts", "prose-story,multi-japanese", "--n-predict", "8",
-                                "--top-k", "5", "--json")  # fmt: skip
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
+    with serving(LlamaCppReplay) as url:
+        code, out = conformance(capsys, str(smollm2_gguf), "--endpoint", url, "--api", "llamacpp",
+                                "--prompts", "prose-story,multi-japanese", "--n-predict", "8", "--top-k", "5", "--json")  # fmt: skip
     result = json.loads(out)
     summary, (prose, japanese) = result["summary"], result["prompts"]
     assert code == 0 and summary["passed"], summary

@@ -71,17 +71,18 @@ def run(args: argparse.Namespace) -> int:
     from refllm.conformance.suite import build_prompts, load_suite
     from refllm.conformance.tokens import check_tokenizer, golden_texts
 
+    version, entries = load_suite(args.suite)
+    remote = Remote(args.endpoint, args.api, args.endpoint_model or args.model)
+    remote.probe()  # before loading refllm's model: a wrong URL fails in a second
     model = refllm.load(args.model)
     if args.backend:
         from refllm.kernels.reference import get_backend
 
         get_backend(args.backend)
         model.backend = args.backend
-    version, entries = load_suite(args.suite)
     context = max(16, min(args.context, model.n_ctx_train - args.n_predict))
     only = [name.strip() for name in args.prompts.split(",")] if args.prompts else None
     prompts = build_prompts(entries, lambda text: model.tokenize(text, add_special=True, parse_special=True), context, only)
-    remote = Remote(args.endpoint, args.api, args.endpoint_model or args.model)
 
     bar = ProgressBar()
     try:
@@ -96,10 +97,10 @@ def run(args: argparse.Namespace) -> int:
         summary["failures"].append(f"tokenization differs on {tokenizer['texts'] - tokenizer['tokenize_agree']} texts")
 
     if args.json:
-        json.dump(as_json(version, args.model, args.endpoint, args.api, scores, summary), sys.stdout, indent=1, default=str)
+        json.dump(as_json(version, args.model, remote.url, args.api, scores, summary), sys.stdout, indent=1, default=str)
         print()
     else:
-        print(f"suite {version}, model {args.model}, {args.api} API at {args.endpoint}")
+        print(f"suite {version}, model {args.model}, {args.api} API at {remote.url}")
         print()
         print_report(scores, summary, verbose=args.verbose)
         if tokenizer is not None:
@@ -110,14 +111,23 @@ def run(args: argparse.Namespace) -> int:
     return 0 if summary["passed"] else 1
 
 
+def model_note(model: str | None, asked: str | None) -> str:
+    if model is None:
+        return "no model to ask (none given, none listed; give --endpoint-model)"
+    return f"model {model!r}" + ("" if asked else " (the first the server lists; --endpoint-model to choose)")
+
+
 def run_api_only(args: argparse.Namespace) -> int:
     from refllm.conformance.api_checks import check_api
 
-    results = check_api(args.api_only, model=args.endpoint_model or args.model)
+    from refllm.conformance.remote import base_url
+
+    model, results = check_api(args.api_only, model=args.endpoint_model or args.model)
     if args.json:
         json.dump([r.__dict__ for r in results], sys.stdout, indent=1)
         print()
     else:
+        print(f"API checks of {base_url(args.api_only)}, {model_note(model, args.endpoint_model or args.model)}")
         for r in results:
             verdict = "SKIP" if r.skipped else "PASS" if r.passed else "FAIL"
             print(f"{verdict}  {r.api:<7} {r.name}" + ("" if r.passed and not r.skipped else f": {r.detail}"))

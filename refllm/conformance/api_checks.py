@@ -14,6 +14,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Callable
 
+from refllm.conformance.remote import PROBE_TIMEOUT, base_url
+
 SHORT = {"temperature": 0, "num_predict": 2}
 NO_SUCH_MODEL = "no-such-model-refllm-check:latest"
 
@@ -120,6 +122,11 @@ def error_shape(reply: Reply, wanted_status: int, openai: bool) -> None:
         fields(body, "the error reply", error=str)
 
 
+def answered_anyway(reply: Reply) -> None:
+    """A 200 for a model the server cannot have: it ignores the name (llama.cpp's server serves its one model)."""
+    expect(reply.status != 200, f"HTTP 200 for model {NO_SUCH_MODEL!r} (wanted 404): the server ignores the model name")
+
+
 # -- the checks: each takes (url, model) and raises CheckFailed
 
 
@@ -166,6 +173,7 @@ def ollama_checks() -> dict[str, Callable[[str, str], None]]:
 
     def unknown_model(url, model):
         reply = send(url, "POST", "/api/generate", {"model": NO_SUCH_MODEL, "prompt": "Hi", "stream": False, "options": SHORT})
+        answered_anyway(reply)
         error_shape(reply, 404, openai=False)
 
     def bad_json(url, model):
@@ -227,6 +235,7 @@ def openai_checks() -> dict[str, Callable[[str, str], None]]:
 
     def unknown_model(url, model):
         reply = send(url, "POST", "/v1/chat/completions", {"model": NO_SUCH_MODEL, "messages": messages, "max_tokens": 2})
+        answered_anyway(reply)
         error_shape(reply, 404, openai=True)  # max_tokens: a server that ignores the name answers quickly
 
     def bad_json(url, model):
@@ -243,7 +252,7 @@ def first_model(url: str) -> str | None:
     """A model the server lists (Ollama's /api/tags, else OpenAI's /v1/models)."""
     for path, key, name in (("/api/tags", "models", "name"), ("/v1/models", "data", "id")):
         try:
-            r = send(url, "GET", path)
+            r = send(url, "GET", path, timeout=PROBE_TIMEOUT)
             if r.status == 200 and r.json().get(key):
                 return r.json()[key][0][name]
         except (CheckFailed, AttributeError, KeyError, IndexError, TypeError):
@@ -251,17 +260,21 @@ def first_model(url: str) -> str | None:
     return None
 
 
-def check_api(url: str, model: str | None = None) -> list[CheckResult]:
-    """Run the checks of every API the server answers (Ollama if /api/version does, OpenAI if /v1/models does)."""
-    url = url.rstrip("/")
+def check_api(url: str, model: str | None = None) -> tuple[str | None, list[CheckResult]]:
+    """(the model asked, the results): the checks of every API the server answers (Ollama if /api/version
+    does, OpenAI if /v1/models does). Without ``model``, the first model the server lists."""
+    url = base_url(url)
+    served = {}
+    for api, probe in (("ollama", "/api/version"), ("openai", "/v1/models")):
+        try:
+            served[api] = send(url, "GET", probe, timeout=PROBE_TIMEOUT).status == 200
+        except CheckFailed as e:  # unreachable, or no answer: nothing else will answer either
+            return model, [CheckResult(api, f"GET {probe}", False, str(e))]
     model = model or first_model(url)
     results = []
-    for api, probe, checks in (("ollama", "/api/version", ollama_checks()), ("openai", "/v1/models", openai_checks())):
-        try:
-            answered = send(url, "GET", probe).status == 200
-        except CheckFailed as e:
-            return [CheckResult(api, f"GET {probe}", False, str(e))]
-        if not answered:
+    for api, checks in (("ollama", ollama_checks()), ("openai", openai_checks())):
+        if not served[api]:
+            probe = "/api/version" if api == "ollama" else "/v1/models"
             results.append(CheckResult(api, f"GET {probe}", True, "not served: this API is skipped", skipped=True))
             continue
         for name, check in checks.items():
@@ -276,5 +289,6 @@ def check_api(url: str, model: str | None = None) -> list[CheckResult]:
             except (KeyError, IndexError, TypeError, AttributeError, ValueError) as e:
                 results.append(CheckResult(api, name, False, f"unexpected reply shape ({type(e).__name__}: {e})"))
     if all(r.skipped for r in results):
-        results.append(CheckResult("any", "Ollama or OpenAI API", False, "the server answers neither /api/version nor /v1/models"))
-    return results
+        results.append(CheckResult("any", "Ollama or OpenAI API", False, "the server answers neither /api/version nor "
+                                   "/v1/models: is the URL the server's base URL?"))  # fmt: skip
+    return model, results

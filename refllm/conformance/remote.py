@@ -51,16 +51,46 @@ class RemoteCompletion:
     prompt_tokens: int | None = None  # the server's count of the prompt, to spot a tokenizer mismatch
 
 
+PROBE_TIMEOUT = 10.0  # seconds: a server that does not answer a route listing in this time is not serving
+PROBES = {"ollama": "/api/version", "openai": "/v1/models", "llamacpp": "/health"}  # cheap GETs every such server has
+
+
+def base_url(url: str) -> str:
+    """The server's root: ``url`` without a trailing / or the /v1 or /api prefix the routes add themselves.
+
+    OpenAI clients take base URLs ending in /v1 (http://127.0.0.1:8080/v1); refllm adds /v1/completions.
+    """
+    url = url.rstrip("/")
+    for prefix in ("/v1", "/api"):
+        if url.endswith(prefix):
+            return url[: -len(prefix)]
+    return url
+
+
+def error_text(payload: bytes, content_type: str) -> str:
+    """One line about an error reply: its JSON error message, else what kind of body it was."""
+    try:
+        error = json.loads(payload).get("error")
+        message = error.get("message") if isinstance(error, dict) else error
+        if isinstance(message, str) and message:
+            return " ".join(message.split())
+    except (ValueError, AttributeError):
+        pass
+    start = " ".join(payload[:80].decode("utf-8", errors="replace").split())
+    return f"not a JSON error ({content_type or 'no Content-Type'}): {start!r}"
+
+
 def post_json(url: str, body: dict | None = None, timeout: float = 600.0, method: str = "POST") -> dict:
-    """POST (or GET) JSON and return the decoded reply; a ConformanceError names what went wrong."""
+    """POST (or GET) JSON and return the decoded reply; a one-line ConformanceError names what went wrong."""
     data = json.dumps(body).encode("utf-8") if body is not None else None
     request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             payload = response.read()
     except urllib.error.HTTPError as e:
-        detail = e.read()[:300].decode("utf-8", errors="replace")
-        raise ConformanceError(f"{url}: HTTP {e.code}: {detail}") from None
+        raise ConformanceError(f"{url}: HTTP {e.code}: {error_text(e.read(), e.headers.get('Content-Type', ''))}") from None
+    except TimeoutError:
+        raise ConformanceError(f"{url}: no answer within {timeout:g} s") from None
     except (urllib.error.URLError, OSError) as e:
         raise ConformanceError(f"cannot reach {url}: {getattr(e, 'reason', e)}") from None
     try:
@@ -98,10 +128,19 @@ class Remote:
     def __init__(self, url: str, api: str = "ollama", model: str = "", timeout: float = 600.0):
         if api not in APIS:
             raise ConformanceError(f"unknown --api {api!r} (choose one of: {', '.join(APIS)})")
-        self.url = url.rstrip("/")
+        self.url = base_url(url)
         self.api = api
         self.model = model
         self.timeout = timeout
+
+    def probe(self) -> None:
+        """Fail fast, in one line, when nothing at ``url`` answers this API (wrong port, wrong --api, not an LLM server)."""
+        route = PROBES[self.api]
+        try:
+            post_json(self.url + route, timeout=PROBE_TIMEOUT, method="GET")
+        except ConformanceError as e:
+            raise ConformanceError(f"{e} -- is the {self.api} API served at {self.url}? "
+                                   "Check --endpoint (the server's base URL) and --api") from None  # fmt: skip
 
     def complete(self, prompt: str, n_predict: int, top_k: int, num_ctx: int) -> RemoteCompletion:
         """The greedy continuation of ``prompt`` with the ``top_k`` alternatives at every position."""

@@ -93,6 +93,18 @@ def position_table(score: PromptScore, out, around: int | None = None) -> None:
     _table(("pos", "other chose", "refllm top", "logprob other", "logprob refllm", "rank", "margin", "KL"), rows, out)
 
 
+def tie_verdict(p, tie_margin: float) -> str:
+    """Why a position where the greedy choices differ does or does not count against top-1 agreement."""
+    if p.margin is None:
+        return "this position is unscored (its logprobs entry covers several tokens): it counts for nothing"
+    if p.top1_agrees:
+        return "the other runtime's own top-1 is refllm's: it did not choose greedily here"
+    verdict = "a near-tie" if p.margin <= tie_margin else "not a near-tie"
+    counted = "counted as top-1 agreement" if p.margin <= tie_margin else "a top-1 disagreement"
+    return (f"{verdict}: refllm ranks the other's top-1 {p.margin:.3f} nats below its own "
+            f"({'within' if p.margin <= tie_margin else 'beyond'} --tie-margin {tie_margin:g}), {counted}")
+
+
 def print_report(scores: list[PromptScore], summary: dict, out=print, verbose: bool = False) -> None:
     """The per-prompt table, details at each prompt's first divergence, then the verdict."""
     tie_margin = summary["thresholds"]["tie_margin"]
@@ -104,7 +116,8 @@ def print_report(scores: list[PromptScore], summary: dict, out=print, verbose: b
     _table(("prompt", "kind", "tokens", "scored", "top-1", "mean KL", "max KL", "diverges at"), rows, out)
     for s in scores:
         d = s.first_divergence
-        if verbose or d is not None or s.notes:
+        misses = [p for p in s.scored if not top1_agrees(p, tie_margin)]
+        if verbose or d is not None or s.notes or misses:
             out("")
             out(f"{s.id}: {s.continuation!r}")
             for note in s.notes:
@@ -112,6 +125,10 @@ def print_report(scores: list[PromptScore], summary: dict, out=print, verbose: b
         if d is not None:
             out(f"  greedy continuations diverge at generated token {d.position}, after ...{s.context_before_divergence!r}:")
             out(f"  the other runtime chose {d.token!r} (rank {d.rank} for refllm), refllm would choose {d.refllm_token!r}")
+            out(f"  {tie_verdict(d, tie_margin)}")
+        if misses:
+            where = ", ".join(f"{p.position} ({p.token!r} vs refllm {p.refllm_token!r}, {p.margin:.3f} nats)" for p in misses)
+            out(f"  top-1 differs beyond the {tie_margin:g}-nat tie margin at generated token {where}")
         if verbose or d is not None:
             position_table(s, lambda line: out("  " + line), around=None if verbose else (d.position if d else None))
     out("")
