@@ -6,14 +6,16 @@
 
 xllamacpp starts llama.cpp's own HTTP server in this process, on 127.0.0.1 (a free port, CPU
 only); then ``refllm conformance MODEL --endpoint URL`` runs against it, numeric checks and
-tokenizer checks, followed by ``--api-only`` on the same server. Arguments after ``--`` go to
-``refllm conformance``.
+tokenizer checks, followed (with --api-only) by the API checks on the same server; the exit code is
+the worst of them. Arguments after ``--`` go to ``refllm conformance``.
 
 Measured (xllamacpp 2026.10.11549, suite v1, --context 1024 --n-predict 32, top-20, llamacpp API):
 
     SmolLM2 Q4_1    351 positions  top-1 99.72% (exact 97.15%)  mean KL 0.00279  p99 0.0219  PASS
     Gemma 3 Q4_K_M  384 positions  top-1 98.70% (exact 97.40%)  mean KL 0.00436  p99 0.0290  FAIL (top-1)
     tokenizer: 636/636 golden texts tokenize and detokenize the same on both models
+    --api-only: 6/7 OpenAI checks pass (no Ollama API); "unknown model -> 404" fails: llama.cpp's
+    server answers any model name with its one model (SmolLM2, 2026-11-22)
 
 Gemma's five top-1 disagreements beyond the 0.1-nat margin: prose-facts, multi-french, multi-german
 and two in multi-japanese (the widest, 0.52 nats). llama.cpp rounds activations to 8 bits in its
@@ -106,7 +108,7 @@ def main() -> int:
         print(f"== {name}: llama.cpp at {url}, {args.api} API", flush=True)
         worst = max(worst, refllm_main(["conformance", name, "--endpoint", url, "--api", args.api, *extra]))
         if args.api_only:
-            refllm_main(["conformance", "--api-only", url, "--endpoint-model", name])
+            worst = max(worst, refllm_main(["conformance", "--api-only", url, "--endpoint-model", name]))
         del server
     return worst
 
