@@ -34,3 +34,14 @@ def test_cli_doctor_json_and_text(capsys):
     assert "Traceback" not in captured.err
     assert main(["doctor"]) == 0
     assert "Kernel cache" in capsys.readouterr().out
+
+
+def test_doctor_shows_each_setting_and_where_it_came_from(capsys, monkeypatch):
+    """As refllm.example.toml promises: `refllm doctor --json` gives every setting with its source."""
+    monkeypatch.setenv("REFLLM_SERVER__PORT", "12345")
+    assert main(["doctor", "--json"]) == 0
+    settings = json.loads(capsys.readouterr().out)["settings"]
+    assert settings["server"]["port"] == {"value": 12345, "source": "env:REFLLM_SERVER__PORT"}
+    assert settings["runtime"]["device"]["source"] == "default"
+    assert main(["doctor"]) == 0
+    assert "server.port=12345 (env:REFLLM_SERVER__PORT)" in capsys.readouterr().out

@@ -131,7 +131,7 @@ def main(argv=None) -> int:
             rows.append((label, threads, med, start_ttft, path.stat().st_size / 2**20))
 
     print(f"\nmedians of {args.rounds} interleaved rounds; {args.prompt_tokens}-token prompt, {args.gen_tokens} decode steps")
-    header = f"{'model':38} {'thr':>3} {'prefill tok/s r/l':>20} {'ratio':>6} {'decode tok/s r/l':>18} {'ratio':>6} {'TTFT s r/l':>12} {'start->1st s':>12} {'RSS MB r/l (GGUF)':>20}"
+    header = f"{'model':38} {'thr':>3} {'prefill tok/s r/l':>20} {'ratio':>6} {'decode tok/s r/l':>18} {'ratio':>6} {'TTFT s r/l':>12} {'start->1st s':>12} {'RSS MiB r/l (GGUF)':>20}"
     print(header)
     for name, threads, med, start_ttft, gguf_mb in rows:
         r, l = med["refllm"], med["llama.cpp"]

@@ -67,7 +67,10 @@ def plan_command(args) -> int:
 def doctor_command(args) -> int:
     from refllm.kernels.environment import environment_report, format_environment
 
+    from refllm.config import load_settings
+
     report = environment_report()
+    report["settings"] = load_settings().to_dict(with_sources=True)  # each value and where it came from
     if args.model or args.backend or args.no_specialization or args.plan_json:  # the runtime plan too (oLLM's doctor)
         from refllm.cli.run import _default_model_name
         from refllm.engine.sessions import execution_metadata
@@ -79,6 +82,10 @@ def doctor_command(args) -> int:
             return plan_exit_code(plan.support_level)
         report["runtime_plan"] = {"model": plan.model, **execution_metadata(plan)}
     print(json.dumps(report, indent=2) if args.json else format_environment(report))
+    if not args.json:  # the settings that are not defaults, and where each came from
+        changed = [f"{section}.{key}={entry['value']} ({entry['source']})"
+                   for section, values in report["settings"].items() for key, entry in values.items() if entry["source"] != "default"]
+        print("settings       " + (", ".join(changed) if changed else "all defaults"))
     if not args.json and "runtime_plan" in report:
         plan_report = report["runtime_plan"]
         print(f"runtime plan   {plan_report['model']}: {plan_report['support_level']} on {plan_report['backend']}"
