@@ -424,3 +424,9 @@ def test_concurrent_create_and_rm_from_two_processes(models_dir, tiny_model):
     assert {m["name"] for m in store.list_models()} == {"base:latest", "a-24:latest", "b-24:latest"}
     assert store.resolve("a-24").system == "shared by everyone"
     assert_store_is_sound(models_dir)
+
+
+def test_verify_of_a_built_in_model_says_what_it_is(models_dir, capsys):
+    """A built-in model is listed and shown but is no store model: --verify says so (it said 'not found in the store')."""
+    code, _, err = refllm(capsys, "show", "smollm2:135m", "--verify")
+    assert code == 1 and "built-in model" in err and "not found" not in err

@@ -116,6 +116,12 @@ def show_command(args: argparse.Namespace) -> int:
     if _is_gguf_path(args.name):
         return show_gguf_command(args)
     if args.verify:
+        from refllm.cli.run import model_recipe
+
+        if model_recipe(args.name).source == "catalog":  # listed and shown, but its file is the PyPI package's
+            print(f"refllm: '{args.name}' is a built-in model, installed by its PyPI package, not a store model: "
+                  "--verify re-hashes store blobs (reinstall the package if its file is damaged)", file=sys.stderr)
+            return 1
         problems = store.verify(args.name)
         for problem in problems:
             print(f"{args.name}: {problem}")
