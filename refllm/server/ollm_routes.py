@@ -32,6 +32,7 @@ from refllm.engine import Engine, Finished, GenerationRequest, validate_model_na
 from refllm.engine.response_store import ResponseStore, open_records
 from refllm.engine.sessions import SessionManager, metadata_for
 from refllm.errors import InvalidRequest
+from refllm.kernels.reference import BACKEND_NAMES
 from refllm.server.fields import json_body, optional
 from refllm.server.streams import sse_response
 
@@ -309,7 +310,7 @@ def redoc():
 def _describe() -> None:
     from refllm.server.openapi import _PATHS, BOOLEAN, OPTIONS, STRING, _object, _operation, register_path
 
-    runtime = _object([], model_reference=STRING, backend={"type": "string", "enum": ["numpy", "numba"]},
+    runtime = _object([], model_reference=STRING, backend={"type": "string", "enum": list(BACKEND_NAMES)},
                       no_specialization=BOOLEAN)
     generation = {"type": "object", "description": "oLLM generation settings (max_new_tokens, temperature, seed, ...)"}
     common = dict(model=STRING, runtime=runtime, generation=generation, options=OPTIONS)
