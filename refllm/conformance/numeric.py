@@ -131,6 +131,8 @@ class PositionScore:
     top1_agrees: bool | None  # the other runtime's most likely token == refllm's (None: unscored)
     margin: float | None  # refllm's top logprob minus its logprob of the other's top token (0 when they agree)
     greedy_agrees: bool  # the chosen token == refllm's most likely (same bytes)
+    # where the top-1s differ: the other's top logprob minus its logprob of refllm's top (None: not in its top-k)
+    other_margin: float | None = None
 
 
 @dataclass
@@ -211,6 +213,9 @@ def score_position(k: int, log_probs: np.ndarray, chosen: int, entry: RemoteToke
         top_key = max(keys, key=lambda key: other[key])
         score.top1_agrees = top_key == best if isinstance(top_key, int) else top_key == vocab.token_bytes(best)
         score.margin = 0.0 if score.top1_agrees else float(log_probs[best] - mine[top_key])
+        refllm_key = best if isinstance(top_key, int) else vocab.token_bytes(best)
+        if not score.top1_agrees and refllm_key in other:
+            score.other_margin = other[top_key] - other[refllm_key]
     else:  # no alternatives reported: the chosen token stands for the top-1
         score.top1_agrees = greedy_agrees
         score.margin = float(log_probs[best] - log_probs[chosen])
