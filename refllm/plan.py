@@ -24,8 +24,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from refllm.errors import InvalidRequest, RefllmError
-
-BACKENDS = ("numpy", "numba", "cuda")
+from refllm.kernels.reference import BACKEND_NAMES as BACKENDS  # numpy, numba, cuda
 DEFAULT_BACKEND = "numba"
 
 
