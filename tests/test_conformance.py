@@ -22,9 +22,10 @@ import numpy as np
 import pytest
 
 from refllm.cli.main import main
-from refllm.conformance import api_checks, remote
+from refllm.conformance import ConformanceError, api_checks, remote
 from refllm.conformance.numeric import PositionScore, PromptScore, VocabIndex, line_up, shared_support_kl
 from refllm.conformance.report import Thresholds, print_report, summarize
+from refllm.conformance.tokens import check_tokenizer
 from refllm.conformance.remote import RemoteCompletion, entry_from_dict
 from refllm.engine import Engine, EngineSettings
 from refllm.engine.engine import ModelRecipe
@@ -288,10 +289,15 @@ LLAMACPP_ENTRIES = [
 
 
 @pytest.fixture(scope="module")
-def vocab(smollm2_gguf):
+def smollm2(smollm2_gguf):
     import refllm
 
-    return VocabIndex(refllm.load(smollm2_gguf).tokenizer)
+    return refllm.load(smollm2_gguf)
+
+
+@pytest.fixture(scope="module")
+def vocab(smollm2):
+    return VocabIndex(smollm2.tokenizer)
 
 
 def test_merged_entries_are_split_back_into_tokens(vocab):
@@ -303,6 +309,29 @@ def test_merged_entries_are_split_back_into_tokens(vocab):
     # the same reply with the generated ids (return_tokens) lines up the same way
     ids2, entries2, notes2 = line_up(RemoteCompletion("、アプ", completion.tokens, token_ids=ids + [ids[1]]), vocab)
     assert not notes2 and ids2[:5] == ids and [e is not None for e in entries2] == [True, False, True, False, True, False]
+
+
+def test_ids_of_another_vocabulary_are_not_scored(vocab):
+    """A server running another model returns ids that spell other bytes: nothing after the mismatch is scored."""
+    completion = RemoteCompletion("、ア", [entry_from_dict(LLAMACPP_ENTRIES[0])], token_ids=[5, 29917])  # 5 is not "、"
+    ids, entries, notes = line_up(completion, vocab)
+    assert ids == [] and entries == [] and "does not match the returned token ids" in notes[0]
+
+
+class ForeignTokenizer:
+    """/tokenize answers other ids; /detokenize fails on refllm's, as llama.cpp's does on ids past its vocabulary."""
+
+    def tokenize(self, text, add_special, parse_special):
+        return [1]
+
+    def detokenize(self, ids):
+        raise ConformanceError("http://x/detokenize: HTTP 500: vector::_M_range_check")
+
+
+def test_a_foreign_tokenizer_is_reported_not_raised(smollm2):
+    result = check_tokenizer(smollm2, ForeignTokenizer(), ["Hello", "world"])
+    assert result["tokenize_agree"] == result["detokenize_agree"] == 0 and result["texts"] == 2
+    assert result["mismatches"][1]["other"] == "error: http://x/detokenize: HTTP 500: vector::_M_range_check"
 
 
 def test_shared_support_kl_renormalises_both_sides():

@@ -95,6 +95,8 @@ def run(args: argparse.Namespace) -> int:
     if tokenizer is not None and tokenizer["tokenize_agree"] < tokenizer["texts"]:
         summary["passed"] = False
         summary["failures"].append(f"tokenization differs on {tokenizer['texts'] - tokenizer['tokenize_agree']} texts")
+        if tokenizer["tokenize_agree"] == 0:
+            summary["failures"].append(f"no text tokenizes the same: does the server run {args.model}?")
 
     if args.json:
         json.dump(as_json(version, args.model, remote.url, args.api, scores, summary), sys.stdout, indent=1, default=str)

@@ -82,9 +82,10 @@ def line_up(completion: RemoteCompletion, vocab: VocabIndex) -> tuple[list[int],
                 spanned += vocab.token_bytes(ids[j])
                 j += 1
             same_id = entry.id is not None and j == start + 1 and ids[start] == entry.id  # e.g. an end token shown as ""
-            if j == start or not (spanned == entry.bytes or same_id):
-                notes.append(f"logprobs entry {entry.bytes!r} does not match the returned token ids; scoring stops there")
-                break
+            if j == start or not (spanned == entry.bytes or same_id):  # ids of another vocabulary, or a bad reply
+                notes.append(f"logprobs entry {entry.bytes!r} does not match the returned token ids "
+                             f"(refllm reads them as {spanned!r}); scoring stops there")  # fmt: skip
+                return ids[:start], entries[:start], notes
             entries[j - 1] = entry
         return ids, entries, notes
     ids, entries = [], []
@@ -241,7 +242,8 @@ def score_prompt(model, remote: Remote, prompt: Prompt, n_predict: int, top_k: i
     ids, entries, notes = line_up(completion, vocab)
     result.notes += notes
     if not ids:
-        result.notes.append("the other runtime generated no tokens")
+        if not notes:
+            result.notes.append("the other runtime generated no tokens")
         return result
     ids = ids[: max(0, model.n_ctx_train - len(prompt_ids))]
     log_probs = refllm_log_probs(model, prompt_ids, ids)  # [len(ids), n_vocab]
