@@ -209,13 +209,15 @@ def test_the_report_says_which_differences_are_near_ties(capsys):
         return PositionScore(k, token, refllm_token, -1.0, -1.1, 1 if margin == 0 else 2, 0.001, margin == 0, margin, margin == 0)
 
     score = PromptScore("p", "prose", 5, 5, [position(0, " a", " a", 0.0), position(1, " air", " wind", 0.047),
-                                             position(2, " heavy", " thick", 0.3)])  # fmt: skip
+                                             position(2, " heavy", " thick", 0.3),
+                                             position(3, b"\xe3\x83".decode(errors="backslashreplace"), "x", 0.4)])  # fmt: skip
     lines = []
     print_report([score], summarize([score], Thresholds()), out=lines.append)
     assert "  refllm puts it 0.047 nats below its top, within --tie-margin 0.1: a near-tie, counted as top-1 agreement; " \
            "refllm's top is not in the other runtime's top-k" in lines
-    assert "  top-1 differs beyond the 0.1-nat tie margin at generated token 2 (' heavy' vs refllm ' thick', 0.300 nats)" in lines
-    assert lines[-1] == "FAIL: top-1 agreement 66.67% < 99.00%"
+    assert "  top-1 differs beyond the 0.1-nat tie margin at generated token 2 (' heavy' vs refllm ' thick', 0.300 nats), " \
+           "3 ('\\xe3\\x83' vs refllm 'x', 0.400 nats)" in lines  # undecodable bytes show as repr shows bytes
+    assert lines[-1] == "FAIL: top-1 agreement 50.00% < 99.00%"
 
 
 # -- llama.cpp's own numbers, replayed (recorded by tools/conformance_vs_llamacpp.py --record)

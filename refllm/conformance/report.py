@@ -75,6 +75,12 @@ def _num(value: float | None, spec: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
+def shown(token: str) -> str:
+    r"""A token quoted as repr quotes it, but bytes that are no UTF-8 character, which numeric.py writes as the
+    four characters \xNN, stay \xNN (repr alone would show \\xNN)."""
+    return repr(token).replace(r"\\x", r"\x")
+
+
 def _table(header: tuple[str, ...], rows: list[tuple], out) -> None:
     widths = [max(len(str(cell)) for cell in column) for column in zip(header, *rows)]
     for row in (header, *rows):
@@ -88,7 +94,7 @@ def position_table(score: PromptScore, out, around: int | None = None) -> None:
         if around is not None and abs(p.position - around) > 2:
             continue
         mark = "" if p.greedy_agrees else "  <- diverges"
-        rows.append((p.position, repr(p.token), repr(p.refllm_token), _num(p.other_logprob, ".4f"),
+        rows.append((p.position, shown(p.token), shown(p.refllm_token), _num(p.other_logprob, ".4f"),
                      _num(p.refllm_logprob, ".4f"), p.rank, _num(p.margin, ".3f"), _num(p.kl, ".5f") + mark))  # fmt: skip
     _table(("pos", "other chose", "refllm top", "logprob other", "logprob refllm", "rank", "margin", "KL"), rows, out)
 
@@ -127,10 +133,10 @@ def print_report(scores: list[PromptScore], summary: dict, out=print, verbose: b
                 out(f"  note: {note}")
         if d is not None:
             out(f"  greedy continuations diverge at generated token {d.position}, after ...{s.context_before_divergence!r}:")
-            out(f"  the other runtime chose {d.token!r} (rank {d.rank} for refllm), refllm would choose {d.refllm_token!r}")
+            out(f"  the other runtime chose {shown(d.token)} (rank {d.rank} for refllm), refllm would choose {shown(d.refllm_token)}")
             out(f"  {tie_verdict(d, tie_margin)}")
         if misses:
-            where = ", ".join(f"{p.position} ({p.token!r} vs refllm {p.refllm_token!r}, {p.margin:.3f} nats)" for p in misses)
+            where = ", ".join(f"{p.position} ({shown(p.token)} vs refllm {shown(p.refllm_token)}, {p.margin:.3f} nats)" for p in misses)
             out(f"  top-1 differs beyond the {tie_margin:g}-nat tie margin at generated token {where}")
         if verbose or d is not None:
             position_table(s, lambda line: out("  " + line), around=None if verbose else (d.position if d else None))
@@ -142,5 +148,5 @@ def print_report(scores: list[PromptScore], summary: dict, out=print, verbose: b
         f"worst rank: {summary['worst_rank']}")  # fmt: skip
     if fd is not None:
         out(f"first divergence: prompt {fd['prompt']}, generated token {fd['position']}: "
-            f"other {fd['token']!r} vs refllm {fd['refllm_token']!r}")  # fmt: skip
+            f"other {shown(fd['token'])} vs refllm {shown(fd['refllm_token'])}")  # fmt: skip
     out("PASS" if summary["passed"] else "FAIL: " + "; ".join(summary["failures"]))
