@@ -105,10 +105,11 @@ def tie_verdict(p, tie_margin: float) -> str:
         return "this position is unscored (its logprobs entry covers several tokens): it counts for nothing"
     if p.top1_agrees:
         return "the other runtime's own top-1 is refllm's: it did not choose greedily here"
+    verdict = f"refllm puts it {p.margin:.3f} nats below its top, "
     if p.margin <= tie_margin:
-        verdict = f"refllm puts it {p.margin:.3f} nats below its top, within --tie-margin {tie_margin:g}: a near-tie, counted as top-1 agreement"
+        verdict += f"within --tie-margin {tie_margin:g}: a near-tie, counted as top-1 agreement"
     else:
-        verdict = f"refllm puts it {p.margin:.3f} nats below its top, beyond --tie-margin {tie_margin:g}: counted as a top-1 disagreement"
+        verdict += f"beyond --tie-margin {tie_margin:g}: counted as a top-1 disagreement"
     if p.other_margin is None:
         return verdict + "; refllm's top is not in the other runtime's top-k"
     return verdict + f"; the other runtime puts refllm's top {p.other_margin:.3f} nats below its own"
