@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "greedy divergence). With --api-only: check a server's API shapes instead.",
     )  # fmt: skip
     p.add_argument("model", nargs="?", help="the model refllm runs as the reference (a name or a .gguf path)")
-    p.add_argument("--endpoint", metavar="URL", help="the other runtime's base URL, e.g. http://127.0.0.1:11434")
+    p.add_argument("--endpoint", metavar="URL", help="the other runtime's base URL, e.g. http://127.0.0.1:11434 (an OpenAI client's .../v1 works too)")
     p.add_argument("--api", choices=("ollama", "openai", "llamacpp"), default="ollama",
                    help="how to ask it: Ollama /api/generate, OpenAI /v1/completions or llama.cpp /completion")
     p.add_argument("--endpoint-model", metavar="NAME", help="the model's name on the other side (default: MODEL)")
