@@ -58,6 +58,22 @@ def _exp(x):
     two_to_n = np.int32((np.int32(n) + np.int32(127)) << np.int32(23)).view(np.float32)
     return p * two_to_n
 
+@njit(inline="always", fastmath=FAST)
+def _softmax_span(x, out, lo, hi):
+    """out[lo:hi] = softmax of x[lo:hi], for 1-D rows (``out`` may be ``x`` itself):
+    the largest value subtracted first, so that exp never overflows."""
+    largest = np.float32(-np.inf)
+    for j in range(lo, hi):
+        largest = max(largest, x[j])
+    total = np.float32(0.0)
+    for j in range(lo, hi):
+        e = _exp(x[j] - largest)
+        out[j] = e
+        total += e
+    for j in range(lo, hi):
+        out[j] /= total
+
+
 # --------------------------------------------------------------------------- elementwise
 
 
@@ -77,18 +93,8 @@ def rms_norm_rows(x, weight, eps, out):
 @njit(cache=True, nogil=True, fastmath=FAST)
 def softmax_rows(x, out):
     """x: f32[rows, n] -> softmax of each row.  Reference: softmax(axis=-1)."""
-    rows, n = x.shape
-    for r in range(rows):
-        largest = -np.inf
-        for i in range(n):
-            largest = max(largest, x[r, i])
-        total = np.float32(0.0)
-        for i in range(n):
-            e = _exp(x[r, i] - largest)
-            out[r, i] = e
-            total += e
-        for i in range(n):
-            out[r, i] /= total
+    for r in range(x.shape[0]):
+        _softmax_span(x[r], out[r], 0, x.shape[1])
 
 
 @njit(cache=True, nogil=True, fastmath=FAST)
@@ -105,16 +111,7 @@ def causal_softmax_rows(scores, positions, first_key, window, group, out):
         p = positions[r // group] - first_key  # the query's own key column
         lo = max(0, p - window + 1) if window > 0 else 0
         hi = min(n_keys, p + 1)
-        largest = -np.inf
-        for j in range(lo, hi):
-            largest = max(largest, scores[r, j])
-        total = np.float32(0.0)
-        for j in range(lo, hi):
-            e = _exp(scores[r, j] - largest)
-            out[r, j] = e
-            total += e
-        for j in range(lo, hi):
-            out[r, j] /= total
+        _softmax_span(scores[r], out[r], lo, hi)
         for j in range(lo):
             out[r, j] = 0.0
         for j in range(hi, n_keys):
@@ -247,16 +244,7 @@ def _attend_group(q, k_cache, v_cache, positions, scale, window, out, t, kv, sco
                 s += q[t, h0 + g, i] * k_cache[first + j, kv, i]
             scores[g, j] = s * np.float32(scale)
     for g in range(group):  # softmax over each head's visible keys
-        largest = np.float32(-np.inf)
-        for j in range(n_keys):
-            largest = max(largest, scores[g, j])
-        total = np.float32(0.0)
-        for j in range(n_keys):
-            e = _exp(scores[g, j] - largest)
-            scores[g, j] = e
-            total += e
-        for j in range(n_keys):
-            scores[g, j] /= total
+        _softmax_span(scores[g], scores[g], 0, n_keys)
         for i in range(hd_v):
             out[t, h0 + g, i] = 0.0
     for j in range(n_keys):  # out[t, h0 + g] = sum over j of probability * v[first + j]
