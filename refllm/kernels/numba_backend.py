@@ -437,7 +437,19 @@ def _row_tiles(m: int, k: int) -> list[tuple[int, int]]:
 
 def linear(x: np.ndarray, w: TensorInfo) -> np.ndarray:
     """``x @ W.T``.  x: f32[n, k];  w: shape (m, k)  ->  f32[n, m]."""
+    if x.shape[0] <= MATVEC_MAX_TOKENS or not supports(w.ggml_type):
+        return _linear_untiled(x, w)  # decode's path, kept free of the tiles' bookkeeping
     return linears(x, [w])[0]
+
+
+def _linear_untiled(x: np.ndarray, w: TensorInfo) -> np.ndarray:
+    """``x @ W.T`` without prefill tiles: a matvec per token, or the reference for a type without a kernel."""
+    if not supports(w.ggml_type):
+        return reference.linear(x, w)
+    out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)  # [n, m]
+    for t in range(x.shape[0]):
+        matvec(w, x[t], out[t])
+    return out
 
 
 def linears(x: np.ndarray, ws: list[TensorInfo]) -> list[np.ndarray]:
@@ -452,12 +464,8 @@ def linears(x: np.ndarray, ws: list[TensorInfo]) -> list[np.ndarray]:
     outs: list[np.ndarray | None] = [None] * len(ws)
     tiles = []  # (output index, weight, its raw rows, first row, end row)
     for i, w in enumerate(ws):
-        if not supports(w.ggml_type):
-            outs[i] = reference.linear(x, w)
-        elif n <= MATVEC_MAX_TOKENS:
-            outs[i] = np.empty((n, w.shape[0]), dtype=np.float32)  # [n, m]
-            for t in range(n):
-                matvec(w, x[t], outs[i][t])
+        if n <= MATVEC_MAX_TOKENS or not supports(w.ggml_type):
+            outs[i] = _linear_untiled(x, w)
         else:
             rows = _rows(w)  # [m, row_bytes]
             outs[i] = aligned_empty((n, rows.shape[0]))  # [n, m]
@@ -567,7 +575,8 @@ def _attend_chunk(q, k_cache, v_cache, positions, scale: float, window: int, kv:
     out[:, kv * group : (kv + 1) * group] = mixed.reshape(c, group, -1)  # [c, group, hd_v]
 
 
-_warmed_types: set[str] = set()  # quant types whose kernels warm_up has loaded ("" for the float32 ops)
+_warmed_types: set[str] = set()  # quant types whose kernels warm_up has loaded
+_float32_ops_warmed = False
 
 
 def warm_up(ggml_types=()) -> float:
@@ -575,6 +584,7 @@ def warm_up(ggml_types=()) -> float:
 
     Each kernel is loaded once per process: a second call for the same types returns at once.
     """
+    global _float32_ops_warmed
     start = time.perf_counter()
     names = {getattr(t, "name", str(t)) for t in ggml_types} & set(KERNELS)
     for name in sorted(names - _warmed_types):
@@ -588,7 +598,7 @@ def warm_up(ggml_types=()) -> float:
         _run_parallel(matvec_kernel, rows, x, np.empty(1, np.float32), F16_TO_F32, inner)
         _run(dequantize_kernel, rows, np.empty((1, 256), np.float32), F16_TO_F32, inner)
         _warmed_types.add(name)
-    if "" not in _warmed_types:  # the float32 ops every model runs
+    if not _float32_ops_warmed:  # the float32 ops every model runs
         _run(numba_ops.matmul_nt, np.ones((2, 4), np.float32), np.ones((2, 4), np.float32), np.empty((2, 2), np.float32), 0)
         h = np.ones((2, 2, 4), dtype=np.float32)
         rms_norm(h, np.ones(4, np.float32), 1e-6)
@@ -596,7 +606,7 @@ def warm_up(ggml_types=()) -> float:
         rope(h, np.arange(2), np.ones(2, np.float32), False)
         attention(h, h, h, np.arange(2), 0.5)
         attention(np.ones((PARALLEL_ATTENTION_MIN_TOKENS, 2, 4), np.float32), h, h, np.zeros(PARALLEL_ATTENTION_MIN_TOKENS, np.int64), 0.5)
-        _warmed_types.add("")
+        _float32_ops_warmed = True
     return time.perf_counter() - start
 
 
