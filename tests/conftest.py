@@ -65,6 +65,22 @@ def tiny_model(tmp_path_factory):
     return get
 
 
+@pytest.fixture
+def unsupported_gguf(tmp_path):
+    """A GGUF whose architecture (rwkv6) no backend runs: its plan is "unsupported"."""
+    import gguf
+    import numpy as np
+
+    path = tmp_path / "odd.gguf"
+    writer = gguf.GGUFWriter(str(path), "rwkv6")
+    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return str(path)
+
+
 @pytest.fixture(scope="module")
 def refllm_server(tmp_path_factory):
     """A real ``refllm`` server on 127.0.0.1 for one test module: yields ``(url, engine)``.

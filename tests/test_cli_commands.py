@@ -48,22 +48,6 @@ def test_ps_until_column(monkeypatch):
     assert store_cli._until("2027-01-15T07:59:00Z") == "Stopping..."
 
 
-@pytest.fixture
-def unsupported_gguf(tmp_path):
-    """A GGUF whose architecture (rwkv6) no backend runs: its plan is "unsupported"."""
-    import gguf
-    import numpy as np
-
-    path = tmp_path / "odd.gguf"
-    writer = gguf.GGUFWriter(str(path), "rwkv6")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return str(path)
-
-
 @pytest.mark.parametrize("argv", [
     ["plan", "{}"], ["plan", "{}", "--json"], ["models", "info", "{}", "--plan-json"], ["models", "info", "{}", "--json"],
     ["models", "info", "{}"], ["run", "{}", "--plan-json"], ["prompt", "-m", "{}", "--plan-json"],

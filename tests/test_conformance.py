@@ -127,17 +127,21 @@ def serving(handler: type[BaseHTTPRequestHandler]):
         httpd.server_close()
 
 
+def send(handler: BaseHTTPRequestHandler, status: int, body: bytes, content_type: str = "application/json") -> None:
+    """A stub server's whole answer: status, the two headers, the body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
 class WrongShapes(BaseHTTPRequestHandler):
     """A server that says 200 {"ok": true} to everything: right routes, wrong answers."""
 
     def answer(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b'{"ok": true}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, 200, b'{"ok": true}')
 
     do_GET = do_POST = answer
 
@@ -166,12 +170,7 @@ class NotAnLLM(BaseHTTPRequestHandler):
     """A web server, as ``python -m http.server`` answers: HTML 404 to GET, HTML 501 to POST."""
 
     def answer(self, status: int):
-        body = b"<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Error response</h1>\n</body>\n</html>\n"
-        self.send_response(status)
-        self.send_header("Content-Type", "text/html")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        send(self, status, b"<!DOCTYPE HTML>\n<html>\n<body>\n<h1>Error response</h1>\n</body>\n</html>\n", "text/html")
 
     def do_GET(self):
         self.answer(404)
@@ -231,14 +230,8 @@ class LlamaCppReplay(BaseHTTPRequestHandler):
     replies: dict[str, dict] = {}
 
     def do_GET(self):
-        self.reply(200, b'{"status": "ok"}') if self.path == "/health" else self.reply(404, b'{"error": "no route"}')
+        send(self, 200, b'{"status": "ok"}') if self.path == "/health" else send(self, 404, b'{"error": "no route"}')
 
-    def reply(self, status: int, payload: bytes):
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
@@ -247,7 +240,7 @@ class LlamaCppReplay(BaseHTTPRequestHandler):
             status, payload = 404, b'{"error": "not recorded"}'
         else:
             status, payload = 200, json.dumps(recorded["reply"]).encode()
-        self.reply(status, payload)
+        send(self, status, payload)
 
     def log_message(self, *args):
         pass

@@ -82,17 +82,8 @@ def test_a_type_without_numba_kernel_falls_back_or_is_unsupported(tiny_model):
         assert plan.support_level == "unsupported" and "IQ2_XXS" in plan.reason
 
 
-def test_unknown_architecture_is_unsupported_with_a_reason(tmp_path):
-    import gguf
-
-    path = tmp_path / "odd.gguf"
-    writer = gguf.GGUFWriter(str(path), "rwkv6")
-    writer.add_tensor("token_embd.weight", np.zeros((4, 32), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    plan = build_plan(str(path))
+def test_unknown_architecture_is_unsupported_with_a_reason(unsupported_gguf):
+    plan = build_plan(unsupported_gguf)
     assert plan.support_level == "unsupported" and "rwkv6" in plan.reason
 
 
