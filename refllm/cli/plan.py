@@ -65,9 +65,8 @@ def plan_command(args) -> int:
 
 
 def doctor_command(args) -> int:
-    from refllm.kernels.environment import environment_report, format_environment
-
     from refllm.config import load_settings
+    from refllm.kernels.environment import environment_report, format_environment
 
     report = environment_report()
     report["settings"] = load_settings().to_dict(with_sources=True)  # each value and where it came from

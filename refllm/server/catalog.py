@@ -3,7 +3,7 @@
     /api/tags, /v1/models   refllm.store.listing.list_models: the store's + the built-in catalog models
     /api/show               refllm.store.listing.show
     /api/copy               refllm.store.listing.copy (a catalog source is added to the store under the new name)
-    /api/ps                 running_entry
+    /api/ps                 running_entries
     /api/delete             store.delete
     /api/create, /api/pull  store.create / store.pull, progress streamed as Ollama's status objects
     /api/blobs/:digest      store.has_blob / store.write_blob
@@ -33,17 +33,22 @@ def default_context(loaded: LoadedModel) -> int:
     return min(num_ctx, loaded.context_length) if loaded.context_length else num_ctx
 
 
-def running_entry(loaded: LoadedModel) -> dict:
-    """One /api/ps entry, with the digest and details /api/tags gives the model (a store model's
-    digest is its manifest's, as in Ollama).  On the cuda backend every weight runs from the GPU's memory
+def running_entries(running: list[LoadedModel]) -> list[dict]:
+    """/api/ps's entries, with the digest and details /api/tags gives each model (a store model's
+    digest is its manifest's, as in Ollama); the listing is read once for all of them."""
+    listed = {entry["name"]: entry for entry in list_models()} if running else {}
+    return [_running_entry(loaded, listed.get(loaded.name)) for loaded in running]
+
+
+def _running_entry(loaded: LoadedModel, listed: dict | None) -> dict:
+    """One /api/ps entry.  On the cuda backend every weight runs from the GPU's memory
     (uploaded once), so size_vram is the whole size, as Ollama reports a fully offloaded model."""
     path = loaded.recipe.gguf_path
     on_gpu = getattr(loaded.model, "backend", "") == "cuda"
-    listed = next((entry for entry in list_models() if entry["name"] == loaded.name), None)  # as /api/tags has it
-    digest = listed["digest"] if listed else file_digest(path).removeprefix("sha256:")
     return {
         "name": loaded.name, "model": loaded.name, "size": loaded.size,
-        "digest": digest, "details": listed["details"] if listed else details(path),
+        "digest": listed["digest"] if listed else file_digest(path).removeprefix("sha256:"),
+        "details": listed["details"] if listed else details(path),
         "expires_at": rfc3339(loaded.expires_at), "size_vram": loaded.size if on_gpu else 0,
         "context_length": default_context(loaded), "processor": "100% GPU" if on_gpu else "100% CPU",
     }

@@ -262,7 +262,7 @@ def show():
 
 @ollama_api.get("/api/ps")
 def ps():
-    return jsonify({"models": [catalog.running_entry(loaded) for loaded in engine().running()]})
+    return jsonify({"models": catalog.running_entries(engine().running())})
 
 
 @ollama_api.post("/api/copy")
